@@ -1,0 +1,3 @@
+pub mod breaker;
+pub mod ratelimit;
+pub mod routes;

@@ -1,0 +1,4 @@
+pub mod audit;
+pub mod crypto;
+pub mod error;
+pub mod store;
