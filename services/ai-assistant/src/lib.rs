@@ -3,4 +3,5 @@
 //! Offline abilities: an embedded knowledge base searched with tantivy
 //! (Russian and English stemming) and a BSL checker built on tree-sitter-bsl.
 
+pub mod bsl;
 pub mod kb;

@@ -1,0 +1,765 @@
+//! BSL (1C:Enterprise script) checks built on tree-sitter-bsl: syntax
+//! errors, a set of well-known diagnostics, and validation of query texts
+//! (the SDBL grammar) both standalone and inside string literals.
+//!
+//! Russian and English keywords and method names are recognised alike.
+
+use serde::{Deserialize, Serialize};
+use tree_sitter::{Node, Parser, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+/// One finding; `line` and `column` are 1-based, the column counts
+/// characters (not bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub rule: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// Rule identifiers (stable, used by clients and tests).
+pub mod rules {
+    pub const SYNTAX_ERROR: &str = "syntax-error";
+    pub const QUERY_SYNTAX_ERROR: &str = "query-syntax-error";
+    pub const QUERY_IN_LOOP: &str = "query-in-loop";
+    pub const DEPRECATED_CURRENT_DATE: &str = "deprecated-current-date";
+    pub const DEPRECATED_MESSAGE: &str = "deprecated-message";
+    pub const BEGIN_TRANSACTION_OUTSIDE_TRY: &str = "begin-transaction-before-try";
+    pub const COMMIT_TRANSACTION_OUTSIDE_TRY: &str = "commit-transaction-outside-try";
+    pub const EMPTY_CODE_BLOCK: &str = "empty-code-block";
+    pub const EMPTY_EXCEPT_BLOCK: &str = "empty-except-block";
+    pub const EXECUTE_EXTERNAL_CODE: &str = "execute-external-code";
+    pub const GOTO: &str = "goto-statement";
+}
+
+const MAX_SYNTAX_ERRORS: usize = 20;
+
+/// Maps byte offsets of a text to 1-based (line, character column).
+struct Positions<'a> {
+    src: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Positions<'a> {
+    fn new(src: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        for (i, b) in src.bytes().enumerate() {
+            if b == b'\n' {
+                line_starts.push(i + 1);
+            }
+        }
+        Self { src, line_starts }
+    }
+
+    fn at(&self, byte: usize) -> (usize, usize) {
+        let byte = byte.min(self.src.len());
+        let line = match self.line_starts.binary_search(&byte) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        let start = self.line_starts[line];
+        let col = self
+            .src
+            .get(start..byte)
+            .map(|s| s.chars().count())
+            .unwrap_or(0);
+        (line + 1, col + 1)
+    }
+}
+
+fn parse(code: &str, sdbl: bool) -> Option<Tree> {
+    let mut parser = Parser::new();
+    let lang = if sdbl {
+        tree_sitter_bsl::SDBL_LANGUAGE
+    } else {
+        tree_sitter_bsl::LANGUAGE
+    };
+    parser.set_language(&lang.into()).ok()?;
+    parser.parse(code, None)
+}
+
+fn eq_any(name: &str, names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|n| n.to_lowercase() == name.to_lowercase())
+}
+
+fn text<'s>(node: Node, src: &'s str) -> &'s str {
+    src.get(node.byte_range()).unwrap_or("")
+}
+
+/// Human name of a token tree-sitter reports as missing.
+fn token_name(kind: &str) -> String {
+    let known = [
+        ("THEN_KEYWORD", "Тогда (Then)"),
+        ("DO_KEYWORD", "Цикл (Do)"),
+        ("ENDDO_KEYWORD", "КонецЦикла (EndDo)"),
+        ("ENDIF_KEYWORD", "КонецЕсли (EndIf)"),
+        ("ENDPROCEDURE_KEYWORD", "КонецПроцедуры (EndProcedure)"),
+        ("ENDFUNCTION_KEYWORD", "КонецФункции (EndFunction)"),
+        ("ENDTRY_KEYWORD", "КонецПопытки (EndTry)"),
+        ("EXCEPT_KEYWORD", "Исключение (Except)"),
+        ("TO_KEYWORD", "По (To)"),
+        ("IN_KEYWORD", "Из (In)"),
+        ("FROM_KEYWORD", "ИЗ (FROM)"),
+        ("BY_KEYWORD", "ПО (BY)"),
+        ("AS_KEYWORD", "КАК (AS)"),
+        ("identifier", "идентификатор"),
+    ];
+    known
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| format!("«{}»", kind.trim_end_matches("_KEYWORD")))
+}
+
+fn snippet(s: &str) -> String {
+    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 40 {
+        format!("{}…", one_line.chars().take(40).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+/// Syntax errors of a parsed tree: outermost ERROR nodes and MISSING tokens.
+/// `place` maps a byte offset of the parsed text to a (line, column).
+fn syntax_errors(
+    tree: &Tree,
+    src: &str,
+    rule: &str,
+    place: &dyn Fn(usize) -> (usize, usize),
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut stack = vec![tree.root_node()];
+    let mut found = 0;
+    while let Some(node) = stack.pop() {
+        if found >= MAX_SYNTAX_ERRORS {
+            break;
+        }
+        if node.is_missing() {
+            let closer = matches!(
+                node.kind(),
+                "ENDDO_KEYWORD"
+                    | "ENDIF_KEYWORD"
+                    | "ENDTRY_KEYWORD"
+                    | "ENDPROCEDURE_KEYWORD"
+                    | "ENDFUNCTION_KEYWORD"
+            );
+            // A missing block end belongs where the next token stands (on a
+            // line of its own), not at the end of the last statement.
+            let at = if closer {
+                let rest = src.get(node.start_byte()..).unwrap_or("");
+                node.start_byte() + (rest.len() - rest.trim_start().len())
+            } else {
+                node.start_byte()
+            };
+            let (line, column) = place(at);
+            let opened = match node.parent() {
+                Some(p) if closer => {
+                    format!(" (блок начат в строке {})", place(p.start_byte()).0)
+                }
+                _ => String::new(),
+            };
+            out.push(Diagnostic {
+                line,
+                column,
+                rule: rule.to_string(),
+                severity: Severity::Error,
+                message: format!(
+                    "Синтаксическая ошибка: пропущено {}{opened}",
+                    token_name(node.kind())
+                ),
+            });
+            found += 1;
+            continue;
+        }
+        if node.is_error() {
+            // Point at the first token inside the error: that is where the
+            // parser could no longer continue.
+            let (line, column) = place(node.start_byte());
+            out.push(Diagnostic {
+                line,
+                column,
+                rule: rule.to_string(),
+                severity: Severity::Error,
+                message: format!(
+                    "Синтаксическая ошибка: не удалось разобрать «{}»",
+                    snippet(text(node, src))
+                ),
+            });
+            found += 1;
+            continue;
+        }
+        if !node.has_error() {
+            continue;
+        }
+        let mut cursor = node.walk();
+        let children: Vec<Node> = node.children(&mut cursor).collect();
+        for child in children.into_iter().rev() {
+            stack.push(child);
+        }
+    }
+}
+
+/// Checks a BSL module (or a fragment of one).
+pub fn check(code: &str) -> Vec<Diagnostic> {
+    let Some(tree) = parse(code, false) else {
+        return vec![Diagnostic {
+            line: 1,
+            column: 1,
+            rule: rules::SYNTAX_ERROR.into(),
+            severity: Severity::Error,
+            message: "Не удалось разобрать текст модуля".into(),
+        }];
+    };
+    let pos = Positions::new(code);
+    let mut out = Vec::new();
+    syntax_errors(&tree, code, rules::SYNTAX_ERROR, &|b| pos.at(b), &mut out);
+    let mut ctx = Ctx {
+        src: code,
+        pos: &pos,
+        out: &mut out,
+    };
+    ctx.visit(tree.root_node(), &Scope::default());
+    out.sort_by(|a, b| (a.line, a.column, &a.rule).cmp(&(b.line, b.column, &b.rule)));
+    out.dedup();
+    out
+}
+
+/// Checks a standalone query text (1C query language).
+pub fn check_query(query: &str) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if let Some(tree) = parse(query, true) {
+        let pos = Positions::new(query);
+        syntax_errors(
+            &tree,
+            query,
+            rules::QUERY_SYNTAX_ERROR,
+            &|b| pos.at(b),
+            &mut out,
+        );
+    }
+    out
+}
+
+/// Does a string look like a query text (first word ВЫБРАТЬ/SELECT/…)?
+pub fn looks_like_query(s: &str) -> bool {
+    let first = s
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '|')
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("");
+    eq_any(first, &["ВЫБРАТЬ", "SELECT", "УНИЧТОЖИТЬ", "DROP"])
+}
+
+#[derive(Default, Clone)]
+struct Scope {
+    /// Innermost enclosing loop node id, within the current method.
+    in_loop: bool,
+    /// Variables assigned `Новый Запрос` in the current method.
+    query_vars: Vec<String>,
+}
+
+struct Ctx<'a, 'o> {
+    src: &'a str,
+    pos: &'a Positions<'a>,
+    out: &'o mut Vec<Diagnostic>,
+}
+
+const LOOPS: &[&str] = &["for_statement", "for_each_statement", "while_statement"];
+
+impl Ctx<'_, '_> {
+    fn push(&mut self, byte: usize, rule: &str, severity: Severity, message: String) {
+        let (line, column) = self.pos.at(byte);
+        self.out.push(Diagnostic {
+            line,
+            column,
+            rule: rule.to_string(),
+            severity,
+            message,
+        });
+    }
+
+    fn visit(&mut self, node: Node, scope: &Scope) {
+        let kind = node.kind();
+        let mut scope = scope.clone();
+        match kind {
+            "procedure_definition" | "function_definition" => {
+                scope = Scope {
+                    in_loop: false,
+                    query_vars: query_variables(node, self.src),
+                };
+            }
+            k if LOOPS.contains(&k) => {
+                self.check_block_between(node, &["DO_KEYWORD"], &["ENDDO_KEYWORD"], "цикла");
+                scope.in_loop = true;
+            }
+            "if_statement" => self.check_if(node),
+            "try_statement" => self.check_try(node),
+            "new_expression" | "new_expression_method" => self.check_new(node, &scope),
+            "method_call" => self.check_call(node, &scope),
+            "call_statement" => self.check_transaction_call(node),
+            "execute_statement" => self.push(
+                node.start_byte(),
+                rules::EXECUTE_EXTERNAL_CODE,
+                Severity::Warning,
+                "Выполнить() исполняет произвольный код из строки: риск внедрения кода, \
+                 код не проверяется статически. Вызовите метод напрямую или через \
+                 ОбщегоНазначения.ВыполнитьМетодКонфигурации"
+                    .into(),
+            ),
+            "goto_statement" => self.push(
+                node.start_byte(),
+                rules::GOTO,
+                Severity::Info,
+                "Оператор Перейти (Goto) затрудняет чтение кода: используйте циклы, \
+                 Прервать/Продолжить или выделите метод"
+                    .into(),
+            ),
+            "string" => self.check_string(node),
+            _ => {}
+        }
+        let mut cursor = node.walk();
+        let children: Vec<Node> = node.children(&mut cursor).collect();
+        for child in children {
+            self.visit(child, &scope);
+        }
+    }
+
+    fn check_new(&mut self, node: Node, scope: &Scope) {
+        if !scope.in_loop {
+            return;
+        }
+        let Some(ty) = node.child_by_field_name("type") else {
+            return;
+        };
+        if !eq_any(text(ty, self.src), &["Запрос", "Query"]) {
+            return;
+        }
+        // When the query is also executed inside the loop, that call is
+        // reported instead (one finding per mistake).
+        let loop_node = enclosing_loop(node);
+        if let Some(l) = loop_node {
+            if contains_query_execution(l, self.src, &scope.query_vars) {
+                return;
+            }
+        }
+        self.push(
+            node.start_byte(),
+            rules::QUERY_IN_LOOP,
+            Severity::Warning,
+            "Создание запроса (Новый Запрос) в цикле: вынесите запрос из цикла, \
+             соберите параметры в массив или временную таблицу и выполните один запрос"
+                .into(),
+        );
+    }
+
+    fn check_call(&mut self, node: Node, scope: &Scope) {
+        let Some(name_node) = node.child_by_field_name("name") else {
+            return;
+        };
+        let name = text(name_node, self.src);
+        let global = is_global_call(node);
+        if global && eq_any(name, &["ТекущаяДата", "CurrentDate"]) {
+            self.push(
+                node.start_byte(),
+                rules::DEPRECATED_CURRENT_DATE,
+                Severity::Warning,
+                "ТекущаяДата() возвращает время компьютера без учёта часового пояса сеанса: \
+                 используйте ТекущаяДатаСеанса() (CurrentSessionDate)"
+                    .into(),
+            );
+        } else if global && eq_any(name, &["Сообщить", "Message"]) {
+            self.push(
+                node.start_byte(),
+                rules::DEPRECATED_MESSAGE,
+                Severity::Warning,
+                "Сообщить() (Message) устарел: используйте объект СообщениеПользователю \
+                 или ОбщегоНазначения.СообщитьПользователю()"
+                    .into(),
+            );
+        } else if global && eq_any(name, &["Вычислить", "Eval"]) {
+            self.push(
+                node.start_byte(),
+                rules::EXECUTE_EXTERNAL_CODE,
+                Severity::Warning,
+                "Вычислить() (Eval) исполняет произвольное выражение из строки: \
+                 риск внедрения кода"
+                    .into(),
+            );
+        } else if !global
+            && scope.in_loop
+            && eq_any(
+                name,
+                &["Выполнить", "Execute", "ВыполнитьПакет", "ExecuteBatch"],
+            )
+            && receiver_is_query(node, self.src, &scope.query_vars)
+        {
+            self.push(
+                node.start_byte(),
+                rules::QUERY_IN_LOOP,
+                Severity::Warning,
+                format!(
+                    "Выполнение запроса ({name}) в цикле: каждая итерация обращается к СУБД. \
+                     Выполните один запрос до цикла (условие В (&Массив) или временная таблица)"
+                ),
+            );
+        }
+    }
+
+    fn check_transaction_call(&mut self, stmt: Node) {
+        let Some(call) = stmt.named_child(0) else {
+            return;
+        };
+        if call.kind() != "method_call" {
+            return;
+        }
+        let Some(name_node) = call.child_by_field_name("name") else {
+            return;
+        };
+        let name = text(name_node, self.src);
+        if eq_any(name, &["НачатьТранзакцию", "BeginTransaction"]) {
+            let mut next = stmt.next_named_sibling();
+            while let Some(n) = next {
+                if n.kind() == "line_comment" || n.kind() == "preprocessor" {
+                    next = n.next_named_sibling();
+                } else {
+                    break;
+                }
+            }
+            if next.map(|n| n.kind()) != Some("try_statement") {
+                self.push(
+                    stmt.start_byte(),
+                    rules::BEGIN_TRANSACTION_OUTSIDE_TRY,
+                    Severity::Error,
+                    "НачатьТранзакцию() должен стоять непосредственно перед Попытка, \
+                     а в блоке Исключение — ОтменитьТранзакцию(): иначе при ошибке \
+                     транзакция останется открытой"
+                        .into(),
+                );
+            }
+        } else if eq_any(name, &["ЗафиксироватьТранзакцию", "CommitTransaction"])
+        {
+            let in_try_body = stmt.parent().is_some_and(|p| {
+                p.kind() == "try_statement" && {
+                    let mut c = p.walk();
+                    let except = p
+                        .children(&mut c)
+                        .find(|n| n.kind() == "EXCEPT_KEYWORD")
+                        .map(|n| n.start_byte());
+                    except.is_some_and(|e| stmt.start_byte() < e)
+                }
+            });
+            if !in_try_body {
+                self.push(
+                    stmt.start_byte(),
+                    rules::COMMIT_TRANSACTION_OUTSIDE_TRY,
+                    Severity::Error,
+                    "ЗафиксироватьТранзакцию() должен быть последним оператором блока Попытка"
+                        .into(),
+                );
+            }
+        }
+    }
+
+    /// Reports an empty block between an opener token and a closer token
+    /// (only whitespace and `;` between them).
+    fn check_block_between(&mut self, node: Node, openers: &[&str], closers: &[&str], what: &str) {
+        let mut cursor = node.walk();
+        let toks: Vec<Node> = node.children(&mut cursor).collect();
+        let Some(open) = toks.iter().find(|n| openers.contains(&n.kind())) else {
+            return;
+        };
+        let Some(close) = toks
+            .iter()
+            .find(|n| closers.contains(&n.kind()) && n.start_byte() >= open.end_byte())
+        else {
+            return;
+        };
+        if close.is_missing() {
+            return;
+        }
+        self.report_if_empty(node, open.end_byte(), close.start_byte(), what);
+    }
+
+    fn report_if_empty(&mut self, at: Node, from: usize, to: usize, what: &str) {
+        let between = self.src.get(from..to).unwrap_or("x");
+        if between.chars().all(|c| c.is_whitespace() || c == ';') {
+            self.push(
+                at.start_byte(),
+                rules::EMPTY_CODE_BLOCK,
+                Severity::Warning,
+                format!(
+                    "Пустой блок {what}: удалите его или поясните комментарием, \
+                     почему действие не требуется"
+                ),
+            );
+        }
+    }
+
+    fn check_if(&mut self, node: Node) {
+        // Boundary tokens in order: Тогда, ИначеЕсли … Тогда, Иначе, КонецЕсли.
+        let mut bounds: Vec<Node> = Vec::new();
+        let mut cursor = node.walk();
+        for child in node.children(&mut cursor) {
+            match child.kind() {
+                "THEN_KEYWORD" | "ENDIF_KEYWORD" => bounds.push(child),
+                "elseif_clause" | "else_clause" => {
+                    let mut c2 = child.walk();
+                    for t in child.children(&mut c2) {
+                        if matches!(t.kind(), "ELSIF_KEYWORD" | "ELSE_KEYWORD" | "THEN_KEYWORD") {
+                            bounds.push(t);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if bounds.iter().any(|b| b.is_missing()) {
+            return;
+        }
+        for pair in bounds.windows(2) {
+            let (open, close) = (pair[0], pair[1]);
+            let what = match open.kind() {
+                "THEN_KEYWORD" => "Если … Тогда",
+                "ELSE_KEYWORD" => "Иначе",
+                _ => continue,
+            };
+            let at = match open.parent() {
+                Some(p) if p.kind() == "elseif_clause" => p,
+                _ if open.kind() == "THEN_KEYWORD" => node,
+                _ => open,
+            };
+            self.report_if_empty(at, open.end_byte(), close.start_byte(), what);
+        }
+    }
+
+    fn check_try(&mut self, node: Node) {
+        let mut cursor = node.walk();
+        let toks: Vec<Node> = node.children(&mut cursor).collect();
+        let find = |k: &str| toks.iter().find(|n| n.kind() == k).copied();
+        let (Some(t), Some(e), Some(end)) = (
+            find("TRY_KEYWORD"),
+            find("EXCEPT_KEYWORD"),
+            find("ENDTRY_KEYWORD"),
+        ) else {
+            return;
+        };
+        if e.is_missing() || end.is_missing() {
+            return;
+        }
+        self.report_if_empty(node, t.end_byte(), e.start_byte(), "Попытка");
+        let between = self.src.get(e.end_byte()..end.start_byte()).unwrap_or("x");
+        if between.chars().all(|c| c.is_whitespace() || c == ';') {
+            self.push(
+                e.start_byte(),
+                rules::EMPTY_EXCEPT_BLOCK,
+                Severity::Warning,
+                "Пустой блок Исключение скрывает ошибку: запишите её в журнал регистрации \
+                 (ЗаписьЖурналаРегистрации с ПодробноеПредставлениеОшибки) или вызовите \
+                 исключение повторно"
+                    .into(),
+            );
+        }
+    }
+
+    /// Query texts inside string literals: validated with the SDBL grammar
+    /// when the whole expression is one literal starting with ВЫБРАТЬ/SELECT.
+    fn check_string(&mut self, node: Node) {
+        // Part of a concatenation: the query is assembled at run time.
+        let mut up = node.parent();
+        while let Some(p) = up {
+            match p.kind() {
+                "const_expression" | "expression" | "parenthesized_expression" => up = p.parent(),
+                "binary_expression" => return,
+                _ => break,
+            }
+        }
+        let raw = text(node, self.src);
+        let (query, map) = unquote_with_map(raw, node.start_byte());
+        if !looks_like_query(&query) || query.contains('{') {
+            // `{…}` are data-composition extensions, not plain query syntax.
+            return;
+        }
+        let Some(tree) = parse(&query, true) else {
+            return;
+        };
+        let pos = self.pos;
+        let place = |b: usize| {
+            let src_byte = map
+                .iter()
+                .rev()
+                .find(|(qb, _)| *qb <= b)
+                .map(|(qb, sb)| sb + (b - qb))
+                .unwrap_or(node.start_byte());
+            pos.at(src_byte)
+        };
+        let mut found = Vec::new();
+        syntax_errors(&tree, &query, rules::QUERY_SYNTAX_ERROR, &place, &mut found);
+        for d in &mut found {
+            d.message = format!("Текст запроса: {}", d.message);
+        }
+        self.out.extend(found);
+    }
+}
+
+/// The text of a BSL string literal as the runtime sees it: quotes removed,
+/// `""` → `"`, the `|` that continues a line dropped. Returns the text and
+/// a list of (text byte, source byte) anchors for mapping positions back.
+fn unquote_with_map(raw: &str, base: usize) -> (String, Vec<(usize, usize)>) {
+    let mut out = String::new();
+    let mut map = Vec::new();
+    let inner_start = 1usize;
+    let inner_end = raw
+        .len()
+        .saturating_sub(if raw.ends_with('"') && raw.len() > 1 {
+            1
+        } else {
+            0
+        });
+    let inner = raw.get(inner_start..inner_end).unwrap_or("");
+    let mut offset = inner_start;
+    for (i, line) in inner.split('\n').enumerate() {
+        let mut content = line;
+        let mut skip = 0;
+        if i > 0 {
+            let trimmed = line.trim_start();
+            skip = line.len() - trimmed.len();
+            content = trimmed;
+            if let Some(rest) = content.strip_prefix('|') {
+                content = rest;
+                skip += 1;
+            }
+            out.push('\n');
+        }
+        // Segments between doubled quotes keep a 1:1 byte mapping.
+        let mut seg_src = offset + skip;
+        for (j, seg) in content.split("\"\"").enumerate() {
+            if j > 0 {
+                map.push((out.len(), base + seg_src - 2));
+                out.push('"');
+            }
+            map.push((out.len(), base + seg_src));
+            out.push_str(seg);
+            seg_src += seg.len() + 2;
+        }
+        offset += line.len() + 1;
+    }
+    (out, map)
+}
+
+fn is_global_call(method_call: Node) -> bool {
+    // `Объект.Метод()` puts the method_call after a `.` inside access /
+    // call_expression; a global call has no preceding `.` sibling.
+    match method_call.prev_sibling() {
+        Some(prev) => prev.kind() != ".",
+        None => true,
+    }
+}
+
+fn enclosing_loop(node: Node) -> Option<Node> {
+    let mut up = node.parent();
+    while let Some(p) = up {
+        if LOOPS.contains(&p.kind()) {
+            return Some(p);
+        }
+        if matches!(p.kind(), "procedure_definition" | "function_definition") {
+            return None;
+        }
+        up = p.parent();
+    }
+    None
+}
+
+/// Names of variables assigned `Новый Запрос` / `New Query` in a method.
+fn query_variables(method: Node, src: &str) -> Vec<String> {
+    let mut vars = Vec::new();
+    let mut stack = vec![method];
+    while let Some(n) = stack.pop() {
+        if n.kind() == "assignment_statement" {
+            if let (Some(l), Some(r)) = (
+                n.child_by_field_name("left"),
+                n.child_by_field_name("right"),
+            ) {
+                let rt = text(r, src).trim().to_lowercase();
+                if rt.starts_with("новый запрос") || rt.starts_with("new query") {
+                    vars.push(text(l, src).trim().to_lowercase());
+                }
+            }
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+    vars
+}
+
+/// Is the receiver of `X.Выполнить()` a query (a variable holding
+/// `Новый Запрос`, or named like one)?
+fn receiver_is_query(method_call: Node, src: &str, vars: &[String]) -> bool {
+    let Some(dot) = method_call.prev_sibling() else {
+        return false;
+    };
+    let Some(recv) = dot.prev_sibling() else {
+        return false;
+    };
+    let name = text(recv, src).trim().to_lowercase();
+    if name.starts_with("новый запрос")
+        || name.starts_with("(новый запрос")
+        || name.starts_with("new query")
+    {
+        return true;
+    }
+    vars.contains(&name) || name.contains("запрос") || name.contains("query")
+}
+
+fn contains_query_execution(loop_node: Node, src: &str, vars: &[String]) -> bool {
+    let mut stack = vec![loop_node];
+    while let Some(n) = stack.pop() {
+        if n.kind() == "method_call" && !is_global_call(n) {
+            if let Some(name) = n.child_by_field_name("name") {
+                if eq_any(
+                    text(name, src),
+                    &["Выполнить", "Execute", "ВыполнитьПакет", "ExecuteBatch"],
+                ) && receiver_is_query(n, src, vars)
+                {
+                    return true;
+                }
+            }
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unquote_maps_continuation_lines() {
+        let raw = "\"ВЫБРАТЬ\n\t\t|\tТ.Ссылка\n\t\t|ИЗ \"\"x\"\"\"";
+        let (q, map) = unquote_with_map(raw, 100);
+        assert_eq!(q, "ВЫБРАТЬ\n\tТ.Ссылка\nИЗ \"x\"");
+        assert_eq!(map[0], (0, 101));
+    }
+
+    #[test]
+    fn positions_count_characters() {
+        let p = Positions::new("аб\nвгд");
+        assert_eq!(p.at(0), (1, 1));
+        assert_eq!(p.at(2), (1, 2));
+        assert_eq!(p.at(5), (2, 1));
+        assert_eq!(p.at(7), (2, 2));
+    }
+}
