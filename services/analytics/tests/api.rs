@@ -899,3 +899,34 @@ async fn health_and_metrics_endpoints() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn ingestion_body_limit_is_larger_than_kits_default() {
+    let settings = Settings {
+        ingest_body_limit: 7 * 512 * 1024, // 3.5 MiB
+        ..Settings::default()
+    };
+    let app = TestApp::start_with(settings, None).await;
+    let now = Utc::now();
+    let batch_of = |n: usize| -> Value {
+        let v: Vec<Value> = (0..n)
+            .map(|_| {
+                let mut e = ev("api_call", "svc", None, now);
+                e["properties"] = json!({"blob": "ж".repeat(2000)});
+                e
+            })
+            .collect();
+        json!(v)
+    };
+    // ~3 MB: above kit's 2 MiB default, below the ingestion limit.
+    let big = batch_of(750);
+    assert!(serde_json::to_vec(&big).unwrap().len() > 2 * 1024 * 1024);
+    let (status, b) = app.post_events(&big).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["accepted"], 750);
+    // ~4.1 MB: above the ingestion limit -> kit's JSON 413.
+    let (status, b) = app.post_events(&batch_of(1000)).await;
+    assert_eq!(status, 413, "{b}");
+    assert_eq!(b["error"]["code"], "payload_too_large");
+    app.stop().await;
+}
