@@ -67,6 +67,8 @@
 //! * [`error::ApiError`] — `{"error": {"code", "message"}}` responses with helpers
 //!   (`bad_request`, `validation`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
 //!   `unavailable`, `internal` (logs the cause, hides it)); `From<sqlx::Error>`.
+//! * [`extract`] — `extract::Json<T>` and `extract::Query<T>`: like axum's, but rejections
+//!   are the standard JSON error (400/415/422) instead of plain text.
 //! * [`testing`] — `testing::TestDb::new().await` creates a fresh random database on
 //!   `TEST_DATABASE_URL` (`.url`; dropped on drop), `testing::test_redis_url()` and
 //!   `testing::redis_prefix()`; panics with a clear message when the variables are unset.
@@ -75,6 +77,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod healthcheck;
 pub mod http;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    kit::main_with(8002, user_management::run)
+}

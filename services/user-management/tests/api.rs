@@ -1,0 +1,812 @@
+//! End-to-end tests of user-management over real HTTP against the real
+//! PostgreSQL (TEST_DATABASE_URL; each test gets its own database).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kit::config::{Env, Secret};
+use kit::testing::TestDb;
+use kit::Infra;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use user_management::settings::Argon2Cost;
+use user_management::{AppState, Settings, MIGRATOR};
+
+const ADMIN_EMAIL: &str = "admin@localhost";
+const ADMIN_PW: &str = "Admin-Password-1";
+
+struct Svc {
+    base: String,
+    http: reqwest::Client,
+    state: AppState,
+    db: TestDb,
+}
+
+fn test_settings() -> Settings {
+    let mut s = Settings::from_source(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap();
+    s.argon2 = Argon2Cost {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    s.admin_password = Some(Secret::new(ADMIN_PW.to_string()));
+    s.lockout_threshold = 3;
+    s.lockout_duration = Duration::from_secs(2);
+    s
+}
+
+async fn start_with(db: TestDb, settings: Settings) -> Svc {
+    let pool = kit::db::connect_pg(&db.url, Some(&MIGRATOR), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let state = AppState::new(pool.clone(), settings).await.unwrap();
+    let infra = Infra::named("user-management", "test").with_pg(pool);
+    let app = user_management::app(state.clone(), &infra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(kit::serve_with_timeout(
+        app,
+        listener,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    Svc {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        state,
+        db,
+    }
+}
+
+async fn start(tweak: impl FnOnce(&mut Settings)) -> Svc {
+    let mut s = test_settings();
+    tweak(&mut s);
+    start_with(TestDb::new().await, s).await
+}
+
+impl Svc {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}"))
+        };
+        (status, v)
+    }
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+    async fn login(&self, email: &str, pw: &str) -> Value {
+        let (s, v) = self
+            .post("/auth/login", None, json!({"email": email, "password": pw}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "login {email}: {v}");
+        v
+    }
+    async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PW).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+    async fn register(&self, email: &str, pw: &str) -> Value {
+        let (s, v) = self
+            .post(
+                "/auth/register",
+                None,
+                json!({"email": email, "password": pw}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}
+
+#[tokio::test]
+async fn register_login_refresh_rotation_and_reuse_detection() {
+    let svc = start(|_| {}).await;
+    let user = svc.register("Alice@Example.org", "alice-password-1").await;
+    assert_eq!(user["email"], "alice@example.org");
+    assert_eq!(user["roles"], json!(["viewer"]));
+    assert!(user.get("password_hash").is_none());
+
+    let (st, v) = svc
+        .post(
+            "/auth/register",
+            None,
+            json!({"email": "alice@example.org", "password": "another-pass-2"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert_eq!(v["error"]["code"], "email_taken");
+    let (st, v) = svc
+        .post(
+            "/auth/register",
+            None,
+            json!({"email": "bob@example.org", "password": "short"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["error"]["code"], "weak_password");
+    let (st, v) = svc
+        .post(
+            "/auth/register",
+            None,
+            json!({"email": "not-an-email", "password": "alice-password-1"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (st, v) = svc.post("/auth/register", None, json!({"nope": 1})).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["error"]["code"], "validation_failed");
+
+    let (st, v) = svc
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": "alice@example.org", "password": "wrong-password-1"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "invalid_credentials");
+    let (st, v) = svc
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": "nobody@example.org", "password": "wrong-password-1"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "invalid_credentials");
+
+    let t1 = svc.login("ALICE@example.org", "alice-password-1").await;
+    assert_eq!(t1["token_type"], "Bearer");
+    assert_eq!(t1["expires_in"], 900);
+    let access1 = s(&t1["access_token"]).to_string();
+    let refresh1 = s(&t1["refresh_token"]).to_string();
+    assert!(refresh1.starts_with("rt_"));
+    let (st, me) = svc.get("/me", Some(&access1)).await;
+    assert_eq!(st, StatusCode::OK, "{me}");
+    assert_eq!(me["email"], "alice@example.org");
+    assert!(me["permissions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("assistant:use")));
+    let (st, _) = svc.get("/me", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Rotation: the refresh token is single-use.
+    let (st, t2) = svc
+        .post("/auth/refresh", None, json!({"refresh_token": refresh1}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{t2}");
+    let refresh2 = s(&t2["refresh_token"]).to_string();
+    assert_ne!(refresh1, refresh2);
+    let (st, me) = svc.get("/me", Some(s(&t2["access_token"]))).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        me["session_id"],
+        svc.get("/me", Some(&access1)).await.1["session_id"]
+    );
+
+    // Reuse of the rotated token revokes the whole family.
+    let (st, v) = svc
+        .post("/auth/refresh", None, json!({"refresh_token": refresh1}))
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "refresh_token_reused");
+    let (st, v) = svc
+        .post("/auth/refresh", None, json!({"refresh_token": refresh2}))
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "refresh_token_revoked");
+    let (st, v) = svc.get("/me", Some(&access1)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "session_revoked");
+    let (st, v) = svc
+        .post("/auth/refresh", None, json!({"refresh_token": "rt_bogus"}))
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "invalid_refresh_token");
+
+    // A fresh login still works (only that family was revoked).
+    svc.login("alice@example.org", "alice-password-1").await;
+}
+
+#[tokio::test]
+async fn registration_can_be_disabled() {
+    let svc = start(|s| s.allow_registration = false).await;
+    let (st, v) = svc
+        .post(
+            "/auth/register",
+            None,
+            json!({"email": "x@example.org", "password": "x-password-1"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(v["error"]["code"], "registration_disabled");
+}
+
+async fn fake_security() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    use axum::routing::post;
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/revocations",
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let seen = s2.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push((auth, body.0));
+                    (axum::http::StatusCode::CREATED, "{}")
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn logout_revokes_family_and_reports_jti_to_security() {
+    let (sec_url, seen) = fake_security().await;
+    let svc = start(|s| s.security_url = Some(sec_url)).await;
+    svc.register("carol@example.org", "carol-password-1").await;
+    let t = svc.login("carol@example.org", "carol-password-1").await;
+    let access = s(&t["access_token"]).to_string();
+    let (st, v) = svc.post("/auth/logout", Some(&access), json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked_sessions"], 1);
+    assert_eq!(v["access_token_reported"], true);
+    let claims = svc.state.keys.verifier().verify(&access).await.unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, format!("Bearer {access}"));
+        assert_eq!(seen[0].1["jti"], claims.jti.as_str());
+        assert_eq!(seen[0].1["exp"], claims.exp);
+    }
+    let (st, _) = svc.get("/me", Some(&access)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = svc
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": t["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "refresh_token_revoked");
+
+    // Logout by refresh token alone (expired access token case).
+    let t = svc.login("carol@example.org", "carol-password-1").await;
+    let (st, v) = svc
+        .post(
+            "/auth/logout",
+            None,
+            json!({"refresh_token": t["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked_sessions"], 1);
+    assert_eq!(v["access_token_reported"], Value::Null);
+    let (st, _) = svc.get("/me", Some(s(&t["access_token"]))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = svc.post("/auth/logout", None, json!({})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn logout_succeeds_when_security_is_down() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        p
+    };
+    let svc = start(|s| s.security_url = Some(format!("http://127.0.0.1:{dead}"))).await;
+    svc.register("dan@example.org", "dan-password-1").await;
+    let t = svc.login("dan@example.org", "dan-password-1").await;
+    let (st, v) = svc
+        .post("/auth/logout", Some(s(&t["access_token"])), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked_sessions"], 1);
+    assert_eq!(v["access_token_reported"], false);
+}
+
+#[tokio::test]
+async fn password_change_revokes_other_sessions() {
+    let svc = start(|_| {}).await;
+    svc.register("erin@example.org", "erin-password-1").await;
+    let a = svc.login("erin@example.org", "erin-password-1").await;
+    let b = svc.login("erin@example.org", "erin-password-1").await;
+    let a_tok = s(&a["access_token"]).to_string();
+    let (st, v) = svc
+        .post(
+            "/auth/password",
+            Some(&a_tok),
+            json!({"current_password": "wrong-password-9", "new_password": "erin-password-2"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = svc
+        .post(
+            "/auth/password",
+            Some(&a_tok),
+            json!({"current_password": "erin-password-1", "new_password": "weak"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (st, v) = svc
+        .post(
+            "/auth/password",
+            Some(&a_tok),
+            json!({"current_password": "erin-password-1", "new_password": "erin-password-2"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked_sessions"], 1);
+    // The session that changed the password lives on; the other is gone.
+    assert_eq!(svc.get("/me", Some(&a_tok)).await.0, StatusCode::OK);
+    assert_eq!(
+        svc.get("/me", Some(s(&b["access_token"]))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (st, _) = svc
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": b["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = svc
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": a["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = svc
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": "erin@example.org", "password": "erin-password-1"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    svc.login("erin@example.org", "erin-password-2").await;
+}
+
+#[tokio::test]
+async fn account_locks_after_failed_logins_and_unlocks_later() {
+    let svc = start(|_| {}).await; // threshold 3, 2 s
+    svc.register("frank@example.org", "frank-password-1").await;
+    let bad = json!({"email": "frank@example.org", "password": "bad-password-1"});
+    for _ in 0..2 {
+        let (st, _) = svc.post("/auth/login", None, bad.clone()).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    let resp = svc
+        .http
+        .post(format!("{}/auth/login", svc.base))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::LOCKED);
+    assert!(resp.headers().contains_key("retry-after"));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "account_locked");
+    // Even the right password is refused while locked.
+    let good = json!({"email": "frank@example.org", "password": "frank-password-1"});
+    let (st, _) = svc.post("/auth/login", None, good.clone()).await;
+    assert_eq!(st, StatusCode::LOCKED);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (st, v) = svc.post("/auth/login", None, good).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // A success resets the counter: two more failures do not lock.
+    for _ in 0..2 {
+        let (st, _) = svc.post("/auth/login", None, bad.clone()).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn rbac_admin_crud_and_pagination() {
+    let svc = start(|_| {}).await;
+    let admin = svc.admin_token().await;
+    let viewer_user = svc
+        .register("viewer@example.org", "viewer-password-1")
+        .await;
+    let viewer =
+        s(&svc.login("viewer@example.org", "viewer-password-1").await["access_token"]).to_string();
+
+    // RBAC: a viewer may not list users nor rotate keys nor assign roles.
+    let (st, v) = svc.get("/users", Some(&viewer)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(v["error"]["code"], "forbidden");
+    assert_eq!(
+        svc.post("/keys/rotate", Some(&viewer), json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (st, _) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{}/roles", s(&viewer_user["id"])),
+            Some(&viewer),
+            Some(json!({"roles": ["admin"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // ...but may read itself.
+    let (st, v) = svc
+        .get(&format!("/users/{}", s(&viewer_user["id"])), Some(&viewer))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, roles) = svc.get("/roles", Some(&viewer)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(roles["roles"].as_array().unwrap().len(), 4);
+
+    // Admin creates 25 users.
+    for i in 0..25 {
+        let (st, v) = svc
+            .post(
+                "/users",
+                Some(&admin),
+                json!({"email": format!("user{i:02}@example.org"), "password": "user-password-1", "display_name": format!("User {i}")}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+    let (st, p2) = svc.get("/users?page=2&per_page=10", Some(&admin)).await;
+    assert_eq!(st, StatusCode::OK, "{p2}");
+    assert_eq!(p2["total"], 27);
+    assert_eq!(p2["total_pages"], 3);
+    assert_eq!(p2["page"], 2);
+    assert_eq!(p2["items"].as_array().unwrap().len(), 10);
+    assert_eq!(p2["items"][0]["email"], "user08@example.org");
+    let (_, p3) = svc.get("/users?page=3&per_page=10", Some(&admin)).await;
+    assert_eq!(p3["items"].as_array().unwrap().len(), 7);
+    let (_, p9) = svc.get("/users?page=9&per_page=10", Some(&admin)).await;
+    assert_eq!(p9["items"].as_array().unwrap().len(), 0);
+    let (_, search) = svc.get("/users?q=user1", Some(&admin)).await;
+    assert_eq!(search["total"], 10);
+    let (st, v) = svc.get("/users?per_page=0", Some(&admin)).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (st, v) = svc.get("/users?page=abc", Some(&admin)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["code"], "bad_request");
+
+    // Role assignment, patch, delete.
+    let target = p2["items"][0]["id"].as_str().unwrap().to_string();
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{target}/roles"),
+            Some(&admin),
+            Some(json!({"roles": ["analyst", "developer"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["roles"], json!(["analyst", "developer"]));
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{target}/roles"),
+            Some(&admin),
+            Some(json!({"roles": ["root"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let t = svc.login("user08@example.org", "user-password-1").await;
+    let claims = svc
+        .state
+        .keys
+        .verifier()
+        .verify(s(&t["access_token"]))
+        .await
+        .unwrap();
+    assert_eq!(claims.roles, vec!["analyst", "developer"]);
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/users/{target}"),
+            Some(&admin),
+            Some(json!({"display_name": "Renamed", "email": "viewer@example.org"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/users/{target}"),
+            Some(&admin),
+            Some(json!({"display_name": "Renamed"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["display_name"], "Renamed");
+    // Disabling kills its sessions and its logins.
+    let (st, _) = svc
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/users/{target}"),
+            Some(&admin),
+            Some(json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = svc.get("/me", Some(s(&t["access_token"]))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    let (st, v) = svc
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": "user08@example.org", "password": "user-password-1"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(v["error"]["code"], "account_disabled");
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/users/{target}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        svc.get(&format!("/users/{target}"), Some(&admin)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        svc.get("/users/not-a-uuid", Some(&admin)).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The last admin cannot be demoted or deleted.
+    let (_, me) = svc.get("/me", Some(&admin)).await;
+    let admin_id = s(&me["id"]).to_string();
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{admin_id}/roles"),
+            Some(&admin),
+            Some(json!({"roles": ["viewer"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/users/{admin_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    // Once another admin exists, the first may step down; its (old) token
+    // then loses admin rights immediately (roles are read from the DB).
+    let (st, _) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{}/roles", s(&viewer_user["id"])),
+            Some(&admin),
+            Some(json!({"roles": ["admin"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{admin_id}/roles"),
+            Some(&admin),
+            Some(json!({"roles": ["viewer"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        svc.get("/users", Some(&admin)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(svc.get("/users", Some(&viewer)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn jwks_verifies_tokens_and_rotation_keeps_old_tokens_valid() {
+    let svc = start(|_| {}).await;
+    let (st, jwks) = svc.get("/.well-known/jwks.json", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let k = &keys[0];
+    assert_eq!(k["kty"], "OKP");
+    assert_eq!(k["crv"], "Ed25519");
+    assert_eq!(k["alg"], "EdDSA");
+    assert_eq!(k["use"], "sig");
+    assert_eq!(s(&k["x"]).len(), 43);
+    assert!(k.get("d").is_none(), "private key must never be published");
+    let old_kid = s(&k["kid"]).to_string();
+
+    let old_token = svc.admin_token().await;
+    let header = jsonwebtoken::decode_header(&old_token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(header.kid.as_deref(), Some(old_kid.as_str()));
+    // Any other service verifies it from the JWKS URL alone.
+    let remote = kit::Verifier::from_url(format!("{}/.well-known/jwks.json", svc.base))
+        .with_issuer("user-management");
+    let claims = remote.verify(&old_token).await.unwrap();
+    assert_eq!(claims.roles, vec!["admin"]);
+    assert_eq!(claims.iss, "user-management");
+    assert!(!claims.jti.is_empty());
+    assert!(claims.exp > claims.iat);
+
+    let (st, v) = svc.post("/keys/rotate", Some(&old_token), json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let new_kid = s(&v["kid"]).to_string();
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(v["previous_kid"], old_kid.as_str());
+    let (_, jwks) = svc.get("/.well-known/jwks.json", None).await;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| s(&k["kid"]))
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "{kids:?}"
+    );
+
+    // The old token still works, here and for a fresh remote verifier.
+    assert_eq!(svc.get("/me", Some(&old_token)).await.0, StatusCode::OK);
+    let fresh = kit::Verifier::from_url(format!("{}/.well-known/jwks.json", svc.base));
+    fresh.verify(&old_token).await.unwrap();
+    // New tokens are signed by the new key and verify too.
+    let new_token = svc.admin_token().await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&new_token)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some(new_kid.as_str())
+    );
+    fresh.verify(&new_token).await.unwrap();
+    assert_eq!(svc.get("/me", Some(&new_token)).await.0, StatusCode::OK);
+    // A forged token (valid structure, other key) is refused.
+    let mut parts: Vec<String> = new_token.split('.').map(String::from).collect();
+    parts[2] = parts[2].chars().rev().collect();
+    assert_eq!(
+        svc.get("/me", Some(&parts.join("."))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn signing_keys_are_encrypted_at_rest_and_survive_restart() {
+    let mut settings = test_settings();
+    settings.key_encryption_secret = Some(Secret::new("key-encryption-secret".into()));
+    let svc = start_with(TestDb::new().await, settings.clone()).await;
+    let kid = svc.state.keys.active_kid();
+    let (enc, private): (bool, Vec<u8>) =
+        sqlx::query_as("SELECT encrypted, private_key FROM signing_keys WHERE kid = $1")
+            .bind(&kid)
+            .fetch_one(&svc.state.pool)
+            .await
+            .unwrap();
+    assert!(enc);
+    assert_eq!(
+        private.len(),
+        32 + 16,
+        "AES-GCM ciphertext of the 32-byte seed"
+    );
+    let token = svc.admin_token().await;
+
+    // Restart with the same secret: same key, old tokens valid.
+    let again = AppState::new(svc.state.pool.clone(), settings.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.keys.active_kid(), kid);
+    again.keys.verifier().verify(&token).await.unwrap();
+    // A wrong secret is a clear start-up error, not a silent new key.
+    let mut wrong = settings.clone();
+    wrong.key_encryption_secret = Some(Secret::new("wrong".into()));
+    let err = AppState::new(svc.state.pool.clone(), wrong)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("JWT_SIGNING_KEY_SECRET"),
+        "{err:#}"
+    );
+    let mut none = settings;
+    none.key_encryption_secret = None;
+    let err = AppState::new(svc.state.pool.clone(), none)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("JWT_SIGNING_KEY_SECRET"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn no_admin_without_password_file() {
+    let svc = start(|s| s.admin_password = None).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&svc.state.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let (st, _) = svc
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": ADMIN_EMAIL, "password": ADMIN_PW}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    drop(svc.db);
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_served() {
+    let svc = start(|_| {}).await;
+    let (st, v) = svc.get("/health/ready", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["checks"]["postgres"]["status"], "ok");
+    svc.post(
+        "/auth/login",
+        None,
+        json!({"email": "x@y.z", "password": "whatever-1"}),
+    )
+    .await;
+    let text = svc
+        .http
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="POST",route="/auth/login",status="401"} 1"#),
+        "{text}"
+    );
+}
