@@ -245,7 +245,9 @@ pub async fn run() -> anyhow::Result<()> {
     if let Some(t) = retention_task {
         t.abort();
     }
+    tracing::debug!("closing the database pool");
     pool.close().await;
+    tracing::info!("analytics stopped");
     result?;
     Ok(())
 }
