@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(stackctl::main_exit_code());
+}

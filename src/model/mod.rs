@@ -1,0 +1,352 @@
+//! The typed model of the stack: `load` reads stack.toml (with spans),
+//! `resolve` applies defaults and an environment overlay and validates, and
+//! every output of stackctl is derived from the resulting [`Stack`].
+
+pub mod containers;
+mod resolve;
+pub mod schema;
+pub mod units;
+
+pub use containers::{containers, ContainerSpec};
+pub use resolve::{find_stack_file, load, load_str};
+pub use units::{Duration, Memory};
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The resolved, validated stack: defaults applied, environment overlaid,
+/// services in dependency order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    pub tag: TagStrategy,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Environments stack.toml defines (overlays over this base).
+    pub environments: Vec<String>,
+    /// Directory holding stack.toml: crate paths are relative to it.
+    #[serde(skip)]
+    pub root: PathBuf,
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// The text of stack.toml, so environments can be resolved from it again.
+    #[serde(skip)]
+    pub source: String,
+    pub defaults: Defaults,
+    pub networks: Vec<Network>,
+    pub secrets: Vec<Secret>,
+    /// Application services, dependencies before dependents.
+    pub services: Vec<Service>,
+    pub postgres: Vec<Postgres>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<Nginx>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<Monitoring>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagStrategy {
+    /// The short git commit of the stack's repository.
+    Git,
+    /// A hash of the image's inputs.
+    Hash,
+    Literal(String),
+}
+
+impl Serialize for TagStrategy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TagStrategy::Git => s.serialize_str("git"),
+            TagStrategy::Hash => s.serialize_str("hash"),
+            TagStrategy::Literal(t) => s.serialize_str(t),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Defaults {
+    pub user: String,
+    pub read_only: bool,
+    pub restart: String,
+    pub healthcheck: Health,
+    pub resources: Resources,
+    pub reservation_percent: u8,
+    pub stop_grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Health {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources {
+    pub memory: Memory,
+    pub cpus: f64,
+    pub reserve_memory: Memory,
+    pub reserve_cpus: f64,
+}
+
+impl Serialize for Resources {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Resources", 5)?;
+        st.serialize_field("memory", &self.memory)?;
+        st.serialize_field("cpus", &self.cpus)?;
+        st.serialize_field("reserve_memory", &self.reserve_memory)?;
+        st.serialize_field("reserve_cpus", &self.reserve_cpus)?;
+        // For templates, which cannot parse "256M".
+        st.serialize_field("memory_bytes", &self.memory.bytes())?;
+        st.end()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub internal: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretKind {
+    /// 32 random URL-safe characters.
+    Password,
+    /// 32 random bytes, hex.
+    HexKey,
+    /// A self-signed TLS certificate (PEM) for the stack's server name.
+    TlsCert,
+    /// The private key of that certificate (PEM).
+    TlsKey,
+    /// A Redis ACL file granting the password named by `from`.
+    RedisAcl,
+    /// Provided by the operator; setup only checks it exists.
+    File,
+}
+
+impl SecretKind {
+    pub const NAMES: &'static [&'static str] = &[
+        "password",
+        "hex-key",
+        "tls-cert",
+        "tls-key",
+        "redis-acl",
+        "file",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "password" => SecretKind::Password,
+            "hex-key" => SecretKind::HexKey,
+            "tls-cert" => SecretKind::TlsCert,
+            "tls-key" => SecretKind::TlsKey,
+            "redis-acl" => SecretKind::RedisAcl,
+            "file" => SecretKind::File,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Secret {
+    pub name: String,
+    pub generate: SecretKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Declared by stackctl itself (a database password, the Redis ACL, ...).
+    pub implied: bool,
+}
+
+impl Secret {
+    /// The environment variable that points a container at this secret's file.
+    pub fn env_var(name: &str) -> String {
+        format!("{}_FILE", env_name(name))
+    }
+}
+
+/// `user-management` -> `USER_MANAGEMENT`.
+pub fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub path: String,
+    pub package: String,
+    pub binary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<u16>,
+    pub networks: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub resources: Resources,
+    pub replicas: u32,
+    pub health_path: String,
+    pub healthcheck: Health,
+    /// Name of its own PostgreSQL instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    pub redis: bool,
+    pub debug: bool,
+    pub public: bool,
+    pub args: Vec<String>,
+    pub read_only: bool,
+    pub user: String,
+}
+
+/// Where an infrastructure image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "kebab-case")]
+pub enum ImageSource {
+    /// Pulled from a registry.
+    Registry { image: String },
+    /// Built by stackctl from Debian packages (no registry needed).
+    Debian { image: String },
+}
+
+impl ImageSource {
+    pub fn image(&self) -> &str {
+        match self {
+            ImageSource::Registry { image } | ImageSource::Debian { image } => image,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Postgres {
+    pub name: String,
+    pub service: String,
+    pub database: String,
+    pub user: String,
+    pub password_secret: String,
+    pub image: ImageSource,
+    pub resources: Resources,
+    pub max_connections: u32,
+    pub shared_buffers: Memory,
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Redis {
+    pub name: String,
+    pub image: ImageSource,
+    pub port: u16,
+    pub maxmemory: Memory,
+    pub maxmemory_policy: String,
+    pub appendonly: bool,
+    pub password_secret: String,
+    pub acl_secret: String,
+    pub resources: Resources,
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Nginx {
+    pub name: String,
+    pub image: ImageSource,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub server_name: String,
+    pub tls_cert_secret: String,
+    pub tls_key_secret: String,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub client_max_body_size: Memory,
+    pub networks: Vec<String>,
+    pub resources: Resources,
+    /// The public service Nginx proxies to, and its port.
+    pub upstream: String,
+    pub upstream_port: u16,
+    pub upstream_replicas: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    pub name: String,
+    pub image: ImageSource,
+    /// Port inside the container; published on the host under the same number.
+    pub port: u16,
+    pub resources: Resources,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_password_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Monitoring {
+    pub network: String,
+    pub prometheus: Component,
+    pub scrape_interval: Duration,
+    pub retention: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grafana: Option<Component>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_exporter: Option<Component>,
+    pub alerts: Alerts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Alerts {
+    pub error_rate: f64,
+    pub latency_p99: Duration,
+    pub memory_ratio: f64,
+    pub for_duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Logging {
+    pub network: String,
+    pub elasticsearch: Component,
+    pub kibana: Component,
+    pub filebeat: Component,
+    pub retention: Duration,
+}
+
+impl Stack {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
+
+    /// The image reference of an application service, without the tag.
+    pub fn image_repo(&self, service: &str) -> String {
+        match &self.registry {
+            Some(r) if !r.is_empty() => {
+                format!("{}/{}/{}", r.trim_end_matches('/'), self.name, service)
+            }
+            _ => format!("{}/{}", self.name, service),
+        }
+    }
+}

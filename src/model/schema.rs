@@ -1,0 +1,375 @@
+//! The schema of stack.toml exactly as written: serde types with spans.
+//!
+//! Every table denies unknown keys. Most fields are optional here; defaults
+//! and required keys are applied by `resolve`, which turns a `StackFile`
+//! (plus an environment overlay) into the validated `Stack`. Environment
+//! overlays reuse these very types, so an overlay can say only what the base
+//! can say, and `Merge` applies it field by field.
+
+use super::units::{Duration, Memory};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackFile {
+    pub stack: Spanned<StackSection>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub networks: IndexMap<String, Spanned<NetworkDef>>,
+    #[serde(default)]
+    pub secrets: IndexMap<String, Spanned<SecretDef>>,
+    #[serde(default)]
+    pub services: IndexMap<String, Spanned<ServiceDef>>,
+    #[serde(default)]
+    pub infra: InfraDef,
+    #[serde(default)]
+    pub monitoring: MonitoringDef,
+    #[serde(default)]
+    pub logging: LoggingDef,
+    #[serde(default)]
+    pub environments: IndexMap<String, EnvironmentDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Registry prefix for pushed images, e.g. "registry.example.com/ai1c".
+    #[serde(default)]
+    pub registry: Option<String>,
+    /// "git" (short commit), "hash" (content hash) or a literal tag.
+    #[serde(default)]
+    pub tag: Option<Spanned<String>>,
+    /// Version recorded in the images' OCI labels.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub user: Option<String>,
+    pub read_only: Option<bool>,
+    pub restart: Option<Spanned<String>>,
+    pub healthcheck: Option<HealthDef>,
+    pub resources: Option<ResourcesDef>,
+    /// Reservations as a percentage of limits when a service names none.
+    pub reservation_percent: Option<Spanned<u8>>,
+    pub stop_grace_period: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthDef {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    pub start_period: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesDef {
+    pub memory: Option<Memory>,
+    pub cpus: Option<Spanned<f64>>,
+    pub reserve_memory: Option<Memory>,
+    pub reserve_cpus: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDef {
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDef {
+    /// How `stackctl setup` generates it: password, hex-key, ed25519, tls, redis-acl, file.
+    pub generate: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// For `redis-acl`: the password secret the ACL grants.
+    #[serde(default)]
+    pub from: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDef {
+    /// false drops the service (e.g. a simulator in production).
+    pub enabled: Option<bool>,
+    /// The Rust crate that builds this service, relative to stack.toml.
+    pub path: Option<Spanned<String>>,
+    /// Cargo package name (default: the service name).
+    pub package: Option<String>,
+    /// Binary name (default: the package name).
+    pub binary: Option<String>,
+    pub description: Option<String>,
+    pub port: Option<Spanned<u16>>,
+    /// Host port to publish (none by default: only Nginx is public).
+    pub publish: Option<Spanned<u16>>,
+    pub networks: Option<Vec<Spanned<String>>>,
+    pub depends_on: Option<Vec<Spanned<String>>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub secrets: Option<Vec<Spanned<String>>>,
+    pub resources: Option<ResourcesDef>,
+    pub replicas: Option<Spanned<u32>>,
+    pub health_path: Option<String>,
+    pub healthcheck: Option<HealthDef>,
+    pub postgres: Option<Spanned<PostgresDef>>,
+    pub redis: Option<bool>,
+    pub debug: Option<bool>,
+    /// Routed by Nginx to the outside world (the gateway).
+    pub public: Option<bool>,
+    /// Extra command-line arguments for the binary.
+    pub args: Option<Vec<String>>,
+    pub read_only: Option<bool>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDef {
+    pub database: Option<Spanned<String>>,
+    /// Container name of the instance (default "postgres-<service>").
+    pub name: Option<String>,
+    pub user: Option<String>,
+    pub resources: Option<ResourcesDef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDef {
+    /// A registry image, e.g. "postgres:16-alpine".
+    pub image: Option<String>,
+    /// Build the image locally from Debian packages instead ("debian").
+    pub build: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfraDef {
+    pub postgres: Option<PostgresInfraDef>,
+    pub redis: Option<RedisDef>,
+    pub nginx: Option<NginxDef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresInfraDef {
+    pub image: Option<String>,
+    pub build: Option<Spanned<String>>,
+    pub resources: Option<ResourcesDef>,
+    pub max_connections: Option<u32>,
+    pub shared_buffers: Option<Memory>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisDef {
+    pub enabled: Option<bool>,
+    pub image: Option<String>,
+    pub build: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub maxmemory: Option<Memory>,
+    pub maxmemory_policy: Option<String>,
+    pub appendonly: Option<bool>,
+    pub password_secret: Option<Spanned<String>>,
+    pub acl_secret: Option<Spanned<String>>,
+    pub resources: Option<ResourcesDef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxDef {
+    pub enabled: Option<bool>,
+    pub image: Option<String>,
+    pub build: Option<Spanned<String>>,
+    pub http_port: Option<Spanned<u16>>,
+    pub https_port: Option<Spanned<u16>>,
+    pub server_name: Option<String>,
+    pub tls_cert_secret: Option<Spanned<String>>,
+    pub tls_key_secret: Option<Spanned<String>>,
+    /// Requests per second per client IP, and the burst allowed above it.
+    pub rate_limit: Option<u32>,
+    pub rate_burst: Option<u32>,
+    pub client_max_body_size: Option<Memory>,
+    pub networks: Option<Vec<Spanned<String>>>,
+    pub resources: Option<ResourcesDef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringDef {
+    pub enabled: Option<bool>,
+    pub network: Option<Spanned<String>>,
+    pub prometheus: Option<PrometheusDef>,
+    pub grafana: Option<ComponentDef>,
+    pub node_exporter: Option<ComponentDef>,
+    pub alerts: Option<AlertsDef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusDef {
+    pub image: Option<String>,
+    pub build: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub scrape_interval: Option<Duration>,
+    pub retention: Option<Duration>,
+    pub resources: Option<ResourcesDef>,
+}
+
+/// A third-party component: its image, published port and limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentDef {
+    pub enabled: Option<bool>,
+    pub image: Option<String>,
+    pub port: Option<Spanned<u16>>,
+    pub resources: Option<ResourcesDef>,
+    pub admin_password_secret: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsDef {
+    /// Fraction of 5xx responses above which the error-rate alert fires.
+    pub error_rate: Option<f64>,
+    /// p99 latency above which the latency alert fires.
+    pub latency_p99: Option<Duration>,
+    /// Fraction of the memory limit above which the memory alert fires.
+    pub memory_ratio: Option<f64>,
+    /// How long a condition must hold before firing.
+    pub for_duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingDef {
+    pub enabled: Option<bool>,
+    pub elasticsearch: Option<ComponentDef>,
+    pub kibana: Option<ComponentDef>,
+    pub filebeat: Option<ComponentDef>,
+    pub retention: Option<Duration>,
+}
+
+/// An environment overlay: the same shapes as the base, changing only what it names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentDef {
+    pub description: Option<String>,
+    pub defaults: Option<Defaults>,
+    #[serde(default)]
+    pub services: IndexMap<String, Spanned<ServiceDef>>,
+    pub infra: Option<InfraDef>,
+    pub monitoring: Option<MonitoringDef>,
+    pub logging: Option<LoggingDef>,
+}
+
+/// Field-by-field overlay: `over` wins wherever it says something.
+pub trait Merge {
+    fn merge(&mut self, over: &Self);
+}
+
+macro_rules! merge_struct {
+    ($ty:ty { $($plain:ident),* } nested { $($nested:ident),* }) => {
+        impl Merge for $ty {
+            #[allow(unused_variables)]
+            fn merge(&mut self, over: &Self) {
+                $( if over.$plain.is_some() { self.$plain = over.$plain.clone(); } )*
+                $(
+                    match (&mut self.$nested, &over.$nested) {
+                        (Some(base), Some(o)) => base.merge(o),
+                        (None, Some(o)) => self.$nested = Some(o.clone()),
+                        _ => {}
+                    }
+                )*
+            }
+        }
+    };
+}
+
+merge_struct!(Defaults { user, read_only, restart, reservation_percent, stop_grace_period } nested { healthcheck, resources });
+merge_struct!(HealthDef { interval, timeout, retries, start_period } nested {});
+merge_struct!(ResourcesDef { memory, cpus, reserve_memory, reserve_cpus } nested {});
+merge_struct!(PostgresDef { database, name, user } nested { resources });
+merge_struct!(InfraDef {} nested { postgres, redis, nginx });
+merge_struct!(PostgresInfraDef { image, build, max_connections, shared_buffers } nested { resources });
+merge_struct!(RedisDef { enabled, image, build, port, maxmemory, maxmemory_policy, appendonly, password_secret, acl_secret } nested { resources });
+merge_struct!(NginxDef { enabled, image, build, http_port, https_port, server_name, tls_cert_secret, tls_key_secret, rate_limit, rate_burst, client_max_body_size, networks } nested { resources });
+merge_struct!(MonitoringDef { enabled, network } nested { prometheus, grafana, node_exporter, alerts });
+merge_struct!(PrometheusDef { image, build, port, scrape_interval, retention } nested { resources });
+merge_struct!(ComponentDef { enabled, image, port, admin_password_secret } nested { resources });
+merge_struct!(AlertsDef { error_rate, latency_p99, memory_ratio, for_duration } nested {});
+merge_struct!(LoggingDef { enabled, retention } nested { elasticsearch, kibana, filebeat });
+
+impl<T: Merge + Clone> Merge for Spanned<T> {
+    fn merge(&mut self, over: &Self) {
+        // Spans stay those of the base; the overlay's values win.
+        let mut inner = self.get_ref().clone();
+        inner.merge(over.get_ref());
+        *self = Spanned::new(self.span(), inner);
+    }
+}
+
+impl Merge for ServiceDef {
+    fn merge(&mut self, over: &Self) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        take!(
+            enabled,
+            path,
+            package,
+            binary,
+            description,
+            port,
+            publish,
+            networks,
+            depends_on,
+            secrets,
+            replicas,
+            health_path,
+            redis,
+            debug,
+            public,
+            args,
+            read_only,
+            user
+        );
+        // Environment variables merge by name; limits and health by field.
+        if let Some(env) = &over.env {
+            self.env
+                .get_or_insert_with(BTreeMap::new)
+                .extend(env.clone());
+        }
+        for (base, o) in [(&mut self.resources, &over.resources)] {
+            match (base.as_mut(), o) {
+                (Some(b), Some(o)) => b.merge(o),
+                (None, Some(o)) => *base = Some(o.clone()),
+                _ => {}
+            }
+        }
+        match (self.healthcheck.as_mut(), &over.healthcheck) {
+            (Some(b), Some(o)) => b.merge(o),
+            (None, Some(o)) => self.healthcheck = Some(o.clone()),
+            _ => {}
+        }
+        match (self.postgres.as_mut(), &over.postgres) {
+            (Some(b), Some(o)) => b.merge(o),
+            (None, Some(o)) => self.postgres = Some(o.clone()),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The commands: each takes the resolved stack and the UI, returns an exit code.
+
+use crate::cli::{ConfigFormat, DiagramFormat, Global};
+use crate::error::{Error, Result};
+use crate::model::{self, Stack};
+use crate::render;
+use crate::ui::Ui;
+use std::path::Path;
+
+pub mod architecture;
+
+/// Find and resolve stack.toml per the global flags.
+pub fn load(g: &Global) -> Result<Stack> {
+    let file = match &g.file {
+        Some(f) => f.clone(),
+        None => {
+            model::find_stack_file(&std::env::current_dir().map_err(|e| Error::Other(e.into()))?)?
+        }
+    };
+    model::load(&file, g.env.as_deref())
+}
+
+pub fn validate(stack: &Stack, ui: &Ui) -> Result<i32> {
+    let containers = model::containers(stack);
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "valid": true,
+            "file": stack.file.display().to_string(),
+            "environment": stack.environment,
+            "services": stack.services.len(),
+            "containers": containers.len(),
+        }));
+    } else {
+        ui.ok(format!(
+            "{} is valid: {} services, {} containers, {} networks{}",
+            stack.file.display(),
+            stack.services.len(),
+            containers.len(),
+            stack.networks.len(),
+            stack
+                .environment
+                .as_deref()
+                .map(|e| format!(" (environment {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(0)
+}
+
+/// The tag compose files default to: $IMAGE_TAG, else the strategy's value.
+pub fn image_tag(stack: &Stack) -> String {
+    if let Ok(t) = std::env::var("IMAGE_TAG") {
+        if !t.is_empty() {
+            return t;
+        }
+    }
+    match &stack.tag {
+        model::TagStrategy::Literal(t) => t.clone(),
+        model::TagStrategy::Git => git_short_sha(&stack.root).unwrap_or_else(|| "latest".into()),
+        model::TagStrategy::Hash => "latest".into(),
+    }
+}
+
+fn git_short_sha(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn render(stack: &Stack, out: Option<&Path>, ui: &Ui) -> Result<i32> {
+    let started = std::time::Instant::now();
+    let layout = render::Layout::new(stack, out, image_tag(stack));
+    let artifacts = render::render(stack, &layout)?;
+    let changed = artifacts.write(&layout.out)?;
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "out": layout.out.display().to_string(),
+            "files": artifacts.files.keys().collect::<Vec<_>>(),
+            "changed": changed,
+            "config_hash": artifacts.hash(),
+        }));
+    } else {
+        for f in artifacts.files.keys() {
+            ui.detail(f);
+        }
+        ui.ok(format!(
+            "rendered {} files to {} ({} changed) in {} ms; config hash {}",
+            artifacts.files.len(),
+            layout.out.display(),
+            changed,
+            started.elapsed().as_millis(),
+            &artifacts.hash()[..12]
+        ));
+    }
+    Ok(0)
+}
+
+pub fn config(stack: &Stack, format: ConfigFormat, ui: &Ui) -> Result<i32> {
+    let json = serde_json::to_value(stack).map_err(|e| Error::Other(e.into()))?;
+    if ui.json || matches!(format, ConfigFormat::Json) {
+        ui.print_json(&json);
+    } else {
+        let text = toml::to_string_pretty(&json).map_err(|e| Error::Other(e.into()))?;
+        print!("{text}");
+    }
+    Ok(0)
+}
+
+pub fn architecture(stack: &Stack, format: DiagramFormat, _ui: &Ui) -> Result<i32> {
+    print!("{}", architecture::draw(stack, format));
+    Ok(0)
+}

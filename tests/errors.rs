@@ -1,0 +1,171 @@
+//! Every broken stack.toml gives a file:line:column error, a hint, and its own
+//! exit code, through the library and through the real binary.
+
+mod common;
+use common::*;
+use stackctl::error::ModelErrorKind;
+use stackctl::model;
+use std::collections::HashSet;
+use std::path::Path;
+
+#[test]
+fn base_stack_is_valid() {
+    let p = Project::new(BASE);
+    let o = p.run(&["validate"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 services"), "{}", stderr(&o));
+}
+
+#[test]
+fn each_error_names_its_place_in_the_library() {
+    for case in CASES {
+        let p = Project::new(&case.stack());
+        let file = p.path().join("stack.toml");
+        let e = match model::load(&file, None) {
+            Err(stackctl::Error::Model(e)) => e,
+            other => panic!("case {}: expected a model error, got {other:?}", case.name),
+        };
+        assert_eq!(e.kind.exit_code(), case.code, "case {}: {e}", case.name);
+        assert_eq!(
+            (e.line, e.column),
+            (case.line, case.column),
+            "case {}: {e}",
+            case.name
+        );
+        assert!(e.to_string().contains(case.says), "case {}: {e}", case.name);
+        assert!(
+            !e.hint.is_empty() || case.name == "bad_duration" || case.name == "bad_memory",
+            "case {} has no hint",
+            case.name
+        );
+        assert!(
+            e.to_string().contains("e.g.")
+                || !matches!(
+                    e.kind,
+                    ModelErrorKind::BadDuration | ModelErrorKind::BadMemory
+                ),
+            "case {}: {e}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn each_error_exits_with_its_own_code_from_the_binary() {
+    let mut codes = HashSet::new();
+    for case in CASES {
+        let p = Project::new(&case.stack());
+        let o = p.run(&["validate"]);
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(case.code),
+            "case {}: {err}",
+            case.name
+        );
+        let place = format!("stack.toml:{}:{}:", case.line, case.column);
+        assert!(
+            err.contains(&place),
+            "case {}: `{place}` missing in: {err}",
+            case.name
+        );
+        assert!(err.contains("error:"), "case {}: {err}", case.name);
+        assert!(!err.contains("panicked"), "case {}: {err}", case.name);
+        codes.insert(case.code);
+    }
+    assert_eq!(codes.len(), CASES.len(), "exit codes must be distinct");
+}
+
+#[test]
+fn unknown_environment_is_an_error_with_the_choices() {
+    let stack = format!("{BASE}\n[environments.staging.services.api]\nreplicas = 2\n");
+    let p = Project::new(&stack);
+    let o = p.run(&["--env", "prod", "validate"]);
+    assert_eq!(o.status.code(), Some(21));
+    assert!(
+        stderr(&o).contains("choose one of: staging"),
+        "{}",
+        stderr(&o)
+    );
+    let ok = p.run(&["--env", "staging", "validate"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+}
+
+#[test]
+fn an_overlay_naming_an_unknown_service_points_at_the_overlay() {
+    let stack = format!("{BASE}\n[environments.staging.services.apx]\nreplicas = 2\n");
+    let p = Project::new(&stack);
+    let o = p.run(&["validate"]);
+    assert_eq!(o.status.code(), Some(16), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("overrides service `apx`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("stack.toml:30:1:"), "{}", stderr(&o));
+}
+
+#[test]
+fn overlay_changes_only_what_it_names() {
+    let stack = format!("{BASE}\n[environments.staging.services.users]\nresources = {{ memory = \"1G\" }}\nenv = {{ DEBUG_SQL = \"1\" }}\n");
+    let f = Path::new("stack.toml");
+    let base = model::load_str(&stack, f, Path::new("."), None, false).unwrap();
+    let st = model::load_str(&stack, f, Path::new("."), Some("staging"), false).unwrap();
+    let (b, s) = (base.service("users").unwrap(), st.service("users").unwrap());
+    assert_eq!(s.resources.memory.to_string(), "1G");
+    assert_eq!(
+        s.resources.reserve_memory.to_string(),
+        "512M",
+        "reservation follows the new limit"
+    );
+    assert_eq!(
+        s.resources.cpus, b.resources.cpus,
+        "cpus not named: unchanged"
+    );
+    assert_eq!(s.healthcheck, b.healthcheck);
+    assert_eq!(s.env.get("DEBUG_SQL").map(String::as_str), Some("1"));
+    assert_eq!(
+        st.service("api").unwrap().port,
+        base.service("api").unwrap().port
+    );
+}
+
+#[test]
+fn no_stack_file_and_missing_file_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .current_dir(dir.path())
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no stack.toml found"));
+    let o = bin()
+        .current_dir(dir.path())
+        .args(["-f", "nope.toml", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope.toml"));
+}
+
+#[test]
+fn stack_file_is_found_from_a_subdirectory() {
+    let p = Project::new(BASE);
+    let sub = p.path().join("services/api");
+    let o = bin().current_dir(&sub).arg("validate").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn json_errors_are_machine_readable() {
+    let p = Project::new(&CASES[1].stack());
+    let o = p.run(&["--json", "validate"]);
+    assert_eq!(o.status.code(), Some(11));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json on stdout");
+    assert_eq!(v["error"]["code"], 11);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("stack.toml:11:1"));
+}
