@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    kit::main_with(ai_assistant::DEFAULT_PORT, ai_assistant::run)
+}

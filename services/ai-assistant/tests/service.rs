@@ -1,0 +1,545 @@
+//! The service in-process on 127.0.0.1:0 against a fresh PostgreSQL
+//! database (TEST_DATABASE_URL): chat with citations, persistence per user,
+//! SSE streaming, BSL check endpoint, analytics events, metadata answers,
+//! JWT identification.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ai_assistant::{build_state, migrate, router, AuthMode, Settings};
+use axum::routing::{get, post};
+use axum::Json;
+use serde_json::{json, Value};
+
+struct Svc {
+    base: String,
+    http: reqwest::Client,
+    _db: kit::testing::TestDb,
+}
+
+fn settings(auth: AuthMode) -> Settings {
+    Settings {
+        auth,
+        llm: None,
+        integration_url: None,
+        analytics_url: None,
+        ingest_token: None,
+        analytics_queue: 100,
+    }
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+async fn start(settings: Settings) -> Svc {
+    let db = kit::testing::TestDb::new().await;
+    let pool = kit::db::connect_pg(&db.url, None, Duration::from_secs(10))
+        .await
+        .expect("connect test database");
+    migrate(&pool).await.expect("migrations");
+    let state = build_state(pool.clone(), settings).expect("state");
+    let infra = kit::Infra::named("ai-assistant", "test").with_pg(pool);
+    let addr = serve(infra.wrap(router(state))).await;
+    Svc {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        _db: db,
+    }
+}
+
+impl Svc {
+    async fn chat(&self, user: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/chat", self.base))
+            .header("x-user-id", user)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, user: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("x-user-id", user)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn stock_question_answer_cites_register_balance_passages() {
+    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let (status, body) = svc
+        .chat(
+            "u1",
+            json!({"message": "как получить остатки товаров на складе запросом?"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["provider"], "offline");
+    let sources = body["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["file"], "kb/query-language.md");
+    assert_eq!(
+        sources[0]["heading"],
+        "Как получить остатки товаров на складе запросом"
+    );
+    let answer = body["answer"].as_str().unwrap();
+    assert!(answer.contains("РегистрНакопления.ОстаткиТоваров.Остатки(&Дата, Склад = &Склад)"));
+    assert!(answer.contains("[1] kb/query-language.md"));
+}
+
+#[tokio::test]
+async fn conversations_persist_per_user() {
+    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let (s, first) = svc
+        .chat(
+            "alice",
+            json!({"message": "Как установить состав стандартного интерфейса OData?"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let cid = first["conversation_id"].as_str().unwrap().to_string();
+    let (s, second) = svc
+        .chat(
+            "alice",
+            json!({"conversation_id": cid, "message": "А что писать в default.vrd?"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["conversation_id"], cid.as_str());
+    // Bob has his own conversation.
+    let (s, _) = svc
+        .chat(
+            "bob",
+            json!({"message": "как сделать резервное копирование базы?"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    let (s, list) = svc.get("alice", "/conversations").await;
+    assert_eq!(s, 200);
+    let convs = list["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 1, "{list}");
+    assert_eq!(convs[0]["id"], cid.as_str());
+    assert_eq!(convs[0]["message_count"], 4);
+    assert_eq!(
+        convs[0]["title"],
+        "Как установить состав стандартного интерфейса OData?"
+    );
+
+    let (s, conv) = svc.get("alice", &format!("/conversations/{cid}")).await;
+    assert_eq!(s, 200);
+    let msgs = conv["messages"].as_array().unwrap();
+    let roles: Vec<&str> = msgs.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    assert_eq!(msgs[2]["content"], "А что писать в default.vrd?");
+    assert_eq!(msgs[1]["sources"][0]["file"], "kb/odata.md");
+    assert_eq!(msgs[3]["id"], second["message_id"]);
+
+    // Bob sees neither the list entry nor the conversation, nor can he post to it.
+    let (_, bob_list) = svc.get("bob", "/conversations").await;
+    assert_eq!(bob_list["conversations"].as_array().unwrap().len(), 1);
+    assert_ne!(bob_list["conversations"][0]["id"], cid.as_str());
+    let (s, err) = svc.get("bob", &format!("/conversations/{cid}")).await;
+    assert_eq!(s, 404);
+    assert_eq!(err["error"]["code"], "not_found");
+    let (s, _) = svc
+        .chat("bob", json!({"conversation_id": cid, "message": "привет"}))
+        .await;
+    assert_eq!(s, 404);
+
+    // No user, bad input.
+    let r = svc
+        .http
+        .get(format!("{}/conversations", svc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (s, err) = svc.chat("alice", json!({"message": "   "})).await;
+    assert_eq!(s, 422, "{err}");
+    let (s, _) = svc.get("alice", "/conversations/not-a-uuid").await;
+    assert_eq!(s, 422);
+}
+
+#[tokio::test]
+async fn code_in_message_is_checked_and_cited() {
+    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let msg = "Почему этот код медленный?\n```bsl\nПроцедура Заполнить(Товары)\n\tДля Каждого Строка Из Товары Цикл\n\t\tЗапрос = Новый Запрос(\"ВЫБРАТЬ 1 КАК Поле\");\n\t\tРезультат = Запрос.Выполнить();\n\tКонецЦикла;\nКонецПроцедуры\n```";
+    let (s, body) = svc.chat("dev", json!({"message": msg})).await;
+    assert_eq!(s, 200, "{body}");
+    let diags = body["diagnostics"].as_array().unwrap();
+    assert_eq!(diags.len(), 1, "{body}");
+    assert_eq!(diags[0]["rule"], "query-in-loop");
+    assert_eq!(diags[0]["line"], 4);
+    assert!(body["answer"].as_str().unwrap().contains("строка 4"));
+    assert!(
+        body["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["heading"] == "Запросы в цикле запрещены"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn streaming_chat_sends_sse_and_stores_answer() {
+    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let r = svc
+        .http
+        .post(format!("{}/chat?stream=true", svc.base))
+        .header("x-user-id", "streamer")
+        .json(&json!({"message": "как получить остатки товаров на складе запросом?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let events = parse_sse(&text);
+    assert_eq!(events.first().unwrap().0, "meta");
+    let deltas: String = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(events.iter().filter(|(e, _)| e == "delta").count() > 1);
+    assert!(deltas.contains("РегистрНакопления.ОстаткиТоваров.Остатки"));
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(done["sources"][0]["file"], "kb/query-language.md");
+    let cid = done["conversation_id"].as_str().unwrap();
+
+    let (_, conv) = svc.get("streamer", &format!("/conversations/{cid}")).await;
+    assert_eq!(conv["messages"][1]["content"].as_str().unwrap(), deltas);
+
+    // Accept: text/event-stream works too.
+    let r = svc
+        .http
+        .post(format!("{}/chat", svc.base))
+        .header("x-user-id", "streamer")
+        .header("accept", "text/event-stream")
+        .json(&json!({"message": "default.vrd"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("event: done"));
+}
+
+fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut event = String::from("message");
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+        }
+        if !data.is_empty() {
+            out.push((event, serde_json::from_str(&data).unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn bsl_check_endpoint_and_health() {
+    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let r = svc
+        .http
+        .post(format!("{}/bsl/check", svc.base))
+        .json(&json!({"code": "Процедура А()\n\tДата = ТекущаяДата();\n\tСообщить(Дата);\nКонецПроцедуры\n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["kind"], "module");
+    let d = body["diagnostics"].as_array().unwrap();
+    assert_eq!(d.len(), 2, "{body}");
+    assert_eq!(
+        (
+            d[0]["line"].as_u64(),
+            d[0]["column"].as_u64(),
+            d[0]["rule"].as_str(),
+            d[0]["severity"].as_str()
+        ),
+        (
+            Some(2),
+            Some(9),
+            Some("deprecated-current-date"),
+            Some("warning")
+        )
+    );
+    assert_eq!(d[1]["rule"], "deprecated-message");
+    assert!(d[1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("СообщениеПользователю"));
+
+    let r = svc
+        .http
+        .post(format!("{}/bsl/check", svc.base))
+        .json(&json!({"code": "ВЫБРАТЬ\n\tТ.Ссылка,\nИЗ Справочник.Номенклатура КАК Т"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["kind"], "query");
+    assert_eq!(body["diagnostics"][0]["rule"], "query-syntax-error");
+
+    let r = svc
+        .http
+        .post(format!("{}/bsl/check", svc.base))
+        .json(&json!({"source": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let err: Value = r.json().await.unwrap();
+    assert!(err["error"]["code"].is_string());
+
+    let r = svc
+        .http
+        .get(format!("{}/health/ready", svc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = svc
+        .http
+        .get(format!("{}/kb/search?q=default.vrd", svc.base))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["results"][0]["file"], "kb/odata.md");
+}
+
+#[tokio::test]
+async fn questions_and_answers_go_to_analytics_and_its_outage_is_harmless() {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        post(move |Json(batch): Json<Vec<Value>>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().extend(batch);
+                Json(json!({"accepted": 1}))
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let mut s = settings(AuthMode::TrustedHeader);
+    s.analytics_url = Some(format!("http://{addr}"));
+    let svc = start(s).await;
+    let (status, body) = svc
+        .chat(
+            "carol",
+            json!({"message": "как получить остатки товаров на складе запросом?"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = seen.lock().unwrap().clone();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["kind"], "question");
+    assert_eq!(events[1]["kind"], "answer");
+    for e in &events {
+        assert_eq!(e["service"], "ai-assistant");
+        assert_eq!(e["user_id"], "carol");
+        assert_eq!(
+            e["properties"]["question"],
+            "как получить остатки товаров на складе запросом?"
+        );
+        assert_eq!(e["properties"]["conversation_id"], body["conversation_id"]);
+        uuid::Uuid::parse_str(e["event_id"].as_str().unwrap()).unwrap();
+        chrono::DateTime::parse_from_rfc3339(e["occurred_at"].as_str().unwrap()).unwrap();
+    }
+    assert!(events[1]["latency_ms"].as_f64().unwrap() >= 0.0);
+
+    // Analytics unreachable: the assistant answers all the same.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut s = settings(AuthMode::TrustedHeader);
+    s.analytics_url = Some(format!("http://{dead}"));
+    let svc = start(s).await;
+    for _ in 0..3 {
+        let (status, _) = svc.chat("dave", json!({"message": "default.vrd"})).await;
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test]
+async fn metadata_questions_are_answered_from_1c_integration() {
+    let model = json!({
+        "namespace": "StandardODATA",
+        "entity_sets": [
+            {"name": "Catalog_Номенклатура", "entity_type": "StandardODATA.Catalog_Номенклатура", "kind": "catalog"},
+            {"name": "Catalog_Номенклатура_ДополнительныеРеквизиты", "entity_type": "StandardODATA.Catalog_Номенклатура_ДополнительныеРеквизиты",
+             "kind": "tabular_section", "owner": "Catalog_Номенклатура", "section": "ДополнительныеРеквизиты"}
+        ],
+        "entity_types": {
+            "Catalog_Номенклатура": {"name": "Catalog_Номенклатура", "keys": ["Ref_Key"], "properties": [
+                {"name": "Ref_Key", "type": "Edm.Guid", "nullable": false},
+                {"name": "Description", "type": "Edm.String", "nullable": true},
+                {"name": "Артикул", "type": "Edm.String", "nullable": true},
+                {"name": "ЕдиницаИзмерения_Key", "type": "Edm.Guid", "nullable": true}
+            ], "navigation": []},
+            "Catalog_Номенклатура_ДополнительныеРеквизиты": {"name": "Catalog_Номенклатура_ДополнительныеРеквизиты", "properties": [
+                {"name": "Значение", "type": "Edm.String", "nullable": true}
+            ], "navigation": []}
+        }
+    });
+    let auth_seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let a2 = auth_seen.clone();
+    let app = axum::Router::new().route(
+        "/metadata",
+        get(move |headers: axum::http::HeaderMap| {
+            let model = model.clone();
+            let a2 = a2.clone();
+            async move {
+                *a2.lock().unwrap() = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_string());
+                Json(model)
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let mut s = settings(AuthMode::TrustedHeader);
+    s.integration_url = Some(format!("http://{addr}"));
+    let svc = start(s).await;
+    let r = svc
+        .http
+        .post(format!("{}/chat", svc.base))
+        .header("x-user-id", "erin")
+        .header("authorization", "Bearer forwarded-token")
+        .json(&json!({"message": "какие реквизиты у Справочник.Номенклатура?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    let answer = body["answer"].as_str().unwrap();
+    assert!(answer.contains("Catalog_Номенклатура"), "{answer}");
+    assert!(answer.contains("`Артикул`: Edm.String"), "{answer}");
+    assert!(answer.contains("ДополнительныеРеквизиты"), "{answer}");
+    assert_eq!(
+        body["metadata"]["object"]["entity_set"],
+        "Catalog_Номенклатура"
+    );
+    assert_eq!(
+        auth_seen.lock().unwrap().as_deref(),
+        Some("Bearer forwarded-token")
+    );
+
+    let (s, body) = svc
+        .chat(
+            "erin",
+            json!({"message": "какие поля у Документ.НетТакого?"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        body["answer"].as_str().unwrap().contains("не найден"),
+        "{body}"
+    );
+}
+
+const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEICgPFPQHHG8WB8FjWrSBBTzBTIm9oQHnggiRKNPRud7R
+-----END PRIVATE KEY-----
+";
+const TEST_KEY_X: &str = "47YZOo5ZKW3zjrL-o_8v7D-6_alr7PfSm-WnDcDaITE";
+
+fn token(sub: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let claims = json!({"sub": sub, "roles": ["developer"], "exp": now + 600, "iat": now});
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_pem(TEST_KEY_PEM.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwt_subject_identifies_the_user() {
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "x": TEST_KEY_X, "kid": "k1", "use": "sig", "alg": "EdDSA"
+    }]}))
+    .unwrap();
+    let svc = start(settings(AuthMode::Jwt(kit::Verifier::from_jwks(&jwks)))).await;
+    let r = svc
+        .http
+        .post(format!("{}/chat", svc.base))
+        .bearer_auth(token("user-42"))
+        .json(&json!({"message": "как обновить конфигурацию?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let list: Value = svc
+        .http
+        .get(format!("{}/conversations", svc.base))
+        .bearer_auth(token("user-42"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    let other: Value = svc
+        .http
+        .get(format!("{}/conversations", svc.base))
+        .bearer_auth(token("user-43"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["conversations"].as_array().unwrap().len(), 0);
+    // x-user-id is ignored in JWT mode.
+    let r = svc
+        .http
+        .get(format!("{}/conversations", svc.base))
+        .header("x-user-id", "user-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
