@@ -2,3 +2,4 @@
 
 pub mod odata;
 pub mod simulator;
+pub mod soap;
