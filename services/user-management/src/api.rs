@@ -317,10 +317,12 @@ async fn login(
     let Some(cred) = store::credentials_by_email(&state.pool, &email).await? else {
         // Same work as for a real account: no user enumeration by timing.
         let _ = password::verify(body.password, state.dummy_hash.to_string()).await;
+        state.metrics.login("invalid_credentials");
         return Err(invalid_credentials());
     };
     if let Some(until) = cred.locked_until {
         if until > Utc::now() {
+            state.metrics.login("locked");
             return Ok(locked(until));
         }
     }
@@ -334,11 +336,14 @@ async fn login(
         .await?;
         if let Some(until) = lock {
             tracing::warn!(user_id = %cred.id, %until, "account locked after failed logins");
+            state.metrics.login("locked");
             return Ok(locked(until));
         }
+        state.metrics.login("invalid_credentials");
         return Err(invalid_credentials());
     }
     if !cred.is_active {
+        state.metrics.login("disabled");
         return Err(err(
             StatusCode::FORBIDDEN,
             "account_disabled",
@@ -354,6 +359,7 @@ async fn login(
     let body = issue_tokens(&state, &mut tx, &user, family).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, session = %family, "login");
+    state.metrics.login("success");
     Ok(Json(body).into_response())
 }
 
@@ -406,6 +412,7 @@ async fn refresh(
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        state.metrics.refresh_reuse.inc();
         tracing::warn!(user_id = %user_id, session = %family, "refresh token reuse detected; session revoked");
         return Err(unauthorized(
             "refresh_token_reused",
@@ -462,16 +469,18 @@ async fn logout(
     let mut families = BTreeSet::new();
     let mut access: Option<(String, Claims)> = None;
     if let Some(token) = bearer {
-        let claims = state
-            .keys
-            .verifier()
-            .verify(&token)
-            .await
-            .map_err(ApiError::from)?;
-        if let Some(sid) = claims.sid.as_deref().and_then(|s| s.parse::<Uuid>().ok()) {
-            families.insert(sid);
+        match state.keys.verifier().verify(&token).await {
+            Ok(claims) => {
+                if let Some(sid) = claims.sid.as_deref().and_then(|s| s.parse::<Uuid>().ok()) {
+                    families.insert(sid);
+                }
+                access = Some((token, claims));
+            }
+            // An expired access token must not prevent logging out with
+            // the refresh token.
+            Err(_) if body.refresh_token.is_some() => {}
+            Err(e) => return Err(e.into()),
         }
-        access = Some((token, claims));
     }
     if let Some(rt) = body.refresh_token {
         let fam: Option<Uuid> =

@@ -84,7 +84,45 @@ pub struct AppState {
     /// role → permissions, loaded from the database at start.
     pub perms: Arc<BTreeMap<String, Vec<String>>>,
     pub http: reqwest::Client,
+    pub metrics: AuthMetrics,
     dummy_hash: Arc<String>,
+}
+
+/// Service metrics, registered into kit's registry by [`app`].
+#[derive(Clone)]
+pub struct AuthMetrics {
+    /// `user_management_logins_total{outcome}`: success,
+    /// invalid_credentials, locked, disabled.
+    pub logins: prometheus::IntCounterVec,
+    /// `user_management_refresh_token_reuse_total`.
+    pub refresh_reuse: prometheus::IntCounter,
+}
+
+impl AuthMetrics {
+    fn new() -> Self {
+        AuthMetrics {
+            logins: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("user_management_logins_total", "Login attempts by outcome"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            refresh_reuse: prometheus::IntCounter::new(
+                "user_management_refresh_token_reuse_total",
+                "Reused refresh tokens (session families revoked)",
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    pub fn login(&self, outcome: &str) {
+        self.logins.with_label_values(&[outcome]).inc();
+    }
+
+    /// Register into `registry` (a second registration is ignored).
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let _ = registry.register(Box::new(self.logins.clone()));
+        let _ = registry.register(Box::new(self.refresh_reuse.clone()));
+    }
 }
 
 impl AppState {
@@ -110,6 +148,7 @@ impl AppState {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()?,
+            metrics: AuthMetrics::new(),
             dummy_hash: Arc::new(dummy_hash),
         };
         bootstrap_admin(&state).await?;
@@ -195,6 +234,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The complete application: service routes wrapped by kit.
 pub fn app(state: AppState, infra: &Infra) -> Router {
+    state.metrics.register(infra.metrics.registry());
     infra.wrap(router(state))
 }
 

@@ -324,6 +324,19 @@ async fn logout_revokes_family_and_reports_jti_to_security() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = svc.post("/auth/logout", None, json!({})).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // A garbage/expired bearer does not block logout by refresh token.
+    let t = svc.login("carol@example.org", "carol-password-1").await;
+    let (st, v) = svc
+        .post(
+            "/auth/logout",
+            Some("not.a.jwt"),
+            json!({"refresh_token": t["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked_sessions"], 1);
+    let (st, _) = svc.post("/auth/logout", Some("not.a.jwt"), json!({})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -807,6 +820,10 @@ async fn health_and_metrics_are_served() {
         .unwrap();
     assert!(
         text.contains(r#"http_requests_total{method="POST",route="/auth/login",status="401"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"user_management_logins_total{outcome="invalid_credentials"} 1"#),
         "{text}"
     );
 }
