@@ -42,6 +42,13 @@ pub struct Identity {
     /// JWT id and expiry (JWT callers only), for logout revocation.
     pub jti: Option<String>,
     pub exp: Option<i64>,
+    /// Session (refresh-token family) of a JWT.
+    pub sid: Option<String>,
+}
+
+/// The revocation-list entry standing for a whole session.
+pub fn session_key(sid: &str) -> String {
+    format!("sid:{sid}")
 }
 
 /// The security service as seen by the gateway.
@@ -190,7 +197,7 @@ impl Authenticator {
             )
         })?;
         let claims = verifier.verify(token).await.map_err(ApiError::from)?;
-        if let Some(security) = &self.security {
+        if self.security.is_some() {
             if claims.jti.is_empty() {
                 return Err(err(
                     StatusCode::UNAUTHORIZED,
@@ -198,26 +205,18 @@ impl Authenticator {
                     "token has no jti",
                 ));
             }
-            let now = Instant::now();
-            let revoked = match self.revoked.get(&claims.jti, now) {
-                Some(r) => r,
-                None => {
-                    let r = security
-                        .is_revoked(&claims.jti, request_id)
-                        .await
-                        .map_err(|e| {
-                            tracing::warn!(error = %e, "revocation check failed");
-                            err(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "auth_unavailable",
-                                "cannot check token revocation",
-                            )
-                        })?;
-                    self.remember_revocation(&claims.jti, r, claims.exp);
-                    r
+            // The token itself, and its whole session (revoked on logout).
+            let sid_key = claims.sid.as_ref().map(|s| session_key(s));
+            let (by_jti, by_sid) = tokio::join!(
+                self.is_revoked(&claims.jti, claims.exp, request_id),
+                async {
+                    match &sid_key {
+                        Some(k) => self.is_revoked(k, claims.exp, request_id).await,
+                        None => Ok(false),
+                    }
                 }
-            };
-            if revoked {
+            );
+            if by_jti? || by_sid? {
                 return Err(err(
                     StatusCode::UNAUTHORIZED,
                     "token_revoked",
@@ -231,7 +230,28 @@ impl Authenticator {
             method: Method::Jwt,
             jti: Some(claims.jti).filter(|j| !j.is_empty()),
             exp: Some(claims.exp),
+            sid: claims.sid,
         })
+    }
+
+    /// Whether the security service lists `key` as revoked (cached).
+    async fn is_revoked(&self, key: &str, exp: i64, request_id: &str) -> Result<bool, ApiError> {
+        if let Some(r) = self.revoked.get(&key.to_string(), Instant::now()) {
+            return Ok(r);
+        }
+        let Some(security) = &self.security else {
+            return Ok(false);
+        };
+        let r = security.is_revoked(key, request_id).await.map_err(|e| {
+            tracing::warn!(error = %e, "revocation check failed");
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                "cannot check token revocation",
+            )
+        })?;
+        self.remember_revocation(key, r, exp);
+        Ok(r)
     }
 
     /// Caches a revocation answer: "revoked" until the token expires,
@@ -285,6 +305,7 @@ impl Authenticator {
                         method: Method::ApiKey,
                         jti: None,
                         exp: None,
+                        sid: None,
                     });
                 // Invalid keys are remembered briefly too, so a client
                 // retrying a bad key does not hammer the security service.

@@ -20,7 +20,8 @@
 //!    a connect error; 504 after `UPSTREAM_TIMEOUT` without response headers.
 //!
 //! A successful `POST /api/v1/user-management/auth/logout` also revokes the
-//! caller's access token (its `jti`) in the security service.
+//! caller's access token (`jti`) and its session (`sid:<sid>`) in the
+//! security service; both are checked for every JWT.
 //!
 //! Environment (besides kit's `PORT`, `REDIS_URL`, `JWKS_URL`, ...):
 //!
@@ -36,6 +37,7 @@
 //! | `REVOCATION_CACHE_SECS` / `API_KEY_CACHE_SECS` | 5 / 30 | cache lifetimes |
 //! | `TRUST_FORWARDED_FOR` | true | client IP = last `X-Forwarded-For` entry (set by Nginx) instead of the TCP peer |
 //! | `REDIS_KEY_PREFIX` | `gateway:` | prefix of the rate-limit keys |
+//! | `SESSION_REVOCATION_SECS` | 3600 | how long a logged-out session stays listed (≥ access-token TTL) |
 //!
 //! Breaker failures are connect errors, timeouts, other transport errors and
 //! 502/503/504 answers; any other status counts as success.
@@ -91,6 +93,7 @@ pub struct GatewayConfig {
     pub revocation_cache: Duration,
     pub api_key_cache: Duration,
     pub trust_forwarded_for: bool,
+    pub session_revocation: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub connect_retry: Duration,
@@ -117,6 +120,7 @@ impl GatewayConfig {
             revocation_cache: Duration::from_secs(5),
             api_key_cache: Duration::from_secs(30),
             trust_forwarded_for: true,
+            session_revocation: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             connect_retry: Duration::from_secs(60),
@@ -166,6 +170,8 @@ impl GatewayConfig {
         c.revocation_cache = env.duration_secs_or("REVOCATION_CACHE_SECS", c.revocation_cache)?;
         c.api_key_cache = env.duration_secs_or("API_KEY_CACHE_SECS", c.api_key_cache)?;
         c.trust_forwarded_for = env.parse_or("TRUST_FORWARDED_FOR", true)?;
+        c.session_revocation =
+            env.duration_secs_or("SESSION_REVOCATION_SECS", c.session_revocation)?;
         c.request_timeout = cfg.request_timeout;
         c.shutdown_timeout = cfg.shutdown_timeout;
         c.connect_retry = cfg.connect_timeout;
@@ -433,14 +439,29 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     }
 }
 
+/// After a successful logout: revoke the caller's access token and its
+/// whole session, so every access token of the session is refused here even
+/// before it expires. Session entries live `SESSION_REVOCATION_SECS` (at
+/// least the access-token lifetime).
 async fn revoke_on_logout(gw: &Gateway, id: &Identity, request_id: &str) {
     let (Some(jti), Some(exp)) = (&id.jti, id.exp) else {
         return;
     };
-    gw.auth.remember_revocation(jti, true, exp);
-    if let Some(sec) = &gw.auth.security {
-        if let Err(e) = sec.revoke(jti, exp, request_id).await {
-            tracing::error!(error = %e, "cannot revoke the token on logout");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut entries = vec![(jti.clone(), exp)];
+    if let Some(sid) = &id.sid {
+        let session_exp = exp.max(now + gw.cfg.session_revocation.as_secs() as i64);
+        entries.push((auth::session_key(sid), session_exp));
+    }
+    for (key, until) in entries {
+        gw.auth.remember_revocation(&key, true, until);
+        if let Some(sec) = &gw.auth.security {
+            if let Err(e) = sec.revoke(&key, until, request_id).await {
+                tracing::error!(error = %e, "cannot revoke on logout");
+            }
         }
     }
 }
