@@ -168,3 +168,40 @@ async fn run_sender(
         batch.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_drops_instead_of_blocking() {
+        // Nothing listens on this port: the sender's posts fail.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let a = Analytics::spawn(&format!("http://{dead}"), None, 4);
+        let started = std::time::Instant::now();
+        let sent = (0..1000)
+            .filter(|_| a.emit(AnalyticsEvent::question("u", "q", uuid::Uuid::nil())))
+            .count();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(sent < 1000);
+        assert_eq!(a.dropped() as usize, 1000 - sent);
+        assert!(!Analytics::disabled().emit(AnalyticsEvent::question("u", "q", uuid::Uuid::nil())));
+    }
+
+    #[test]
+    fn event_shape_matches_analytics_contract() {
+        let e = AnalyticsEvent::answer("u1", "вопрос", uuid::Uuid::nil(), 12.5, "offline", 3);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["kind"], "answer");
+        assert_eq!(v["service"], "ai-assistant");
+        assert_eq!(v["latency_ms"], 12.5);
+        assert_eq!(v["properties"]["question"], "вопрос");
+        assert!(chrono::DateTime::parse_from_rfc3339(v["occurred_at"].as_str().unwrap()).is_ok());
+        let q =
+            serde_json::to_value(AnalyticsEvent::question("u1", "в", uuid::Uuid::nil())).unwrap();
+        assert!(q.get("latency_ms").is_none());
+    }
+}

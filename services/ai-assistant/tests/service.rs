@@ -543,3 +543,114 @@ async fn jwt_subject_identifies_the_user() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
+
+/// A minimal OpenAI-compatible server: 401 unless the key is `sk-good`.
+async fn fake_llm() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(
+            |headers: axum::http::HeaderMap, Json(body): Json<Value>| async move {
+                use axum::response::IntoResponse;
+                if headers.get("authorization").and_then(|v| v.to_str().ok())
+                    != Some("Bearer sk-good")
+                {
+                    return (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        Json(json!({"error": {"message": "bad key"}})),
+                    )
+                        .into_response();
+                }
+                if body["stream"] == true {
+                    let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"Ответ \"}}]}\n\n\
+                           data: {\"choices\":[{\"delta\":{\"content\":\"модели [1]\"}}]}\n\n\
+                           data: [DONE]\n\n";
+                    ([("content-type", "text/event-stream")], sse).into_response()
+                } else {
+                    Json(json!({"choices": [{"message": {"content": "Ответ модели [1]"}}]}))
+                        .into_response()
+                }
+            },
+        ),
+    );
+    serve(app).await
+}
+
+fn llm_settings(addr: SocketAddr, key: &str) -> Settings {
+    let path = std::env::temp_dir().join(format!("llm-key-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, key).unwrap();
+    let env = kit::config::Env::from_pairs([
+        ("LLM_BASE_URL", format!("http://{addr}/v1")),
+        ("LLM_MODEL", "m".to_string()),
+        ("LLM_API_KEY_FILE", path.to_string_lossy().into_owned()),
+        ("LLM_TIMEOUT", "5".to_string()),
+        ("LLM_MAX_RETRIES", "0".to_string()),
+    ]);
+    let mut s = settings(AuthMode::TrustedHeader);
+    s.llm = ai_assistant::llm::LlmConfig::from_env(&env).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn chat_with_llm_provider_streams_and_maps_errors() {
+    let addr = fake_llm().await;
+    let svc = start(llm_settings(addr, "sk-good")).await;
+    let (s, body) = svc
+        .chat(
+            "frank",
+            json!({"message": "как получить остатки товаров на складе запросом?"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["provider"], "openai");
+    assert_eq!(body["answer"], "Ответ модели [1]");
+    assert_eq!(body["sources"][0]["file"], "kb/query-language.md");
+
+    let r = svc
+        .http
+        .post(format!("{}/chat?stream=true", svc.base))
+        .header("x-user-id", "frank")
+        .json(&json!({"conversation_id": body["conversation_id"], "message": "а обороты?"}))
+        .send()
+        .await
+        .unwrap();
+    let events = parse_sse(&r.text().await.unwrap());
+    let text: String = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Ответ модели [1]");
+    assert_eq!(events.last().unwrap().0, "done");
+    let (_, conv) = svc
+        .get(
+            "frank",
+            &format!(
+                "/conversations/{}",
+                body["conversation_id"].as_str().unwrap()
+            ),
+        )
+        .await;
+    assert_eq!(conv["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(conv["messages"][3]["provider"], "openai");
+
+    // A rejected key is a clear 502, and nothing is stored.
+    let svc = start(llm_settings(addr, "sk-bad")).await;
+    let (s, err) = svc.chat("gina", json!({"message": "default.vrd"})).await;
+    assert_eq!(s, 502, "{err}");
+    assert_eq!(err["error"]["code"], "llm_unauthorized");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("LLM_API_KEY_FILE"));
+    let r = svc
+        .http
+        .post(format!("{}/chat?stream=true", svc.base))
+        .header("x-user-id", "gina")
+        .json(&json!({"message": "default.vrd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let (_, list) = svc.get("gina", "/conversations").await;
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
+}
