@@ -66,10 +66,12 @@ where
     tracing::info!(%addr, "listening");
     let mut handle = tokio::spawn(async move { server.await });
     tokio::select! {
+        biased;
+        _ = rx => {}
         res = &mut handle => {
+            tracing::info!("server stopped");
             return res.map_err(std::io::Error::other)?;
         }
-        _ = rx => {}
     }
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
