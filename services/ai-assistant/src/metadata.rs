@@ -178,6 +178,10 @@ pub enum MetadataError {
     Unavailable(String),
     #[error("сервис 1c-integration ответил HTTP {0}")]
     Status(u16),
+    #[error(
+        "нет доступа к метаданным в 1c-integration (HTTP {0}): нужна роль developer или admin"
+    )]
+    Forbidden(u16),
     #[error("ответ 1c-integration не разобран: {0}")]
     Invalid(String),
     #[error("объект {0} не найден в составе стандартного интерфейса OData")]
@@ -217,8 +221,10 @@ impl MetadataClient {
             .send()
             .await
             .map_err(|e| MetadataError::Unavailable(e.without_url().to_string()))?;
-        if !resp.status().is_success() {
-            return Err(MetadataError::Status(resp.status().as_u16()));
+        match resp.status().as_u16() {
+            200..=299 => {}
+            s @ (401 | 403) => return Err(MetadataError::Forbidden(s)),
+            s => return Err(MetadataError::Status(s)),
         }
         let model: Value = resp
             .json()
