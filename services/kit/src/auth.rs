@@ -394,6 +394,34 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
     }
 }
 
+/// Middleware guarding a group of routes by role:
+///
+/// ```ignore
+/// const ADMINS: &[Role] = &[Role::Admin];
+/// let admin_routes = Router::new()
+///     .route("/admin/thing", post(handler))
+///     .route_layer(axum::middleware::from_fn_with_state(ADMINS, kit::auth::role_guard));
+/// ```
+///
+/// 401 without a valid token, 403 without one of the roles. The verified
+/// [`AuthUser`] is cached in the request, so handlers extracting it again
+/// do not re-verify.
+pub async fn role_guard(
+    axum::extract::State(roles): axum::extract::State<&'static [Role]>,
+    user: AuthUser,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match user.require_any_role(roles) {
+        Ok(()) => {
+            let mut req = req;
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,7 +567,33 @@ MC4CAQAwBQYDK2VwBCIEICgPFPQHHG8WB8FjWrSBBTzBTIm9oQHnggiRKNPRud7R
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let r = app.clone().oneshot(req("/me", Some(bearer))).await.unwrap();
+        let r = app
+            .clone()
+            .oneshot(req("/me", Some(bearer.clone())))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // role_guard on a route group.
+        const DEVS: &[Role] = &[Role::Developer, Role::Admin];
+        const ADMINS: &[Role] = &[Role::Admin];
+        let guarded = Router::new()
+            .route("/dev", get(|u: AuthUser| async move { u.sub.clone() }))
+            .route_layer(axum::middleware::from_fn_with_state(DEVS, role_guard))
+            .merge(
+                Router::new()
+                    .route("/admin", get(|| async { "admin" }))
+                    .route_layer(axum::middleware::from_fn_with_state(ADMINS, role_guard)),
+            )
+            .layer(Extension(Verifier::from_jwks(&jwks("k1"))));
+        let r = guarded.clone().oneshot(req("/dev", None)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = guarded
+            .clone()
+            .oneshot(req("/dev", Some(bearer.clone())))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = guarded.oneshot(req("/admin", Some(bearer))).await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         let body = http_body_util::BodyExt::collect(r.into_body())
             .await

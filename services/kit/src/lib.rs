@@ -64,6 +64,8 @@
 //!   `email?`, `sid?`) returns 401 JSON on a missing/invalid token. Roles: [`auth::Role`]
 //!   (`admin`, `developer`, `analyst`, `viewer`); `claims.has_role`, `has_any_role`,
 //!   `require_role(Role::Admin)?`, `require_any_role(&[..])?` (403 JSON).
+//!   Route groups: `.route_layer(from_fn_with_state(ROLES, kit::auth::role_guard))` with
+//!   `const ROLES: &[Role] = &[Role::Admin];`.
 //! * [`error::ApiError`] — `{"error": {"code", "message"}}` responses with helpers
 //!   (`bad_request`, `validation`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
 //!   `unavailable`, `internal` (logs the cause, hides it)); `From<sqlx::Error>`.
