@@ -31,7 +31,7 @@ fn test_settings() -> Settings {
     };
     s.admin_password = Some(Secret::new(ADMIN_PW.to_string()));
     s.lockout_threshold = 3;
-    s.lockout_duration = Duration::from_secs(2);
+    s.lockout_duration = Duration::from_secs(4);
     s
 }
 
@@ -425,7 +425,7 @@ async fn password_change_revokes_other_sessions() {
 
 #[tokio::test]
 async fn account_locks_after_failed_logins_and_unlocks_later() {
-    let svc = start(|_| {}).await; // threshold 3, 2 s
+    let svc = start(|_| {}).await; // threshold 3, 4 s
     svc.register("frank@example.org", "frank-password-1").await;
     let bad = json!({"email": "frank@example.org", "password": "bad-password-1"});
     for _ in 0..2 {
@@ -447,7 +447,15 @@ async fn account_locks_after_failed_logins_and_unlocks_later() {
     let good = json!({"email": "frank@example.org", "password": "frank-password-1"});
     let (st, _) = svc.post("/auth/login", None, good.clone()).await;
     assert_eq!(st, StatusCode::LOCKED);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Wait until the database says the lock is over (robust on slow CI).
+    let remaining: f64 = sqlx::query_scalar(
+        "SELECT GREATEST(EXTRACT(EPOCH FROM locked_until - now()), 0)::float8 FROM users WHERE email = 'frank@example.org'",
+    )
+    .fetch_one(&svc.state.pool)
+    .await
+    .unwrap();
+    assert!(remaining > 0.0 && remaining <= 10.0, "{remaining}");
+    tokio::time::sleep(Duration::from_secs_f64(remaining + 0.2)).await;
     let (st, v) = svc.post("/auth/login", None, good).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     // A success resets the counter: two more failures do not lock.
