@@ -75,11 +75,16 @@ impl Sim {
         }
     }
 
-    /// Stops accepting and closes connections (in-flight requests finish).
-    pub async fn stop(&mut self) {
+    /// Signals the server to stop accepting (without waiting for it).
+    pub fn begin_stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+
+    /// Stops accepting and closes connections (in-flight requests finish).
+    pub async fn stop(&mut self) {
+        self.begin_stop();
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
@@ -108,4 +113,90 @@ pub fn client_for(base: &str, password: &str) -> OneC {
     cfg.backoff = Duration::from_millis(20);
     cfg.timeout = Duration::from_secs(10);
     OneC::new(cfg).unwrap()
+}
+
+// ---------------------------------------------------------------- service
+
+pub const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEICgPFPQHHG8WB8FjWrSBBTzBTIm9oQHnggiRKNPRud7R
+-----END PRIVATE KEY-----
+";
+pub const TEST_KEY_X: &str = "47YZOo5ZKW3zjrL-o_8v7D-6_alr7PfSm-WnDcDaITE";
+
+pub fn test_verifier() -> kit::Verifier {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(serde_json::json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "x": TEST_KEY_X,
+        "kid": "k1", "use": "sig", "alg": "EdDSA"
+    }]}))
+    .unwrap();
+    kit::Verifier::from_jwks(&set)
+}
+
+pub fn token(roles: &[&str]) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = kit::Claims {
+        sub: "user-1".into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: now + 600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        iss: "user-management".into(),
+        email: None,
+        sid: None,
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(TEST_KEY_PEM.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+pub struct Service {
+    pub url: String,
+    pub state: onec_integration::service::AppState,
+    pub db: kit::testing::TestDb,
+    pub redis_prefix: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The service in-process on 127.0.0.1:0, with a fresh database and its own
+/// Redis prefix, talking to `onec_base`.
+pub async fn start_service(onec_base: &str, sets: &str) -> Service {
+    let db = kit::testing::TestDb::new().await;
+    let redis_prefix = kit::testing::redis_prefix();
+    let env = kit::config::Env::from_pairs([
+        ("DATABASE_URL", db.url.clone()),
+        ("REDIS_URL", kit::testing::test_redis_url()),
+        ("REDIS_PREFIX", redis_prefix.clone()),
+        ("ONEC_BASE_URL", onec_base.to_string()),
+        ("ONEC_USER", USER.to_string()),
+        ("ONEC_PASSWORD", PASSWORD.to_string()),
+        ("ONEC_RETRIES", "1".to_string()),
+        ("ONEC_TIMEOUT", "10".to_string()),
+        ("METADATA_CACHE_TTL", "60".to_string()),
+        ("EXCHANGE_SETS", sets.to_string()),
+        ("EXCHANGE_PAGE_SIZE", "20".to_string()),
+        ("DB_CONNECT_TIMEOUT", "10".to_string()),
+    ]);
+    let settings = onec_integration::service::Settings::from_source(&env).unwrap();
+    let (app, state) = onec_integration::service::build(&settings, Some(test_verifier()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Service {
+        url,
+        state,
+        db,
+        redis_prefix,
+        task,
+    }
 }
