@@ -41,7 +41,7 @@ fn valid_request_id(v: &HeaderValue) -> Option<String> {
     Some(s.to_string())
 }
 
-/// Request id + tracing span + access log + metrics. The route label is the
+/// Request id + tracing span + access log + metrics + panic → 500. The route label is the
 /// axum `MatchedPath` (e.g. `/users/{id}`), or `unmatched` for 404s, so the
 /// label set stays bounded.
 pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Next) -> Response {
@@ -72,7 +72,24 @@ pub async fn observe(State(metrics): State<Metrics>, mut req: Request, next: Nex
         }
     }
     let guard = InFlight(metrics.clone());
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    // A panicking handler becomes a logged 500 instead of a dropped connection.
+    let run = std::panic::AssertUnwindSafe(next.run(req).instrument(span.clone()));
+    let mut resp = match futures::FutureExt::catch_unwind(run).await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            span.in_scope(|| tracing::error!(panic = %msg, "handler panicked"));
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal server error",
+            )
+        }
+    };
     drop(guard);
 
     let elapsed = start.elapsed();

@@ -44,7 +44,8 @@
 //!   report per dependency with `latency_ms`; 503 when any fails) and `/metrics`, and adds:
 //!   request id (`x-request-id` accepted or generated, echoed on the response, available
 //!   as `Extension<http::RequestId>`, recorded in every log line of the request), access
-//!   log, metrics, request timeout (504 JSON) and body-size limit (413 JSON).
+//!   log, metrics, request timeout (504 JSON), body-size limit (413 JSON) and a panicking
+//!   handler turned into a logged 500 JSON.
 //!   `infra.metrics.registry()` is the Prometheus registry for your own metrics.
 //! * [`metrics::Metrics`] — `http_requests_total{method,route,status}` (route = axum
 //!   `MatchedPath`, or `unmatched`), `http_request_duration_seconds{method,route}`,

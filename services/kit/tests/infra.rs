@@ -28,7 +28,16 @@ fn app(infra: &Infra) -> Router {
                     "slow"
                 }),
             )
-            .route("/echo", post(|body: String| async move { body })),
+            .route("/echo", post(|body: String| async move { body }))
+            .route(
+                "/panic",
+                get(|| async {
+                    if std::env::var("NEVER_SET_KIT_TEST").is_err() {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            ),
     )
 }
 
@@ -168,6 +177,16 @@ async fn request_ids_metrics_timeout_and_body_limit() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+
+    // A panicking handler → 500 JSON, counted, in-flight gauge restored.
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/panic").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(body_json(resp).await["error"]["code"], "internal");
 
     // 404 is counted under a bounded label.
     let _ = app
