@@ -39,6 +39,8 @@ pub mod rules {
     pub const EMPTY_EXCEPT_BLOCK: &str = "empty-except-block";
     pub const EXECUTE_EXTERNAL_CODE: &str = "execute-external-code";
     pub const GOTO: &str = "goto-statement";
+    pub const MISSING_ROLLBACK: &str = "missing-rollback";
+    pub const VIRTUAL_TABLE_FILTER_IN_WHERE: &str = "virtual-table-filter-in-where";
 }
 
 const MAX_SYNTAX_ERRORS: usize = 20;
@@ -248,6 +250,7 @@ pub fn check_query(query: &str) -> Vec<Diagnostic> {
             &|b| pos.at(b),
             &mut out,
         );
+        query_rules(&tree, query, &|b| pos.at(b), &mut out);
     }
     out
 }
@@ -559,6 +562,24 @@ impl Ctx<'_, '_> {
             return;
         }
         self.report_if_empty(node, t.end_byte(), e.start_byte(), "Попытка");
+        if follows_begin_transaction(node, self.src)
+            && !calls_any(
+                node,
+                self.src,
+                e.end_byte(),
+                end.start_byte(),
+                &["ОтменитьТранзакцию", "RollbackTransaction"],
+            )
+        {
+            self.push(
+                e.start_byte(),
+                rules::MISSING_ROLLBACK,
+                Severity::Error,
+                "В блоке Исключение после НачатьТранзакцию() нет ОтменитьТранзакцию(): \
+                 при ошибке транзакция останется открытой"
+                    .into(),
+            );
+        }
         let between = self.src.get(e.end_byte()..end.start_byte()).unwrap_or("x");
         if between.chars().all(|c| c.is_whitespace() || c == ';') {
             self.push(
@@ -606,6 +627,7 @@ impl Ctx<'_, '_> {
         };
         let mut found = Vec::new();
         syntax_errors(&tree, &query, rules::QUERY_SYNTAX_ERROR, &place, &mut found);
+        query_rules(&tree, &query, &place, &mut found);
         for d in &mut found {
             d.message = format!("Текст запроса: {}", d.message);
         }
@@ -740,6 +762,190 @@ fn contains_query_execution(loop_node: Node, src: &str, vars: &[String]) -> bool
         stack.extend(n.children(&mut c));
     }
     false
+}
+
+/// Is the statement before this `Попытка` a `НачатьТранзакцию()` call?
+fn follows_begin_transaction(try_node: Node, src: &str) -> bool {
+    let mut prev = try_node.prev_named_sibling();
+    while let Some(p) = prev {
+        if p.kind() == "line_comment" || p.kind() == "preprocessor" {
+            prev = p.prev_named_sibling();
+        } else {
+            break;
+        }
+    }
+    let Some(stmt) = prev.filter(|p| p.kind() == "call_statement") else {
+        return false;
+    };
+    stmt.named_child(0)
+        .filter(|c| c.kind() == "method_call")
+        .and_then(|c| c.child_by_field_name("name"))
+        .is_some_and(|n| eq_any(text(n, src), &["НачатьТранзакцию", "BeginTransaction"]))
+}
+
+/// Does `node` contain, within bytes `from..to`, a call of one of `names`?
+fn calls_any(node: Node, src: &str, from: usize, to: usize, names: &[&str]) -> bool {
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        if n.end_byte() <= from || n.start_byte() >= to {
+            continue;
+        }
+        if n.kind() == "method_call" {
+            if let Some(name) = n.child_by_field_name("name") {
+                if n.start_byte() >= from && eq_any(text(name, src), names) {
+                    return true;
+                }
+            }
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+    false
+}
+
+/// Virtual tables of accumulation registers: their resources are named
+/// `<Ресурс>Остаток/Оборот/Приход/Расход`, every other field is a dimension
+/// (or the period/recorder). Information-register slices are not checked:
+/// without the metadata a dimension cannot be told from a resource there.
+const VIRTUAL_TABLES: &[&str] = &[
+    "Остатки",
+    "Обороты",
+    "ОстаткиИОбороты",
+    "Balance",
+    "Turnovers",
+    "BalanceAndTurnovers",
+];
+
+/// Resource fields of virtual tables may (and must) be filtered in ГДЕ.
+fn is_resource_field(field: &str) -> bool {
+    let f = field.to_lowercase();
+    if [
+        "период",
+        "регистратор",
+        "period",
+        "recorder",
+        "моментвремени",
+        "pointintime",
+    ]
+    .iter()
+    .any(|p| f.starts_with(p))
+    {
+        return true;
+    }
+    [
+        "остаток",
+        "оборот",
+        "приход",
+        "расход",
+        "balance",
+        "turnover",
+        "receipt",
+        "expense",
+    ]
+    .iter()
+    .any(|suffix| f.ends_with(suffix))
+}
+
+fn descendants<'t>(node: Node<'t>, kind: &str, stop_at: &[&str]) -> Vec<Node<'t>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Node> = {
+        let mut c = node.walk();
+        node.children(&mut c).collect()
+    };
+    while let Some(n) = stack.pop() {
+        if n.kind() == kind {
+            out.push(n);
+        }
+        if stop_at.contains(&n.kind()) {
+            continue;
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+    out
+}
+
+/// Semantic rules on a parsed query: conditions on virtual-table
+/// dimensions belong in the table's parameters, not in ГДЕ.
+fn query_rules(
+    tree: &Tree,
+    query: &str,
+    place: &dyn Fn(usize) -> (usize, usize),
+    out: &mut Vec<Diagnostic>,
+) {
+    for section in descendants(tree.root_node(), "select_section", &[]) {
+        // Aliases of virtual tables in this section's ИЗ.
+        let mut aliases: Vec<(String, String)> = Vec::new();
+        for from in descendants(section, "from_clause", &["select_section"]) {
+            for ts in descendants(from, "table_source", &["select_section"]) {
+                let mut c = ts.walk();
+                let kids: Vec<Node> = ts.children(&mut c).collect();
+                // `Рег.Остатки(&Момент, …)` or `Рег.Остатки` without parameters.
+                let Some(mut name) = ts.child_by_field_name("name") else {
+                    continue;
+                };
+                if name.kind() == "virtual_table_source" {
+                    match name.child_by_field_name("name") {
+                        Some(n) => name = n,
+                        None => continue,
+                    }
+                }
+                let full = text(name, query);
+                let table = full.rsplit('.').next().unwrap_or("");
+                if !eq_any(table, VIRTUAL_TABLES) {
+                    continue;
+                }
+                let alias = kids
+                    .iter()
+                    .find(|k| k.kind() == "source_alias")
+                    .and_then(|a| a.named_child(a.named_child_count().saturating_sub(1)))
+                    .map(|a| text(a, query).to_string());
+                if let Some(alias) = alias {
+                    aliases.push((alias, full.to_string()));
+                }
+            }
+        }
+        if aliases.is_empty() {
+            continue;
+        }
+        let mut c = section.walk();
+        let wheres: Vec<Node> = section
+            .children(&mut c)
+            .filter(|n| n.kind() == "where_clause")
+            .collect();
+        for w in wheres {
+            for d in descendants(w, "dotted_identifier", &["select_section"]) {
+                let mut dc = d.walk();
+                let parts: Vec<&str> = d
+                    .children(&mut dc)
+                    .filter(|n| n.kind() == "identifier")
+                    .map(|n| text(n, query))
+                    .collect();
+                let [alias, field] = parts.as_slice() else {
+                    continue;
+                };
+                let Some((_, table)) = aliases.iter().find(|(a, _)| eq_any(alias, &[a.as_str()]))
+                else {
+                    continue;
+                };
+                if is_resource_field(field) {
+                    continue;
+                }
+                let (line, column) = place(d.start_byte());
+                out.push(Diagnostic {
+                    line,
+                    column,
+                    rule: rules::VIRTUAL_TABLE_FILTER_IN_WHERE.into(),
+                    severity: Severity::Warning,
+                    message: format!(
+                        "Условие на {alias}.{field} в секции ГДЕ: перенесите его в параметры \
+                         виртуальной таблицы {table}(…, {field} = &{field}), иначе таблица \
+                         вычисляется целиком и только потом фильтруется"
+                    ),
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

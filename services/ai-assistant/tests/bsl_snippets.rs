@@ -138,6 +138,18 @@ const BROKEN: &[(&str, &str, &str, usize)] = &[
         rules::EXECUTE_EXTERNAL_CODE,
         2,
     ),
+    (
+        "no ОтменитьТранзакцию in Исключение",
+        "Процедура Записать(Объект)\n\tНачатьТранзакцию();\n\tПопытка\n\t\tОбъект.Записать();\n\t\tЗафиксироватьТранзакцию();\n\tИсключение\n\t\tЗаписьЖурналаРегистрации(\"Запись\", УровеньЖурналаРегистрации.Ошибка);\n\t\tВызватьИсключение;\n\tКонецПопытки;\nКонецПроцедуры\n",
+        rules::MISSING_ROLLBACK,
+        6,
+    ),
+    (
+        "virtual table dimension filtered in ГДЕ",
+        "Функция Остатки(Склад)\n\tЗапрос = Новый Запрос;\n\tЗапрос.Текст =\n\t\"ВЫБРАТЬ\n\t|\tОстатки.Номенклатура,\n\t|\tОстатки.КоличествоОстаток\n\t|ИЗ\n\t|\tРегистрНакопления.ОстаткиТоваров.Остатки КАК Остатки\n\t|ГДЕ\n\t|\tОстатки.Склад = &Склад\";\n\tЗапрос.УстановитьПараметр(\"Склад\", Склад);\n\tВозврат Запрос.Выполнить().Выгрузить();\nКонецФункции\n",
+        rules::VIRTUAL_TABLE_FILTER_IN_WHERE,
+        10,
+    ),
 ];
 
 const CORRECT: &[(&str, &str)] = &[
@@ -242,4 +254,24 @@ fn missing_block_end_names_the_opening_line() {
     assert_eq!((e.line, e.column), (4, 1));
     assert!(e.message.contains("КонецЦикла"), "{}", e.message);
     assert!(e.message.contains("строке 2"), "{}", e.message);
+}
+
+#[test]
+fn virtual_table_rule_in_standalone_query() {
+    let d = check_query(
+        "ВЫБРАТЬ П.СуммаОборот ИЗ РегистрНакопления.Продажи.Обороты(&Начало, &Конец, Регистратор) КАК П\nГДЕ П.Организация = &Организация И П.СуммаОборот > 0 И П.Регистратор <> &Документ",
+    );
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].rule, rules::VIRTUAL_TABLE_FILTER_IN_WHERE);
+    assert_eq!((d[0].line, d[0].column), (2, 5));
+    assert!(
+        d[0].message.contains("Организация = &Организация"),
+        "{}",
+        d[0].message
+    );
+    // Slices of information registers are not judged (resources unknown).
+    assert!(check_query(
+        "ВЫБРАТЬ Ц.Цена ИЗ РегистрСведений.ЦеныНоменклатуры.СрезПоследних(&Дата) КАК Ц ГДЕ Ц.Цена > 0"
+    )
+    .is_empty());
 }
