@@ -35,6 +35,15 @@ pub fn routes(state: AppState) -> Router {
         .route("/auth/logout", post(logout))
         .route("/auth/password", post(change_password))
         .route("/me", get(me))
+        .route("/me/sessions", get(my_sessions))
+        .route(
+            "/me/sessions/{id}",
+            axum::routing::delete(revoke_my_session),
+        )
+        .route(
+            "/users/{id}/sessions",
+            axum::routing::delete(revoke_user_sessions),
+        )
         .route("/roles", get(roles))
         .route("/users", get(list_users).post(create_user))
         .route(
@@ -588,6 +597,75 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Val
     v["permissions"] = json!(me.permissions(&state));
     v["session_id"] = json!(me.sid);
     Ok(Json(v))
+}
+
+/// The caller's live sessions (refresh-token families).
+async fn my_sessions(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+    let me = principal(&state, user).await?;
+    let rows = sqlx::query(
+        "SELECT f.id, f.created_at, max(t.created_at) AS last_refreshed_at
+           FROM token_families f LEFT JOIN refresh_tokens t ON t.family_id = f.id
+          WHERE f.user_id = $1 AND f.revoked_at IS NULL
+          GROUP BY f.id ORDER BY f.created_at DESC",
+    )
+    .bind(me.id)
+    .fetch_all(&state.pool)
+    .await?;
+    let sessions: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let id: Uuid = r.get("id");
+            json!({
+                "id": id,
+                "created_at": r.get::<DateTime<Utc>, _>("created_at"),
+                "last_refreshed_at": r.get::<Option<DateTime<Utc>>, _>("last_refreshed_at"),
+                "current": id == me.sid,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// Revoke one of the caller's own sessions.
+async fn revoke_my_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let me = principal(&state, user).await?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::not_found("session not found"))?;
+    let res = sqlx::query(
+        "UPDATE token_families SET revoked_at = now(), revoked_reason = 'revoked_by_user'
+          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(me.id)
+    .execute(&state.pool)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(ApiError::not_found("session not found"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Admin: end every session of a user (force logout).
+async fn revoke_user_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let me = principal(&state, user).await?;
+    me.require(&state, "users:write")?;
+    let id = parse_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    if store::get_user(&mut conn, id).await?.is_none() {
+        return Err(ApiError::not_found("user not found"));
+    }
+    let n = store::revoke_user_families(&mut conn, id, None, "revoked_by_admin").await?;
+    tracing::info!(user_id = %id, by = %me.id, revoked = n, "sessions revoked by admin");
+    Ok(Json(json!({ "revoked_sessions": n })))
 }
 
 async fn roles(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {

@@ -13,6 +13,9 @@
 //! | `POST /auth/logout` `{refresh_token?}` + optional bearer | either | revokes the session(s); reports the access token `jti` to `SERVICE_URL_SECURITY` `POST /revocations` (best effort, `access_token_reported`: true/false/null) |
 //! | `POST /auth/password` `{current_password, new_password}` | bearer | changes the password, revokes every other session |
 //! | `GET /me` | bearer | the user + `permissions` + `session_id` |
+//! | `GET /me/sessions` | bearer | the caller's live sessions (`id`, `created_at`, `last_refreshed_at`, `current`) |
+//! | `DELETE /me/sessions/{id}` | bearer | 204; revokes one of the caller's sessions |
+//! | `DELETE /users/{id}/sessions` | `users:write` | `{revoked_sessions}`: force logout |
 //! | `GET /roles` | bearer | roles and their permissions |
 //! | `GET /users?page=&per_page=&q=` | `users:read` | `{items, page, per_page, total, total_pages}` (per_page ≤ 100) |
 //! | `POST /users` `{email, password, display_name?, roles?}` | `users:write` (+`roles:assign` for non-viewer roles) | 201 user |

@@ -424,6 +424,72 @@ async fn password_change_revokes_other_sessions() {
 }
 
 #[tokio::test]
+async fn sessions_can_be_listed_and_revoked() {
+    let svc = start(|_| {}).await;
+    svc.register("gina@example.org", "gina-password-1").await;
+    let a = svc.login("gina@example.org", "gina-password-1").await;
+    let b = svc.login("gina@example.org", "gina-password-1").await;
+    let a_tok = s(&a["access_token"]).to_string();
+    let b_tok = s(&b["access_token"]).to_string();
+    let (st, v) = svc.get("/me/sessions", Some(&a_tok)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    let current: Vec<&Value> = sessions.iter().filter(|x| x["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    let other = sessions.iter().find(|x| x["current"] == false).unwrap();
+    let other_id = s(&other["id"]).to_string();
+    // Another user cannot revoke it.
+    svc.register("hal@example.org", "hal-password-1").await;
+    let h = svc.login("hal@example.org", "hal-password-1").await;
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/me/sessions/{other_id}"),
+            Some(s(&h["access_token"])),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/me/sessions/{other_id}"),
+            Some(&a_tok),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        svc.get("/me", Some(&b_tok)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(svc.get("/me", Some(&a_tok)).await.0, StatusCode::OK);
+    // Admin force-logout ends the rest; a viewer may not do it.
+    let (_, me) = svc.get("/me", Some(&a_tok)).await;
+    let path = format!("/users/{}/sessions", s(&me["id"]));
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &path,
+            Some(s(&h["access_token"])),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let admin = svc.admin_token().await;
+    let (st, v) = svc
+        .call(reqwest::Method::DELETE, &path, Some(&admin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked_sessions"], 1);
+    assert_eq!(
+        svc.get("/me", Some(&a_tok)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
 async fn account_locks_after_failed_logins_and_unlocks_later() {
     let svc = start(|_| {}).await; // threshold 3, 4 s
     svc.register("frank@example.org", "frank-password-1").await;
