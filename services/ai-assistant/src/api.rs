@@ -181,8 +181,19 @@ async fn chat(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let ctx =
-        crate::context::build(&state.kb, state.metadata.as_ref(), authorization, &message).await;
+    let previous_question = history
+        .iter()
+        .rev()
+        .find(|t| t.role == crate::provider::Speaker::User)
+        .map(|t| t.content.as_str());
+    let ctx = crate::context::build(
+        &state.kb,
+        state.metadata.as_ref(),
+        authorization,
+        &message,
+        previous_question,
+    )
+    .await;
     let request = AnswerRequest {
         question: message.clone(),
         history,

@@ -109,15 +109,25 @@ fn topics(diags: &[Diagnostic]) -> String {
     t.join(" ")
 }
 
-/// Builds the retrieval context for `message`.
+/// Follow-ups this short ("а обороты?") are searched together with the
+/// previous question of the conversation.
+const FOLLOW_UP_WORDS: usize = 4;
+
+/// Builds the retrieval context for `message`; `previous_question` is the
+/// last question of the conversation, if any.
 pub async fn build(
     kb: &KnowledgeBase,
     metadata_client: Option<&MetadataClient>,
     authorization: Option<&str>,
     message: &str,
+    previous_question: Option<&str>,
 ) -> Context {
     let mut ctx = Context::default();
     let mut search_text = message.to_string();
+    // A short follow-up ("а обороты?") is searched together with the
+    // previous question, its own words weighing more.
+    let follow_up_of =
+        previous_question.filter(|_| message.split_whitespace().count() <= FOLLOW_UP_WORDS);
     if let Some((code, prose)) = extract_code(message) {
         let (kind, diagnostics) = if bsl::looks_like_query(&code) {
             ("query", bsl::check_query(&code))
@@ -162,9 +172,13 @@ pub async fn build(
         }
     }
     if ctx.metadata.is_none() && !search_text.trim().is_empty() {
-        let answer = kb.answer(&search_text);
+        let mut texts = vec![(search_text.as_str(), 3.0)];
+        if let Some(prev) = follow_up_of {
+            texts.push((prev, 1.0));
+        }
+        let answer = kb.answer_weighted(&texts);
         // The passages behind the citations, for providers that rewrite.
-        let hits = kb.search(&search_text, 8);
+        let hits = kb.search_weighted(&texts, 8);
         ctx.passages = answer
             .sources
             .iter()

@@ -285,12 +285,27 @@ impl KnowledgeBase {
 
     /// The best passages for a free-text query, best first.
     pub fn search(&self, query: &str, limit: usize) -> Vec<Hit<'_>> {
-        let terms = self.query_terms(query);
-        if terms.is_empty() || limit == 0 {
+        self.search_weighted(&[(query, 1.0)], limit)
+    }
+
+    /// Search with several texts of different weight (a follow-up question
+    /// weighs more than the earlier question it refers to). A term takes
+    /// the highest weight of the texts it occurs in.
+    pub fn search_weighted(&self, texts: &[(&str, f32)], limit: usize) -> Vec<Hit<'_>> {
+        let mut weighted: Vec<(String, f32)> = Vec::new();
+        for (text, weight) in texts {
+            for t in self.query_terms(text) {
+                match weighted.iter_mut().find(|(w, _)| *w == t) {
+                    Some((_, w)) => *w = w.max(*weight),
+                    None => weighted.push((t, *weight)),
+                }
+            }
+        }
+        if weighted.is_empty() || limit == 0 {
             return Vec::new();
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for t in &terms {
+        for (t, weight) in &weighted {
             let title_q = TermQuery::new(
                 Term::from_field_text(self.title, t),
                 IndexRecordOption::WithFreqs,
@@ -301,9 +316,12 @@ impl KnowledgeBase {
             );
             clauses.push((
                 Occur::Should,
-                Box::new(BoostQuery::new(Box::new(title_q), TITLE_BOOST)),
+                Box::new(BoostQuery::new(Box::new(title_q), TITLE_BOOST * weight)),
             ));
-            clauses.push((Occur::Should, Box::new(body_q)));
+            clauses.push((
+                Occur::Should,
+                Box::new(BoostQuery::new(Box::new(body_q), *weight)),
+            ));
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
@@ -327,7 +345,12 @@ impl KnowledgeBase {
     /// `[n] file — heading`. The first passage is given in full (up to a
     /// size limit); further relevant ones by their first paragraph.
     pub fn answer(&self, question: &str) -> KbAnswer {
-        let hits = self.search(question, 8);
+        self.answer_weighted(&[(question, 1.0)])
+    }
+
+    /// [`Self::answer`] over weighted texts (see [`Self::search_weighted`]).
+    pub fn answer_weighted(&self, texts: &[(&str, f32)]) -> KbAnswer {
+        let hits = self.search_weighted(texts, 8);
         let Some(best) = hits.first().map(|h| h.score) else {
             return KbAnswer {
                 text: "В базе знаний не нашлось материалов по этому вопросу. \

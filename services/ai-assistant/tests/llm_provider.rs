@@ -158,7 +158,7 @@ fn provider(addr: SocketAddr, timeout_secs: &str, retries: &str) -> OpenAiProvid
 async fn request() -> AnswerRequest {
     let kb = KnowledgeBase::embedded().unwrap();
     let question = "как получить остатки товаров на складе запросом?";
-    let ctx = ai_assistant::context::build(&kb, None, None, question).await;
+    let ctx = ai_assistant::context::build(&kb, None, None, question, None).await;
     AnswerRequest {
         question: question.into(),
         history: vec![

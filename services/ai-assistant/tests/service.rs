@@ -654,3 +654,26 @@ async fn chat_with_llm_provider_streams_and_maps_errors() {
     let (_, list) = svc.get("gina", "/conversations").await;
     assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn short_follow_up_is_searched_with_the_previous_question() {
+    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let (_, first) = svc
+        .chat(
+            "henry",
+            json!({"message": "как получить остатки товаров на складе запросом?"}),
+        )
+        .await;
+    let (s, body) = svc
+        .chat(
+            "henry",
+            json!({"conversation_id": first["conversation_id"], "message": "а обороты за период?"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["sources"][0]["heading"], "Обороты за период", "{body}");
+    assert!(body["answer"]
+        .as_str()
+        .unwrap()
+        .contains("Обороты(&Начало, &Конец"));
+}
