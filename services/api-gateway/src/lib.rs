@@ -237,7 +237,18 @@ impl Gateway {
     async fn limit(&self, scope: &str, id: &str) -> Option<Response> {
         let (limiter, conn) = self.limiter.as_ref()?;
         let mut conn = conn.clone();
-        match limiter.check(&mut conn, &[(scope, id)]).await {
+        let checked = tokio::time::timeout(
+            Duration::from_millis(250),
+            limiter.check(&mut conn, &[(scope, id)]),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "rate limiter timed out",
+            )))
+        });
+        match checked {
             Ok(d) if d.allowed => None,
             Ok(d) => {
                 self.metrics.rate_limited.with_label_values(&[scope]).inc();
@@ -577,6 +588,11 @@ pub async fn build(cfg: GatewayConfig) -> anyhow::Result<Router> {
         .map(|u| SecurityClient::new(u.clone(), cfg.service_token.clone(), Duration::from_secs(3)));
     if security.is_none() {
         tracing::warn!("no SERVICE_URL_SECURITY: no API keys and no token revocation checks");
+    } else if cfg.service_token.is_none() {
+        tracing::warn!(
+            "SERVICE_TOKEN_FILE not set: the security service will refuse the gateway's \
+             revocation checks and API key verification"
+        );
     }
     let metrics = GatewayMetrics::register(infra.metrics.registry(), Arc::new(breakers))?;
     let gw = Arc::new(Gateway {
