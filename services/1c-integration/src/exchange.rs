@@ -240,15 +240,78 @@ async fn pull(
     Ok(())
 }
 
+/// Prometheus metrics of the exchange.
+#[derive(Clone)]
+pub struct ExchangeMetrics {
+    runs: prometheus::IntCounterVec,
+    rows_upserted: prometheus::IntCounterVec,
+    last_success: prometheus::IntGaugeVec,
+}
+
+impl ExchangeMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Result<ExchangeMetrics, prometheus::Error> {
+        let runs = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "onec_exchange_runs_total",
+                "Exchange runs per entity set and outcome",
+            ),
+            &["set", "outcome"],
+        )?;
+        let rows_upserted = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "onec_exchange_rows_upserted_total",
+                "Objects written by the exchange",
+            ),
+            &["set"],
+        )?;
+        let last_success = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "onec_exchange_last_success_timestamp_seconds",
+                "Unix time of the last successful exchange run",
+            ),
+            &["set"],
+        )?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(rows_upserted.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        Ok(ExchangeMetrics {
+            runs,
+            rows_upserted,
+            last_success,
+        })
+    }
+
+    pub fn record(&self, e: &LogEntry) {
+        let outcome = if e.error.is_some() { "error" } else { "ok" };
+        self.runs
+            .with_label_values(&[e.set_name.as_str(), outcome])
+            .inc();
+        self.rows_upserted
+            .with_label_values(&[e.set_name.as_str()])
+            .inc_by(e.rows_upserted.max(0) as u64);
+        if e.error.is_none() {
+            let t = e.finished_at.unwrap_or_else(chrono::Utc::now).timestamp();
+            self.last_success
+                .with_label_values(&[e.set_name.as_str()])
+                .set(t);
+        }
+    }
+}
+
 /// Runs every configured set once.
 pub async fn run_all(
     pool: &PgPool,
     client: &OneC,
     cfg: &ExchangeConfig,
+    metrics: Option<&ExchangeMetrics>,
 ) -> Result<Vec<LogEntry>, sqlx::Error> {
     let mut out = Vec::new();
     for set in &cfg.sets {
-        out.push(run_set(pool, client, set, cfg.page_size).await?);
+        let e = run_set(pool, client, set, cfg.page_size).await?;
+        if let Some(m) = metrics {
+            m.record(&e);
+        }
+        out.push(e);
     }
     Ok(out)
 }
@@ -274,6 +337,7 @@ pub fn spawn_scheduler(
     client: OneC,
     cfg: ExchangeConfig,
     lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    metrics: Option<ExchangeMetrics>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(cfg.interval);
@@ -281,7 +345,7 @@ pub fn spawn_scheduler(
         loop {
             tick.tick().await;
             let _guard = lock.lock().await;
-            if let Err(e) = run_all(&pool, &client, &cfg).await {
+            if let Err(e) = run_all(&pool, &client, &cfg, metrics.as_ref()).await {
                 tracing::error!(error = %e, "exchange could not record its run");
             }
         }

@@ -140,6 +140,7 @@ pub struct AppState {
     pub exchange: ExchangeConfig,
     /// Serialises exchange runs inside this process.
     pub exchange_lock: Arc<tokio::sync::Mutex<()>>,
+    pub exchange_metrics: Option<exchange::ExchangeMetrics>,
 }
 
 /// 1C errors as the service's JSON errors.
@@ -427,14 +428,7 @@ async fn register_balance(
     allowed(&user)?;
     st.require_set(&set, &[SetKind::AccumulationRegister])
         .await?;
-    let period = match p.period.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(parse_datetime(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "period \"{s}\" is not a date-time (YYYY-MM-DDTHH:MM:SS)"
-            ))
-        })?),
-        None => None,
-    };
+    let period = parse_period(p.period.as_deref())?;
     let condition = p
         .condition
         .as_deref()
@@ -448,6 +442,53 @@ async fn register_balance(
     };
     let rows = st.client.balance(&set, &args).await.map_err(api_error)?;
     Ok(Json(json!({"register": set, "value": rows})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct SliceParams {
+    pub period: Option<String>,
+    pub condition: Option<String>,
+}
+
+async fn register_slice_last(
+    user: AuthUser,
+    State(st): State<AppState>,
+    Path(set): Path<String>,
+    QueryParams(p): QueryParams<SliceParams>,
+) -> Result<Json<Value>, ApiError> {
+    allowed(&user)?;
+    let m = st
+        .require_set(&set, &[SetKind::InformationRegister])
+        .await?;
+    if m.function_for(&set, "SliceLast").is_none() {
+        return Err(ApiError::bad_request(format!(
+            "{set} is not a periodic information register (no SliceLast)"
+        )));
+    }
+    let period = parse_period(p.period.as_deref())?;
+    let condition = p
+        .condition
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(filter_param)
+        .transpose()?;
+    let rows = st
+        .client
+        .slice_last(&set, period, condition.as_deref())
+        .await
+        .map_err(api_error)?;
+    Ok(Json(json!({"register": set, "value": rows})))
+}
+
+fn parse_period(p: Option<&str>) -> Result<Option<chrono::NaiveDateTime>, ApiError> {
+    match p.filter(|s| !s.is_empty()) {
+        Some(s) => Ok(Some(parse_datetime(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "period \"{s}\" is not a date-time (YYYY-MM-DDTHH:MM:SS)"
+            ))
+        })?)),
+        None => Ok(None),
+    }
 }
 
 async fn soap_call(
@@ -522,7 +563,11 @@ async fn exchange_run(
     let _guard = st.exchange_lock.lock().await;
     let mut out = Vec::new();
     for s in &sets {
-        out.push(exchange::run_set(&st.pool, &st.client, s, st.exchange.page_size).await?);
+        let e = exchange::run_set(&st.pool, &st.client, s, st.exchange.page_size).await?;
+        if let Some(m) = &st.exchange_metrics {
+            m.record(&e);
+        }
+        out.push(e);
     }
     let failed = out.iter().any(|e| e.error.is_some());
     let status = if failed {
@@ -541,6 +586,7 @@ pub fn router(state: AppState, verifier: Option<Verifier>) -> Router {
         .route("/entities/{set}/{guid}", get(get_entity))
         .route("/documents/{set}/{guid}/{action}", post(post_document))
         .route("/registers/{set}/balance", get(register_balance))
+        .route("/registers/{set}/slice-last", get(register_slice_last))
         .route("/soap/{alias}/{operation}", post(soap_call))
         .route("/exchange/log", get(exchange_log))
         .route("/exchange/run", post(exchange_run))
@@ -566,6 +612,12 @@ pub async fn build(
     let redis =
         kit::db::connect_redis(settings.redis_url.expose(), settings.connect_timeout).await?;
     let client = settings.client()?;
+    let mut infra = kit::Infra::named(&settings.service_name, env!("CARGO_PKG_VERSION"))
+        .with_pg(pool.clone())
+        .with_redis(redis.clone());
+    infra.request_timeout = settings.request_timeout;
+    infra.body_limit = settings.body_limit;
+    let exchange_metrics = exchange::ExchangeMetrics::new(infra.metrics.registry())?;
     let state = AppState {
         soap: Arc::new(Soap::new(client.clone())),
         client,
@@ -575,12 +627,8 @@ pub async fn build(
         metadata_ttl: settings.metadata_ttl,
         exchange: settings.exchange.clone(),
         exchange_lock: Arc::new(tokio::sync::Mutex::new(())),
+        exchange_metrics: Some(exchange_metrics),
     };
-    let mut infra = kit::Infra::named(&settings.service_name, env!("CARGO_PKG_VERSION"))
-        .with_pg(pool)
-        .with_redis(redis);
-    infra.request_timeout = settings.request_timeout;
-    infra.body_limit = settings.body_limit;
     Ok((infra.wrap(router(state.clone(), verifier)), state))
 }
 
@@ -608,6 +656,7 @@ pub async fn run() -> anyhow::Result<()> {
             state.client.clone(),
             settings.exchange.clone(),
             state.exchange_lock.clone(),
+            state.exchange_metrics.clone(),
         );
     }
     let listener = kit::server::bind(settings.port).await?;

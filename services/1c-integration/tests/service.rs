@@ -225,6 +225,24 @@ async fn entities_documents_registers_and_soap() {
         .await;
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "bad_request"));
 
+    // Information register slice.
+    let (s, v, _) = api
+        .get(
+            "/registers/InformationRegister_ЦеныНоменклатуры/slice-last",
+            &[
+                ("period", "2024-02-15T00:00:00"),
+                (
+                    "condition",
+                    &format!(r#"{{"Номенклатура_Key": "{milk_key}"}}"#),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["value"][0]["Цена"], 89.9);
+    let (s, v, _) = api.get("/registers/Catalog_Склады/slice-last", &[]).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "bad_request"));
+
     // SOAP.
     let (s, v) = api
         .post(
@@ -281,4 +299,55 @@ async fn exchange_run_and_log_over_http() {
         .await
         .unwrap();
     assert_eq!(stored, 9);
+}
+
+#[tokio::test]
+async fn scheduler_pulls_on_its_own_and_metrics_count_runs() {
+    use onec_integration::exchange::{self, ExchangeConfig};
+    let sim = Sim::start().await;
+    let svc = start_service(&sim.base_url(), "Catalog_Склады").await;
+    let st = &svc.state;
+    let cfg = ExchangeConfig {
+        sets: vec!["Catalog_Склады".into()],
+        interval: std::time::Duration::from_millis(100),
+        page_size: 20,
+    };
+    let task = exchange::spawn_scheduler(
+        st.pool.clone(),
+        st.client.clone(),
+        cfg,
+        st.exchange_lock.clone(),
+        st.exchange_metrics.clone(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = exchange::log(&st.pool, None, 10).await.unwrap();
+        if log.len() >= 2 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    task.abort();
+    assert!(log.len() >= 2, "{log:?}");
+    assert!(log.iter().all(|e| e.error.is_none()));
+    assert_eq!(
+        log.last().unwrap().rows_upserted,
+        2,
+        "first run stores both warehouses"
+    );
+    assert_eq!(log[0].rows_upserted, 0, "later runs have nothing new");
+    let text = reqwest::get(format!("{}/metrics", svc.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("onec_exchange_rows_upserted_total{") && l.contains("Catalog_Склады")
+        })
+        .unwrap_or_else(|| panic!("no exchange metrics in:\n{text}"));
+    assert!(line.ends_with(" 2"), "{line}");
+    assert!(text.contains("onec_exchange_last_success_timestamp_seconds{"));
 }

@@ -654,19 +654,24 @@ fn check_if_match(row: &Row, if_match: Option<&str>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A stored value written back as an OData literal.
+fn value_literal(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.len() == 36 && Uuid::parse_str(s).is_ok() => format!("guid'{s}'"),
+        Value::String(s) if parse_datetime(s).is_some() && s.as_bytes().get(10) == Some(&b'T') => {
+            format!("datetime'{s}'")
+        }
+        Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        other => other.to_string(),
+    }
+}
+
 pub fn key_text(key: &[(String, Value)]) -> String {
     if key.len() == 1 && key[0].0 == "Ref_Key" {
         return format!("guid'{}'", canon(&key[0].1));
     }
     key.iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.as_str()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| v.to_string())
-            )
-        })
+        .map(|(k, v)| format!("{k}={}", value_literal(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
