@@ -42,6 +42,40 @@ pub enum AuthMode {
     /// `X-User-Id` set by the api-gateway after it verified the token
     /// (TRUST_X_USER_ID=true; only behind the gateway on the internal network).
     TrustedHeader,
+    /// Both (JWKS_URL and TRUST_X_USER_ID=true): a bearer token, when sent,
+    /// is verified and decides; otherwise `X-User-Id` from the gateway
+    /// (callers that used an API key reach the service without a JWT).
+    JwtOrTrustedHeader(kit::Verifier),
+}
+
+async fn jwt_user(
+    parts: &mut Parts,
+    state: &AppState,
+    verifier: &kit::Verifier,
+) -> Result<CurrentUser, Response> {
+    parts.extensions.insert(verifier.clone());
+    let user = kit::AuthUser::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(CurrentUser(user.sub.clone()))
+}
+
+fn header_user(parts: &Parts) -> Result<CurrentUser, Response> {
+    parts
+        .headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(|v| CurrentUser(v.to_string()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_user",
+                "the X-User-Id header (set by the api-gateway) is required",
+            )
+            .into_response()
+        })
 }
 
 #[derive(Clone)]
@@ -62,29 +96,14 @@ impl FromRequestParts<AppState> for CurrentUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         match &state.auth {
-            AuthMode::Jwt(verifier) => {
-                parts.extensions.insert(verifier.clone());
-                let user = kit::AuthUser::from_request_parts(parts, state)
-                    .await
-                    .map_err(IntoResponse::into_response)?;
-                Ok(CurrentUser(user.sub.clone()))
-            }
-            AuthMode::TrustedHeader => {
-                let id = parts
-                    .headers
-                    .get("x-user-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty() && v.len() <= 128)
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "missing_user",
-                            "the X-User-Id header (set by the api-gateway) is required",
-                        )
-                        .into_response()
-                    })?;
-                Ok(CurrentUser(id.to_string()))
+            AuthMode::Jwt(verifier) => jwt_user(parts, state, verifier).await,
+            AuthMode::TrustedHeader => header_user(parts),
+            AuthMode::JwtOrTrustedHeader(verifier) => {
+                if parts.headers.contains_key(header::AUTHORIZATION) {
+                    jwt_user(parts, state, verifier).await
+                } else {
+                    header_user(parts)
+                }
             }
         }
     }

@@ -13,7 +13,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `JWKS_URL` | verify `Authorization: Bearer` JWTs (user = `sub`) |
-//! | `TRUST_X_USER_ID=true` | without JWKS_URL: trust `X-User-Id` from the api-gateway |
+//! | `TRUST_X_USER_ID=true` | trust `X-User-Id` from the api-gateway (when no bearer token is sent) |
 //! | `LLM_BASE_URL`, `LLM_MODEL`, `LLM_API_KEY_FILE` | OpenAI-compatible provider (else offline) |
 //! | `LLM_TIMEOUT` (s, 60), `LLM_MAX_RETRIES` (2), `LLM_RETRY_BACKOFF_MS` (250) | its limits |
 //! | `SERVICE_URL_1C_INTEGRATION` | metadata questions via `GET /metadata` |
@@ -62,7 +62,8 @@ impl Settings {
             .var("TRUST_X_USER_ID")
             .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
         let auth = match (&cfg.jwks_url, trust_header) {
-            (Some(url), _) => AuthMode::Jwt(kit::Verifier::from_url(url.clone())),
+            (Some(url), true) => AuthMode::JwtOrTrustedHeader(kit::Verifier::from_url(url.clone())),
+            (Some(url), false) => AuthMode::Jwt(kit::Verifier::from_url(url.clone())),
             (None, true) => AuthMode::TrustedHeader,
             (None, false) => anyhow::bail!(
                 "JWKS_URL is required to identify users (or TRUST_X_USER_ID=true when only \
@@ -115,7 +116,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cfg = kit::Config::from_env(SERVICE_NAME, DEFAULT_PORT)?;
     let env = kit::config::Env::process();
     let settings = Settings::from_env(&cfg, &env)?;
-    if let AuthMode::Jwt(v) = &settings.auth {
+    if let AuthMode::Jwt(v) | AuthMode::JwtOrTrustedHeader(v) = &settings.auth {
         v.spawn_refresh(Duration::from_secs(300));
     }
     let pool = kit::db::connect_pg(

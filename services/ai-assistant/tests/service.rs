@@ -495,13 +495,52 @@ fn token(sub: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn jwt_subject_identifies_the_user() {
+fn test_verifier() -> kit::Verifier {
     let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(json!({"keys": [{
         "kty": "OKP", "crv": "Ed25519", "x": TEST_KEY_X, "kid": "k1", "use": "sig", "alg": "EdDSA"
     }]}))
     .unwrap();
-    let svc = start(settings(AuthMode::Jwt(kit::Verifier::from_jwks(&jwks)))).await;
+    kit::Verifier::from_jwks(&jwks)
+}
+
+#[tokio::test]
+async fn bearer_token_wins_over_gateway_header_in_combined_mode() {
+    let svc = start(settings(AuthMode::JwtOrTrustedHeader(test_verifier()))).await;
+    // API-key caller: no bearer, the gateway's X-User-Id identifies.
+    let (s, _) = svc
+        .chat("api-key-user", json!({"message": "default.vrd"}))
+        .await;
+    assert_eq!(s, 200);
+    let (_, list) = svc.get("api-key-user", "/conversations").await;
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    // A bearer token decides even when X-User-Id says otherwise.
+    let list: Value = svc
+        .http
+        .get(format!("{}/conversations", svc.base))
+        .bearer_auth(token("jwt-user"))
+        .header("x-user-id", "api-key-user")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
+    // An invalid token is rejected, not replaced by the header.
+    let r = svc
+        .http
+        .get(format!("{}/conversations", svc.base))
+        .bearer_auth("not-a-jwt")
+        .header("x-user-id", "api-key-user")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn jwt_subject_identifies_the_user() {
+    let svc = start(settings(AuthMode::Jwt(test_verifier()))).await;
     let r = svc
         .http
         .post(format!("{}/chat", svc.base))
