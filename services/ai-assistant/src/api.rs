@@ -60,7 +60,7 @@ async fn jwt_user(
     Ok(CurrentUser(user.sub.clone()))
 }
 
-fn header_user(parts: &Parts) -> Result<CurrentUser, Response> {
+fn header_user(parts: &Parts) -> Result<CurrentUser, ApiError> {
     parts
         .headers
         .get("x-user-id")
@@ -74,7 +74,6 @@ fn header_user(parts: &Parts) -> Result<CurrentUser, Response> {
                 "missing_user",
                 "the X-User-Id header (set by the api-gateway) is required",
             )
-            .into_response()
         })
 }
 
@@ -97,12 +96,12 @@ impl FromRequestParts<AppState> for CurrentUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         match &state.auth {
             AuthMode::Jwt(verifier) => jwt_user(parts, state, verifier).await,
-            AuthMode::TrustedHeader => header_user(parts),
+            AuthMode::TrustedHeader => header_user(parts).map_err(IntoResponse::into_response),
             AuthMode::JwtOrTrustedHeader(verifier) => {
                 if parts.headers.contains_key(header::AUTHORIZATION) {
                     jwt_user(parts, state, verifier).await
                 } else {
-                    header_user(parts)
+                    header_user(parts).map_err(IntoResponse::into_response)
                 }
             }
         }
