@@ -121,6 +121,10 @@ impl Analytics {
         }
     }
 
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -85,6 +85,7 @@ pub struct AppState {
     pub analytics: Analytics,
     pub metadata: Option<MetadataClient>,
     pub auth: AuthMode,
+    pub metrics: crate::metrics::ChatMetrics,
 }
 
 /// The caller's user id.
@@ -192,9 +193,10 @@ async fn chat(
         }
         None => (Uuid::new_v4(), Vec::new()),
     };
-    state
+    let queued = state
         .analytics
         .emit(AnalyticsEvent::question(&user, &message, conversation_id));
+    state.metrics.analytics(&state.analytics, queued);
 
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -217,7 +219,17 @@ async fn chat(
         history,
         context: ctx.clone(),
     };
+    if let Some(code) = &ctx.code {
+        state.metrics.diagnostics(&code.diagnostics);
+    }
     let provider_name = state.provider.name();
+    let failed = |state: &AppState| {
+        state
+            .metrics
+            .answers
+            .with_label_values(&[provider_name, "error"])
+            .inc()
+    };
     let finish = Finish {
         state: state.clone(),
         user,
@@ -229,13 +241,29 @@ async fn chat(
     };
 
     if !wants_stream(&params, &headers) {
-        let answer = state.provider.answer(request).await?;
-        let resp = finish.persist(&answer).await?;
+        let answer = match state.provider.answer(request).await {
+            Ok(a) => a,
+            Err(e) => {
+                failed(&state);
+                return Err(e.into());
+            }
+        };
+        let resp = finish
+            .persist(&answer)
+            .await
+            .inspect_err(|_| failed(&state))?;
         return Ok(Json(resp).into_response());
     }
 
     // Errors before the first chunk are ordinary JSON errors.
-    let mut chunks = state.provider.stream(request).await?;
+    let mut chunks = match state.provider.stream(request).await {
+        Ok(c) => c,
+        Err(e) => {
+            failed(&state);
+            return Err(e.into());
+        }
+    };
+    let metrics = state.metrics.clone();
     let (tx, rx) = mpsc::channel::<Event>(32);
     tokio::spawn(async move {
         let meta = json!({"conversation_id": conversation_id, "provider": provider_name});
@@ -260,6 +288,10 @@ async fn chat(
                     }
                 }
                 Err(e) => {
+                    metrics
+                        .answers
+                        .with_label_values(&[provider_name, "error"])
+                        .inc();
                     tracing::warn!(error = %e, "provider stream failed");
                     let body = json!({"error": {"code": e.code(), "message": e.to_string()}});
                     let _ = tx
@@ -284,6 +316,10 @@ async fn chat(
                     .await;
             }
             Err(e) => {
+                metrics
+                    .answers
+                    .with_label_values(&[provider_name, "error"])
+                    .inc();
                 let body = json!({"error": {"code": e.code, "message": e.message}});
                 let _ = tx
                     .send(Event::default().event("error").data(body.to_string()))
@@ -332,8 +368,14 @@ impl Finish {
             }
             Err(e) => return Err(e.into()),
         }
-        let latency = self.started.elapsed().as_secs_f64() * 1000.0;
-        self.state.analytics.emit(AnalyticsEvent::answer(
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let latency = elapsed * 1000.0;
+        let m = &self.state.metrics;
+        m.answers.with_label_values(&[self.provider, "ok"]).inc();
+        m.answer_seconds
+            .with_label_values(&[self.provider])
+            .observe(elapsed);
+        let queued = self.state.analytics.emit(AnalyticsEvent::answer(
             &self.user,
             &self.question,
             self.conversation_id,
@@ -341,6 +383,7 @@ impl Finish {
             self.provider,
             self.ctx.sources().len(),
         ));
+        m.analytics(&self.state.analytics, queued);
         Ok(ChatResponse {
             conversation_id: self.conversation_id,
             message_id: answer_id,

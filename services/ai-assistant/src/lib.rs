@@ -27,6 +27,7 @@ pub mod context;
 pub mod kb;
 pub mod llm;
 pub mod metadata;
+pub mod metrics;
 pub mod provider;
 pub mod store;
 
@@ -81,8 +82,13 @@ impl Settings {
     }
 }
 
-/// Builds the application state (knowledge-base index, provider, clients).
-pub fn build_state(pool: sqlx::PgPool, settings: Settings) -> anyhow::Result<AppState> {
+/// Builds the application state (knowledge-base index, provider, clients);
+/// the assistant's metrics go into `metrics`' registry.
+pub fn build_state(
+    pool: sqlx::PgPool,
+    settings: Settings,
+    metrics: &kit::Metrics,
+) -> anyhow::Result<AppState> {
     let kb = kb::KnowledgeBase::embedded()?;
     tracing::info!(passages = kb.passages().len(), "knowledge base indexed");
     let provider: Arc<dyn provider::Provider> = match settings.llm {
@@ -108,6 +114,7 @@ pub fn build_state(pool: sqlx::PgPool, settings: Settings) -> anyhow::Result<App
         analytics,
         metadata: settings.integration_url.map(metadata::MetadataClient::new),
         auth: settings.auth,
+        metrics: metrics::ChatMetrics::register(metrics.registry())?,
     })
 }
 
@@ -125,8 +132,8 @@ pub async fn run() -> anyhow::Result<()> {
         cfg.connect_timeout,
     )
     .await?;
-    let state = build_state(pool.clone(), settings)?;
-    let infra = kit::Infra::new(&cfg, env!("CARGO_PKG_VERSION")).with_pg(pool);
+    let infra = kit::Infra::new(&cfg, env!("CARGO_PKG_VERSION")).with_pg(pool.clone());
+    let state = build_state(pool, settings, &infra.metrics)?;
     let app = infra.wrap(router(state));
     let listener = kit::server::bind(cfg.port).await?;
     kit::serve_with_timeout(app, listener, kit::shutdown_signal(), cfg.shutdown_timeout).await?;

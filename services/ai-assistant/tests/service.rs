@@ -44,8 +44,8 @@ async fn start(settings: Settings) -> Svc {
         .await
         .expect("connect test database");
     migrate(&pool).await.expect("migrations");
-    let state = build_state(pool.clone(), settings).expect("state");
-    let infra = kit::Infra::named("ai-assistant", "test").with_pg(pool);
+    let infra = kit::Infra::named("ai-assistant", "test").with_pg(pool.clone());
+    let state = build_state(pool, settings, &infra.metrics).expect("state");
     let addr = serve(infra.wrap(router(state))).await;
     Svc {
         base: format!("http://{addr}"),
@@ -194,6 +194,21 @@ async fn code_in_message_is_checked_and_cited() {
             .any(|s| s["heading"] == "Запросы в цикле запрещены"),
         "{body}"
     );
+    let metrics = svc
+        .http
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ai_assistant_bsl_diagnostics_total{rule=\"query-in-loop\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ai_assistant_answers_total{outcome=\"ok\",provider=\"offline\"} 1"));
+    assert!(metrics.contains("ai_assistant_analytics_events_total{result=\"queued\"} 0"));
 }
 
 #[tokio::test]
@@ -384,6 +399,19 @@ async fn questions_and_answers_go_to_analytics_and_its_outage_is_harmless() {
         chrono::DateTime::parse_from_rfc3339(e["occurred_at"].as_str().unwrap()).unwrap();
     }
     assert!(events[1]["latency_ms"].as_f64().unwrap() >= 0.0);
+    let metrics = svc
+        .http
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ai_assistant_analytics_events_total{result=\"queued\"} 2"),
+        "{metrics}"
+    );
 
     // Analytics unreachable: the assistant answers all the same.
     let dead = {
