@@ -197,8 +197,10 @@ pub fn upstream_headers(
     for h in IDENTITY_HEADERS {
         headers.remove(*h);
     }
-    // The gateway's own secret is never relayed from clients.
+    // The gateway's own secret is never relayed from clients, and an API
+    // key, once verified here, is not handed on to every upstream.
     headers.remove(crate::auth::SERVICE_TOKEN_HEADER);
+    headers.remove(crate::auth::API_KEY_HEADER);
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
         _ => peer_ip.to_string(),
@@ -252,12 +254,14 @@ mod tests {
         h.insert("x-user-id", "admin".parse().unwrap());
         h.insert("x-user-roles", "admin".parse().unwrap());
         h.insert("x-service-token", "guess".parse().unwrap());
+        h.insert("x-api-key", "sk_secret".parse().unwrap());
         h.insert("host", "evil".parse().unwrap());
         h.insert("authorization", "Bearer t".parse().unwrap());
         let out = upstream_headers(h.clone(), "192.0.2.7", None);
         assert!(!out.contains_key("x-user-id"));
         assert!(!out.contains_key("x-user-roles"));
         assert!(!out.contains_key("x-service-token"));
+        assert!(!out.contains_key("x-api-key"));
         assert!(!out.contains_key("host"));
         assert_eq!(out["authorization"], "Bearer t");
         assert_eq!(out["x-forwarded-for"], "192.0.2.7");

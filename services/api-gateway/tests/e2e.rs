@@ -71,6 +71,13 @@ fn echo_app(hits: Arc<AtomicUsize>) -> Router {
     Router::new()
         .route("/stream/{chunks}", get(stream))
         .route(
+            "/slow/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slow"
+            }),
+        )
+        .route(
             "/status/{code}",
             any(|Path(code): Path<u16>| async move {
                 axum::http::StatusCode::from_u16(code).unwrap()
@@ -715,6 +722,7 @@ async fn streaming_bodies_and_retry_on_connect_error() {
     let mut cfg = stack.config();
     cfg.upstreams
         .insert("1c-integration".into(), format!("http://{late_addr}"));
+    cfg.upstream_timeout = Duration::from_millis(500);
     let gw = stack.gateway(cfg).await;
     let login = gw.login(ADMIN_EMAIL, ADMIN_PW).await;
     let t = login["access_token"].as_str().unwrap().to_string();
@@ -752,6 +760,20 @@ async fn streaming_bodies_and_retry_on_connect_error() {
     }
     assert_eq!(total, 64 * 16384);
     assert!(n > 1, "streamed in several chunks");
+
+    // No response headers within UPSTREAM_TIMEOUT → 504.
+    let start = Instant::now();
+    let (st, v) = json_of(
+        gw.req(M::GET, "/api/v1/ai-assistant/slow/3000")
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 504, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    assert!(start.elapsed() < Duration::from_millis(2000));
 
     // Upstream 5xx statuses pass through.
     let (st, _) = json_of(
