@@ -18,8 +18,11 @@ fn every_kb_file_is_split_into_cited_passages() {
         "kb/bsl-patterns.md",
         "kb/coding-standards.md",
         "kb/common-errors.md",
+        "kb/data-exchange.md",
+        "kb/managed-forms.md",
         "kb/odata.md",
         "kb/query-language.md",
+        "kb/reports-skd.md",
     ] {
         assert!(files.contains(f), "{f} missing from {files:?}");
     }
@@ -107,4 +110,58 @@ fn unknown_topic_gives_no_sources() {
     let a = kb.answer("zzzz qqqq");
     assert!(a.sources.is_empty());
     assert!(a.text.contains("не нашлось"));
+}
+
+#[test]
+fn managed_form_server_call_question() {
+    let kb = kb();
+    let hits = kb.search(
+        "чем НаСервереБезКонтекста лучше вызова НаСервере из формы",
+        3,
+    );
+    assert_eq!(hits[0].passage.file, "kb/managed-forms.md");
+    assert_eq!(
+        hits[0].passage.heading,
+        "Вызовы сервера из формы и директивы компиляции"
+    );
+}
+
+#[test]
+fn skd_report_output_question() {
+    let kb = kb();
+    let a = kb.answer("как программно вывести отчёт СКД в табличный документ");
+    assert_eq!(a.sources[0].file, "kb/reports-skd.md");
+    assert_eq!(
+        a.sources[0].heading,
+        "Программный вывод отчёта СКД в табличный документ"
+    );
+    assert!(a.text.contains("КомпоновщикМакетаКомпоновкиДанных"));
+}
+
+#[test]
+fn exchange_plan_question() {
+    let kb = kb();
+    let hits = kb.search("как выбрать изменения плана обмена для узла", 3);
+    assert_eq!(
+        hits[0].passage.heading,
+        "Планы обмена и регистрация изменений"
+    );
+}
+
+#[test]
+fn modal_dialog_question_in_english() {
+    let kb = kb();
+    let hits = kb.search("async question dialog Await in web client", 3);
+    let heads: Vec<&str> = hits[..2]
+        .iter()
+        .map(|h| h.passage.heading.as_str())
+        .collect();
+    assert!(
+        heads.contains(&"Асинхронные диалоги: ПоказатьВопрос, ОписаниеОповещения, Ждать"),
+        "{heads:?}"
+    );
+    assert!(
+        heads.contains(&"Клиент-серверное взаимодействие и асинхронность"),
+        "{heads:?}"
+    );
 }
