@@ -134,7 +134,9 @@ pub enum ForwardError {
 }
 
 /// Sends `method uri` with `headers` and `body`. Idempotent requests are
-/// retried once, after `retry_delay`, when the first attempt cannot connect.
+/// retried once, after `retry_delay`, when the first attempt cannot connect
+/// or its connection closes before a response (and the body was empty or
+/// never sent).
 /// Returns the response and whether a retry happened.
 pub async fn forward(
     client: &UpstreamClient,
@@ -159,19 +161,38 @@ pub async fn forward(
         match res {
             Err(_) => return Err(ForwardError::Timeout),
             Ok(Ok(resp)) => return Ok((resp, retried)),
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
                 let body_unsent = empty || slot.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-                if !retried && is_idempotent(&method) && body_unsent {
+                let retryable = connect || closed_before_response(&e);
+                if retryable && !retried && is_idempotent(&method) && body_unsent {
                     retried = true;
-                    tracing::info!(%uri, error = %e, "connect error, retrying once");
+                    tracing::info!(%uri, error = %error_chain(&e), "upstream connection failed, retrying once");
                     tokio::time::sleep(retry_delay).await;
                     continue;
                 }
-                return Err(ForwardError::Connect(error_chain(&e)));
+                return Err(if connect {
+                    ForwardError::Connect(error_chain(&e))
+                } else {
+                    ForwardError::Other(error_chain(&e))
+                });
             }
-            Ok(Err(e)) => return Err(ForwardError::Other(error_chain(&e))),
         }
     }
+}
+
+/// The connection was closed before any response arrived (an upstream
+/// shutting down under a rolling deploy closes kept-alive connections).
+/// Only retried for idempotent requests whose body was empty or never sent.
+fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
