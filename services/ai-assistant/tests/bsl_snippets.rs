@@ -275,3 +275,20 @@ fn virtual_table_rule_in_standalone_query() {
     )
     .is_empty());
 }
+
+#[test]
+fn realistic_modules_are_clean() {
+    for (name, code) in [
+        (
+            "object module with regions and #Если",
+            include_str!("fixtures/object-module.bsl"),
+        ),
+        (
+            "form module with Асинх/Ждать and notifications",
+            include_str!("fixtures/form-module.bsl"),
+        ),
+    ] {
+        let d = check(code);
+        assert!(d.is_empty(), "{name}: {d:#?}");
+    }
+}
