@@ -17,7 +17,7 @@
 //! 7. forwarding with streamed bodies, identity headers (`x-user-id`,
 //!    `x-user-roles`, `x-auth-method`; client copies stripped),
 //!    `x-request-id`, `x-forwarded-for`; idempotent methods retried once on
-//!    a connect error; 504 after `UPSTREAM_TIMEOUT` without response headers.
+//!    a connect error (or a connection closed before any answer); 504 after `UPSTREAM_TIMEOUT` without response headers.
 //!
 //! A successful `POST /api/v1/user-management/auth/logout` also revokes the
 //! caller's access token (`jti`) and its session (`sid:<sid>`) in the

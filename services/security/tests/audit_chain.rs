@@ -184,3 +184,71 @@ async fn audit_needs_admin_or_service() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Run as the database's owning (non-superuser) role, as in production:
+/// the migrations leave it unable to UPDATE or DELETE audit rows at all.
+#[tokio::test]
+async fn owning_role_has_no_update_or_delete_privilege() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let db = kit::testing::TestDb::new().await;
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let role = format!("sec_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{}\" OWNER TO {role}", db.name))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("GRANT ALL ON SCHEMA public TO {role}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let opts: PgConnectOptions = db.url.parse().unwrap();
+    let opts = opts.username(&role).password(&format!("pw-{role}"));
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await
+        .expect("connect as the owning role");
+    security::MIGRATOR.run(&pool).await.unwrap();
+    let rec = security::store::audit_append(
+        &pool,
+        security::store::NewEntry {
+            category: "audit".into(),
+            actor: "a".into(),
+            action: "b".into(),
+            resource: String::new(),
+            ip: None,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(rec.id, 1);
+    for sql in [
+        "UPDATE audit_log SET actor = 'x'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
+    }
+    let report = security::store::audit_verify(&pool).await.unwrap();
+    assert!(report.ok);
+    pool.close().await;
+    admin.close().await;
+    db.drop_db().await;
+    let mut c =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&kit::testing::test_database_url())
+            .await
+            .unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
