@@ -59,9 +59,9 @@ pub struct Store {
 pub fn title_of(question: &str) -> String {
     let line = question
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("```"))
+        .unwrap_or("");
     let mut t: String = line.chars().take(80).collect();
     if line.chars().count() > 80 {
         t.push('…');
@@ -229,5 +229,22 @@ impl Store {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::title_of;
+
+    #[test]
+    fn titles() {
+        assert_eq!(
+            title_of("\n  Как сделать бэкап?\nподробнее"),
+            "Как сделать бэкап?"
+        );
+        assert_eq!(title_of("```bsl\nПроцедура А()"), "Процедура А()");
+        assert_eq!(title_of("   "), "Диалог");
+        let long = "я".repeat(100);
+        assert_eq!(title_of(&long).chars().count(), 81);
     }
 }
