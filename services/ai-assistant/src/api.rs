@@ -113,7 +113,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/chat", post(chat))
         .route("/conversations", get(list_conversations))
-        .route("/conversations/{id}", get(get_conversation))
+        .route(
+            "/conversations/{id}",
+            get(get_conversation).delete(delete_conversation),
+        )
         .route("/bsl/check", post(bsl_check))
         .route("/kb/search", get(kb_search))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -434,6 +437,20 @@ async fn get_conversation(
     match state.store.get(&user, id).await? {
         Some(c) => Ok(Json(serde_json::to_value(c).map_err(ApiError::internal)?)),
         None => Err(ApiError::not_found("conversation not found")),
+    }
+}
+
+async fn delete_conversation(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id =
+        Uuid::parse_str(&id).map_err(|_| ApiError::validation("conversation id must be a UUID"))?;
+    if state.store.delete(&user, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("conversation not found"))
     }
 }
 

@@ -192,6 +192,17 @@ impl Store {
             .collect())
     }
 
+    /// Deletes a conversation (and its messages) of `user_id`; false when
+    /// there is none.
+    pub async fn delete(&self, user_id: &str, id: Uuid) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     /// A conversation with all its messages, only for its owner.
     pub async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Conversation>, sqlx::Error> {
         let Some(c) = sqlx::query(

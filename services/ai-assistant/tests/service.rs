@@ -173,6 +173,21 @@ async fn conversations_persist_per_user() {
     assert_eq!(s, 422, "{err}");
     let (s, _) = svc.get("alice", "/conversations/not-a-uuid").await;
     assert_eq!(s, 422);
+
+    // Deleting: only the owner, then it is gone.
+    let del = |user: &'static str| {
+        svc.http
+            .delete(format!("{}/conversations/{cid}", svc.base))
+            .header("x-user-id", user)
+            .send()
+    };
+    assert_eq!(del("bob").await.unwrap().status().as_u16(), 404);
+    assert_eq!(del("alice").await.unwrap().status().as_u16(), 204);
+    assert_eq!(del("alice").await.unwrap().status().as_u16(), 404);
+    let (s, _) = svc.get("alice", &format!("/conversations/{cid}")).await;
+    assert_eq!(s, 404);
+    let (_, list) = svc.get("alice", "/conversations").await;
+    assert!(list["conversations"].as_array().unwrap().is_empty());
 }
 
 #[tokio::test]
