@@ -443,6 +443,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn excerpt_cuts_at_paragraphs_outside_code() {
+        let para = "слово ".repeat(30);
+        let code = format!("```bsl\n{}\n```", "А = 1;\n\nБ = 2;\n".repeat(20));
+        let text = format!("{para}\n\n{code}\n\n{para}\n\n{para}");
+        let e = excerpt(&text, 300);
+        assert!(e.ends_with('…'), "{e}");
+        // Fences stay balanced: the cut is never inside the code block.
+        assert_eq!(e.matches("```").count() % 2, 0, "{e}");
+        assert!(e.len() < text.len());
+        assert_eq!(excerpt("коротко", 300), "коротко");
+    }
+
+    #[test]
     fn camel_split() {
         assert_eq!(split_camel("ОстаткиТоваров"), vec!["Остатки", "Товаров"]);
         assert_eq!(split_camel("HTTPСоединение"), vec!["HTTP", "Соединение"]);
