@@ -552,3 +552,92 @@ async fn soap_call_and_fault() {
         Err(ODataError::SoapFault { .. })
     ));
 }
+
+/// A tiny HTTP server answering from a closure, counting requests.
+async fn fake_1c(
+    handler: impl Fn(usize, &str) -> (u16, &'static str, String) + Clone + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (h, handler) = (h.clone(), handler.clone());
+        async move {
+            let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+            let (status, ct, body) = handler(n, &format!("{} {}", req.method(), req.uri()));
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [(axum::http::header::CONTENT_TYPE, ct)],
+                body,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/demo"), hits)
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_for_reads_only() {
+    use std::sync::atomic::Ordering;
+    // Two 500s, then a page: the read succeeds on the third attempt.
+    let (base, hits) = fake_1c(|n, _| {
+        if n <= 2 {
+            (
+                500,
+                "application/json",
+                r#"{"odata.error":{"code":"","message":{"lang":"ru","value":"Временная ошибка"}}}"#
+                    .into(),
+            )
+        } else {
+            (
+                200,
+                "application/json",
+                r#"{"value":[{"Ref_Key":"00000000-0000-0000-0000-000000000001"}]}"#.into(),
+            )
+        }
+    })
+    .await;
+    let c = client_for(&base, PASSWORD);
+    let page = c.fetch(&Query::new("Catalog_Склады")).await.unwrap();
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+
+    // Always 500: bounded (1 + 2 retries), and the message is decoded.
+    let (base, hits) = fake_1c(|_, _| {
+        (500, "application/json", r#"{"odata.error":{"code":"","message":{"lang":"ru","value":"Сервер 1С:Предприятия недоступен"}}}"#.into())
+    })
+    .await;
+    let c = client_for(&base, PASSWORD);
+    let err = c.fetch(&Query::new("Catalog_Склады")).await.unwrap_err();
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert!(
+        err.to_string().contains("Сервер 1С:Предприятия недоступен"),
+        "{err}"
+    );
+    // A create is not repeated after a 500 (it may have been applied).
+    hits.store(0, Ordering::SeqCst);
+    assert!(c
+        .create("Catalog_Склады", &json!({"Description": "x"}))
+        .await
+        .is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn empty_odata_content_gives_the_hint() {
+    let (base, _) = fake_1c(|_, what| {
+        assert!(what.contains("$metadata"), "{what}");
+        (200, "application/xml", r#"<?xml version="1.0" encoding="UTF-8"?>
+<edmx:Edmx xmlns:edmx="http://schemas.microsoft.com/ado/2007/06/edmx" Version="1.0"><edmx:DataServices xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata" m:DataServiceVersion="3.0"><Schema xmlns="http://schemas.microsoft.com/ado/2009/11/edm" Namespace="StandardODATA"><EntityContainer Name="StandardODATA" m:IsDefaultEntityContainer="true"/></Schema></edmx:DataServices></edmx:Edmx>"#.into())
+    })
+    .await;
+    let err = client_for(&base, PASSWORD).metadata().await.unwrap_err();
+    assert!(matches!(err, ODataError::Metadata(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("Установить состав стандартного интерфейса OData"),
+        "{err}"
+    );
+}

@@ -12,7 +12,7 @@ pub mod store;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use axum::routing::{any, get};
+use axum::routing::any;
 use axum::Router;
 
 use crate::odata::metadata::Metadata;
@@ -94,13 +94,33 @@ impl SimState {
 }
 
 /// The simulator's router (state shared, so tests can stop a server and
-/// start another one over the same data).
+/// start another one over the same data). The binary adds kit's
+/// `/health/*` and `/metrics`.
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { "ok" }))
         .route("/{base}/odata/standard.odata", any(http::odata))
         .route("/{base}/odata/standard.odata/", any(http::odata))
         .route("/{base}/odata/standard.odata/{*rest}", any(http::odata))
         .route("/{base}/ws/{alias}", any(soap::handle))
         .with_state(state)
+}
+
+/// The binary's entry: config from env, kit's health/metrics/middleware,
+/// listen on PORT (default 8080) until SIGTERM/SIGINT.
+pub async fn run() -> anyhow::Result<()> {
+    let cfg = SimConfig::from_env()?;
+    tracing::info!(config = ?cfg, "starting 1C simulator");
+    let state = SimState::new(cfg)?;
+    let port: u16 = kit::config::Env::process().parse_or("PORT", 8080)?;
+    let infra = kit::Infra::named("onec-simulator", env!("CARGO_PKG_VERSION"));
+    let app = infra.wrap(router(state));
+    let listener = kit::server::bind(port).await?;
+    kit::serve_with_timeout(
+        app,
+        listener,
+        kit::shutdown_signal(),
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    Ok(())
 }
