@@ -98,3 +98,52 @@ async fn odata_count_and_service_document() {
         .unwrap();
     assert_eq!(r.status(), 406);
 }
+
+#[tokio::test]
+async fn post_with_parentheses_and_atom_entries() {
+    let sim = common::Sim::start().await;
+    let http = reqwest::Client::new();
+    let root = format!("{}/odata/standard.odata", sim.base_url());
+    let list: serde_json::Value = http
+        .get(format!(
+            "{root}/Document_РеализацияТоваровУслуг?$format=json&$filter=Posted eq false"
+        ))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = list["value"][0]["Ref_Key"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{root}/Document_РеализацияТоваровУслуг(guid'{key}')/Post()?PostingModeOperational=false"))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Without $format=json the entry is Atom, with the tabular section as a collection.
+    let atom = http
+        .get(format!(
+            "{root}/Document_РеализацияТоваровУслуг(guid'{key}')"
+        ))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert!(atom.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("type=entry"));
+    let text = atom.text().await.unwrap();
+    assert!(
+        text.contains("<d:Posted m:type=\"Edm.Boolean\">true</d:Posted>"),
+        "{text}"
+    );
+    assert!(text.contains("<d:Товары m:type=\"Collection(StandardODATA.Document_РеализацияТоваровУслуг_Товары_RowType)\"><d:element>"), "{text}");
+    assert!(
+        text.contains("<d:LineNumber m:type=\"Edm.Int64\">1</d:LineNumber>"),
+        "{text}"
+    );
+}

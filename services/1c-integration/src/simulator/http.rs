@@ -309,6 +309,11 @@ fn dispatch(
     let segs: Vec<String> = split_top(rest, '/')
         .into_iter()
         .filter(|s| !s.is_empty())
+        // `Post()` and `Post` are the same action.
+        .map(|s| match s.as_str() {
+            "Post()" | "Unpost()" => s.trim_end_matches("()").to_string(),
+            _ => s,
+        })
         .collect();
     let meta = ctx.meta();
     if segs.is_empty() {
