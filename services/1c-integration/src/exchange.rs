@@ -83,25 +83,23 @@ pub async fn run_set(
             .bind(set)
             .fetch_one(pool)
             .await?;
-    // One run per set at a time, across replicas too.
-    let mut lock_conn = pool.acquire().await?;
+    // One run per set at a time, across replicas too. A transaction-scoped
+    // lock: should this future be dropped mid-run, the transaction rolls
+    // back and the lock goes with it (a session lock would stay on the
+    // pooled connection).
+    let mut lock_tx = pool.begin().await?;
     let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('onec-exchange:' || $1))")
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('onec-exchange:' || $1))")
             .bind(set)
-            .fetch_one(&mut *lock_conn)
+            .fetch_one(&mut *lock_tx)
             .await?;
     let mut counts = Counts::default();
     let outcome = if locked {
-        let r = pull(pool, client, set, page_size, &mut counts).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('onec-exchange:' || $1))")
-            .bind(set)
-            .execute(&mut *lock_conn)
-            .await;
-        r
+        pull(pool, client, set, page_size, &mut counts).await
     } else {
         Err(PullError::Busy)
     };
-    drop(lock_conn);
+    lock_tx.rollback().await?;
     let error = match outcome {
         Ok(()) => None,
         Err(PullError::Db(e)) => Some(format!("database: {e}")),

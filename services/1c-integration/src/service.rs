@@ -560,15 +560,28 @@ async fn exchange_run(
         }
         None => st.exchange.sets.clone(),
     };
-    let _guard = st.exchange_lock.lock().await;
-    let mut out = Vec::new();
-    for s in &sets {
-        let e = exchange::run_set(&st.pool, &st.client, s, st.exchange.page_size).await?;
-        if let Some(m) = &st.exchange_metrics {
-            m.record(&e);
+    // The run is a task of its own: if the caller goes away (or the
+    // request times out) it still finishes and logs properly.
+    let task_state = st.clone();
+    let run = tokio::spawn(async move {
+        let _guard = task_state.exchange_lock.lock().await;
+        let mut out = Vec::new();
+        for s in &sets {
+            let e = exchange::run_set(
+                &task_state.pool,
+                &task_state.client,
+                s,
+                task_state.exchange.page_size,
+            )
+            .await?;
+            if let Some(m) = &task_state.exchange_metrics {
+                m.record(&e);
+            }
+            out.push(e);
         }
-        out.push(e);
-    }
+        Ok::<_, sqlx::Error>(out)
+    });
+    let out = run.await.map_err(ApiError::internal)??;
     let failed = out.iter().any(|e| e.error.is_some());
     let status = if failed {
         StatusCode::BAD_GATEWAY

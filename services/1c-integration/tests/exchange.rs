@@ -215,3 +215,49 @@ async fn exchange_survives_1c_going_away_mid_run() {
     assert!(log[2].error.is_some());
     assert!(log.iter().all(|e| e.finished_at.is_some()));
 }
+
+#[tokio::test]
+async fn one_run_per_set_at_a_time() {
+    let db = kit::testing::TestDb::new().await;
+    let pool = kit::db::connect_pg(
+        &db.url,
+        Some(&onec_integration::service::MIGRATOR),
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let sim = Sim::start().await;
+    let client = sim.client();
+    // Another replica holds the set's lock.
+    let mut other = pool.begin().await.unwrap();
+    let _: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('onec-exchange:' || $1))")
+            .bind("Catalog_Склады")
+            .fetch_one(&mut *other)
+            .await
+            .unwrap();
+    let busy = exchange::run_set(&pool, &client, "Catalog_Склады", 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        busy.error.as_deref(),
+        Some("another exchange of this set is running")
+    );
+    assert_eq!(busy.rows_upserted, 0);
+    // Other sets are not blocked.
+    let goods = exchange::run_set(&pool, &client, GOODS, 50).await.unwrap();
+    assert_eq!((goods.error, goods.rows_upserted), (None, 12));
+    other.rollback().await.unwrap();
+    let ok = exchange::run_set(&pool, &client, "Catalog_Склады", 50)
+        .await
+        .unwrap();
+    assert_eq!((ok.error, ok.rows_upserted), (None, 2));
+    // A set that is not keyed by Ref_Key fails with 1C's own message.
+    let reg = exchange::run_set(&pool, &client, "InformationRegister_ЦеныНоменклатуры", 50)
+        .await
+        .unwrap();
+    assert!(
+        reg.error.as_deref().unwrap_or_default().contains("Ref_Key"),
+        "{reg:?}"
+    );
+}
