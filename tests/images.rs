@@ -315,6 +315,28 @@ fn hardened(cap_add: &[&str], tmpfs: &[&str], binds: Vec<String>, network: &str)
     }
 }
 
+#[test]
+fn recipe_hash_is_stable_and_tracks_the_package_list() {
+    use stackctl::images::Recipe;
+    for kind in InfraKind::all() {
+        assert_eq!(recipe_hash(kind), recipe_hash(kind));
+        assert_eq!(recipe_hash(kind), Recipe::of(kind).hash());
+        assert_eq!(InfraKind::from_tag(kind.tag()), Some(kind));
+    }
+    let base = Recipe::of(InfraKind::Postgres);
+    let mut changed = base.clone();
+    changed.packages.push("postgresql-contrib".into());
+    assert_ne!(base.hash(), changed.hash(), "a new package is a new recipe");
+    assert_ne!(
+        base.rootfs_hash(),
+        changed.rootfs_hash(),
+        "and a new rootfs"
+    );
+    let mut reordered = base.clone();
+    reordered.packages.reverse();
+    assert_eq!(base.hash(), reordered.hash(), "order does not matter");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_image_runs_like_the_compose_service() {
     let docker = docker().await;
@@ -880,11 +902,61 @@ async fn prometheus_image_runs_the_rendered_config() {
         assert!(out.contains("\"status\":\"success\"") && out.contains("\"groups\":[{"), "rules: {out}");
         let (code, out) = exec(&docker, name, &["wget", "-qO-", "http://127.0.0.1:9090/api/v1/status/flags"], &[]).await?;
         assert_eq!(code, 0);
-        assert!(out.contains("\"storage.tsdb.retention.time\":\"360h\""), "{out}");
+        // The compose flags apply (360h is printed as 15d).
+        assert!(out.contains("\"storage.tsdb.retention.time\":\"15d\""), "{out}");
+        assert!(out.contains("\"web.enable-lifecycle\":\"true\""), "{out}");
+        // Runs as 65534 (compose `user:`), writing the TSDB on the volume.
+        let (_, status) = exec(&docker, name, &["cat", "/proc/1/status"], &[]).await?;
+        assert!(status.contains("Name:\tprometheus"), "{status}");
+        assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "{status}");
+        let (code, _) = exec(&docker, name, &["test", "-d", "/prometheus/wal"], &[]).await?;
+        assert_eq!(code, 0, "the TSDB is on /prometheus");
         let (code, took) = signal_and_wait(&docker, name, "SIGTERM").await?;
         eprintln!("[prometheus] SIGTERM -> exit {code} after {took:.2}s");
         assert_eq!(code, 0, "logs:\n{}", logs(&docker, name).await);
         Ok(())
     })
     .await;
+}
+
+/// A build whose step fails answers HTTP 200 with the error inside the stream:
+/// it must come back as an error naming the step, with that step's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_build_step_is_reported_with_its_step() {
+    use stackctl::images::docker::{base_tag, build_final};
+    use stackctl::images::recipe::{ContextFile, Recipe};
+    let docker = docker().await;
+    ensure_twice(&docker, InfraKind::Redis).await;
+    let mut recipe = Recipe::of(InfraKind::Redis);
+    recipe.files = vec![ContextFile {
+        name: "Dockerfile",
+        mode: 0o644,
+        contents:
+            b"ARG BASE\nFROM ${BASE}\nRUN echo output-of-the-broken-step && false\nCMD [\"true\"]\n",
+    }];
+    let base = base_tag(&recipe);
+    let tag = format!("stackctl-images-test/broken:{}", suffix());
+    let err = build_final(
+        &docker,
+        &recipe,
+        &tag,
+        &base,
+        &recipe.hash(),
+        &printer("broken"),
+    )
+    .await
+    .expect_err("the RUN step fails");
+    let msg = format!("{err:#}");
+    eprintln!("[broken] {msg}");
+    assert!(
+        msg.contains(&format!("building {tag} failed at Step 3/"))
+            && msg.contains(" : RUN echo output-of-the-broken-step && false: The command"),
+        "{msg}"
+    );
+    assert!(msg.contains("returned a non-zero code: 1"), "{msg}");
+    assert!(msg.contains("output-of-the-broken-step"), "{msg}");
+    assert!(
+        docker.inspect_image(&tag).await.is_err(),
+        "no image is tagged by a failed build"
+    );
 }

@@ -1,4 +1,5 @@
 //! The Engine API side: inspect, import the rootfs, build, clean up.
+//! [`super::ensure`] is the entry point; these are public for tests and tools.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -169,11 +170,11 @@ pub fn context_tar(recipe: &Recipe) -> Result<Vec<u8>> {
 pub async fn build_final(
     docker: &Docker,
     recipe: &Recipe,
+    tag: &str,
     base: &str,
     hash: &str,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<String> {
-    let tag = recipe.kind.tag();
     let context = context_tar(recipe)?;
     let labels = HashMap::from([
         (RECIPE_LABEL.to_string(), hash.to_string()),
@@ -210,7 +211,10 @@ pub async fn build_final(
                     step = line.to_string();
                     recent.clear();
                     progress(&format!("{tag}: {line}"));
-                } else {
+                } else if !line.starts_with(" --->")
+                    && !line.starts_with("--->")
+                    && !line.starts_with("Removing intermediate container")
+                {
                     recent.push(line.to_string());
                     if recent.len() > 20 {
                         recent.remove(0);
@@ -260,14 +264,18 @@ pub async fn remove_stale_bases(
 ) {
     let pattern = format!("{ROOTFS_REPO}:{}-*", recipe.kind.name());
     let filters = HashMap::from([("reference".to_string(), vec![pattern])]);
-    let Ok(images) = docker
+    let images = match docker
         .list_images(Some(ListImagesOptions {
             filters: Some(filters),
             ..Default::default()
         }))
         .await
-    else {
-        return;
+    {
+        Ok(images) => images,
+        Err(e) => {
+            progress(&format!("rootfs: cannot list old base images: {e}"));
+            return;
+        }
     };
     for img in images {
         for tag in img.repo_tags {

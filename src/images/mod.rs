@@ -13,7 +13,7 @@
 //! Every final image carries `io.stackctl.recipe=<sha256 of its recipe>`;
 //! [`ensure`] returns at once when the tag already has the current recipe.
 
-mod docker;
+pub mod docker;
 pub mod recipe;
 pub mod rootfs;
 
@@ -143,7 +143,7 @@ pub async fn ensure(
         .with_timeout(std::time::Duration::from_secs(3 * 3600));
 
     let base = docker::ensure_base(&long, &recipe, progress).await?;
-    let image_id = docker::build_final(&long, &recipe, &base, &hash, progress).await?;
+    let image_id = docker::build_final(&long, &recipe, tag, &base, &hash, progress).await?;
     let built = docker::inspect(docker, tag).await?.ok_or_else(|| {
         anyhow::anyhow!("{tag} was built ({image_id}) but the engine does not know the tag")
     })?;
