@@ -344,7 +344,7 @@ fn dispatch(
             )),
         },
         (None, Some("$count"), 2) if m == "GET" => {
-            let (rows, _) = filtered(ctx, &set)?;
+            let rows = filtered(ctx, &set)?;
             Ok((
                 [(header::CONTENT_TYPE, "text/plain;charset=utf-8")],
                 rows.len().to_string(),
@@ -438,11 +438,11 @@ fn apply_filter(
     Ok(out)
 }
 
-fn filtered(ctx: &Ctx, set: &str) -> Result<(Vec<Row>, &'static str), SimError> {
+fn filtered(ctx: &Ctx, set: &str) -> Result<Vec<Row>, SimError> {
     let props = props_of_set(ctx.meta(), set);
     let rows = ctx.st.lock().rows(ctx.meta(), set)?;
     let f = parse_filter_opt(ctx.q("$filter"))?;
-    Ok((apply_filter(rows, f.as_ref(), props)?, ""))
+    apply_filter(rows, f.as_ref(), props)
 }
 
 /// $orderby, $inlinecount, $skip, $top, $select over rows → projected items.
@@ -544,7 +544,7 @@ fn json_response(status: StatusCode, body: &Out) -> Response {
 fn list(ctx: &Ctx, set: &str) -> Result<Response, SimError> {
     let meta = ctx.meta();
     let props = props_of_set(meta, set);
-    let (rows, _) = filtered(ctx, set)?;
+    let rows = filtered(ctx, set)?;
     let (mut items, count) = page(ctx, rows, props)?;
     let navs = expand(ctx, set, &mut items)?;
     if ctx.json {
