@@ -95,6 +95,17 @@ pub async fn run_set(
             .await?;
     let mut counts = Counts::default();
     let outcome = if locked {
+        // Holding the set's lock, any earlier unfinished run of this set is
+        // dead (its process stopped mid-run): say so in the log.
+        sqlx::query(
+            "UPDATE exchange_log SET finished_at = now(),
+                    error = 'interrupted: the run stopped before finishing (service shut down)'
+             WHERE set_name = $1 AND finished_at IS NULL AND id < $2",
+        )
+        .bind(set)
+        .bind(id)
+        .execute(pool)
+        .await?;
         pull(pool, client, set, page_size, &mut counts).await
     } else {
         Err(PullError::Busy)

@@ -248,10 +248,25 @@ async fn one_run_per_set_at_a_time() {
     let goods = exchange::run_set(&pool, &client, GOODS, 50).await.unwrap();
     assert_eq!((goods.error, goods.rows_upserted), (None, 12));
     other.rollback().await.unwrap();
+    // A run whose process died left an unfinished row: the next run closes it.
+    let dead: i64 = sqlx::query_scalar(
+        "INSERT INTO exchange_log (set_name) VALUES ('Catalog_Склады') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     let ok = exchange::run_set(&pool, &client, "Catalog_Склады", 50)
         .await
         .unwrap();
     assert_eq!((ok.error, ok.rows_upserted), (None, 2));
+    let (finished, error): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("SELECT finished_at, error FROM exchange_log WHERE id = $1")
+            .bind(dead)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(finished.is_some());
+    assert!(error.unwrap().starts_with("interrupted"));
     // A set that is not keyed by Ref_Key fails with 1C's own message.
     let reg = exchange::run_set(&pool, &client, "InformationRegister_ЦеныНоменклатуры", 50)
         .await
