@@ -72,6 +72,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct OpenAiProvider(Arc<Inner>);
 
+/// Earlier turns sent to the model: at most this many, and at most this
+/// many characters in total (the most recent ones win).
+const HISTORY_MAX_TURNS: usize = 10;
+const HISTORY_BUDGET_CHARS: usize = 12_000;
+
 const SYSTEM_PROMPT: &str = "Ты — ассистент для пользователей и разработчиков 1С:Предприятие. \
 Отвечай по-русски, точно и по делу. Сначала тебе дан контекст, найденный сервисом: \
 фрагменты базы знаний с номерами [n], результаты проверки кода BSL и сведения о метаданных. \
@@ -125,8 +130,18 @@ impl OpenAiProvider {
             json!({"role": "system", "content": SYSTEM_PROMPT}),
             json!({"role": "system", "content": format!("Контекст:\n\n{ctx}")}),
         ];
-        let skip = req.history.len().saturating_sub(10);
-        for t in &req.history[skip..] {
+        // The most recent turns that fit the budget, oldest first.
+        let mut budget = HISTORY_BUDGET_CHARS;
+        let mut recent = Vec::new();
+        for t in req.history.iter().rev().take(HISTORY_MAX_TURNS) {
+            let len = t.content.chars().count();
+            if len > budget {
+                break;
+            }
+            budget -= len;
+            recent.push(t);
+        }
+        for t in recent.into_iter().rev() {
             messages.push(json!({"role": t.role.as_str(), "content": t.content}));
         }
         messages.push(json!({"role": "user", "content": req.question}));
@@ -379,6 +394,35 @@ mod tests {
         );
         assert_eq!(parse_sse_data(" [DONE]").unwrap(), None);
         assert!(parse_sse_data("{oops").is_err());
+    }
+
+    #[test]
+    fn history_is_bounded_by_turns_and_characters() {
+        use crate::provider::{Context, Speaker, Turn};
+        let turn = |i: usize, len: usize| Turn {
+            role: if i.is_multiple_of(2) {
+                Speaker::User
+            } else {
+                Speaker::Assistant
+            },
+            content: format!("{i}:{}", "x".repeat(len)),
+        };
+        let req = |history: Vec<Turn>| AnswerRequest {
+            question: "вопрос".into(),
+            history,
+            context: Context::default(),
+        };
+        // 30 short turns: the last 10 go, in order.
+        let m = OpenAiProvider::messages(&req((0..30).map(|i| turn(i, 10)).collect()));
+        assert_eq!(m.len(), 2 + 10 + 1);
+        assert!(m[2]["content"].as_str().unwrap().starts_with("20:"));
+        assert_eq!(m.last().unwrap()["content"], "вопрос");
+        // A huge old turn is dropped, the recent small ones kept.
+        let mut h = vec![turn(0, 50_000)];
+        h.extend((1..4).map(|i| turn(i, 10)));
+        let m = OpenAiProvider::messages(&req(h));
+        assert_eq!(m.len(), 2 + 3 + 1);
+        assert!(m[2]["content"].as_str().unwrap().starts_with("1:"));
     }
 
     #[test]
