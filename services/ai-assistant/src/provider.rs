@@ -71,11 +71,21 @@ pub struct Context {
 }
 
 impl Context {
+    /// What the answer cites: the infobase metadata (from 1c-integration)
+    /// and the knowledge-base passages.
     pub fn sources(&self) -> Vec<Citation> {
-        self.kb
-            .as_ref()
-            .map(|k| k.sources.clone())
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        if let Some(m) = &self.metadata {
+            out.push(Citation {
+                file: "1c-integration: GET /metadata".into(),
+                heading: m.object.entity_set.clone(),
+                score: 0.0,
+            });
+        }
+        if let Some(k) = &self.kb {
+            out.extend(k.sources.iter().cloned());
+        }
+        out
     }
 }
 

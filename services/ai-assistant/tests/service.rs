@@ -501,6 +501,8 @@ async fn metadata_questions_are_answered_from_1c_integration() {
         body["metadata"]["object"]["entity_set"],
         "Catalog_Номенклатура"
     );
+    assert_eq!(body["sources"][0]["file"], "1c-integration: GET /metadata");
+    assert_eq!(body["sources"][0]["heading"], "Catalog_Номенклатура");
     assert_eq!(
         auth_seen.lock().unwrap().as_deref(),
         Some("Bearer forwarded-token")
