@@ -40,6 +40,8 @@ pub mod rules {
     pub const EXECUTE_EXTERNAL_CODE: &str = "execute-external-code";
     pub const GOTO: &str = "goto-statement";
     pub const MISSING_ROLLBACK: &str = "missing-rollback";
+    pub const FUNCTION_WITHOUT_RETURN: &str = "function-should-have-return";
+    pub const PROCEDURE_RETURNS_VALUE: &str = "procedure-returns-value";
     pub const VIRTUAL_TABLE_FILTER_IN_WHERE: &str = "virtual-table-filter-in-where";
 }
 
@@ -302,6 +304,7 @@ impl Ctx<'_, '_> {
                     in_loop: false,
                     query_vars: query_variables(node, self.src),
                 };
+                self.check_returns(node);
             }
             k if LOOPS.contains(&k) => {
                 self.check_block_between(node, &["DO_KEYWORD"], &["ENDDO_KEYWORD"], "цикла");
@@ -336,6 +339,48 @@ impl Ctx<'_, '_> {
         let children: Vec<Node> = node.children(&mut cursor).collect();
         for child in children {
             self.visit(child, &scope);
+        }
+    }
+
+    /// A Функция must return a value; a Процедура must not.
+    fn check_returns(&mut self, method: Node) {
+        let returns = descendants(method, "return_statement", &[]);
+        let name = method
+            .child_by_field_name("name")
+            .map(|n| text(n, self.src))
+            .unwrap_or("");
+        if method.kind() == "function_definition" {
+            if method.has_error() {
+                return;
+            }
+            if !returns
+                .iter()
+                .any(|r| r.child_by_field_name("result").is_some())
+            {
+                self.push(
+                    method.start_byte(),
+                    rules::FUNCTION_WITHOUT_RETURN,
+                    Severity::Error,
+                    format!(
+                        "Функция {name} не возвращает значение: добавьте Возврат <значение> \
+                         или сделайте её процедурой"
+                    ),
+                );
+            }
+        } else {
+            for r in returns {
+                if r.child_by_field_name("result").is_some() {
+                    self.push(
+                        r.start_byte(),
+                        rules::PROCEDURE_RETURNS_VALUE,
+                        Severity::Error,
+                        format!(
+                            "Процедура {name} не может возвращать значение: используйте \
+                             Функция или Возврат без значения"
+                        ),
+                    );
+                }
+            }
         }
     }
 

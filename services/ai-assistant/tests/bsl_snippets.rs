@@ -150,6 +150,18 @@ const BROKEN: &[(&str, &str, &str, usize)] = &[
         rules::VIRTUAL_TABLE_FILTER_IN_WHERE,
         10,
     ),
+    (
+        "Функция without Возврат",
+        "Функция ПолнаяСумма(Товары)\n\tИтог = 0;\n\tДля Каждого Строка Из Товары Цикл\n\t\tИтог = Итог + Строка.Сумма;\n\tКонецЦикла;\nКонецФункции\n",
+        rules::FUNCTION_WITHOUT_RETURN,
+        1,
+    ),
+    (
+        "Процедура returning a value",
+        "Процедура Проверить(Сумма)\n\tЕсли Сумма < 0 Тогда\n\t\tВозврат Ложь;\n\tКонецЕсли;\nКонецПроцедуры\n",
+        rules::PROCEDURE_RETURNS_VALUE,
+        3,
+    ),
 ];
 
 const CORRECT: &[(&str, &str)] = &[
