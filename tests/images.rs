@@ -360,9 +360,10 @@ async fn redis_image_runs_like_the_compose_service() {
         dir.path(),
         "redis-acl",
         &format!("user default on >{password} ~* &* +@all\n"),
-        0o644,
+        // `stackctl setup` writes secrets root-only and compose mounts them as they are.
+        0o600,
     );
-    let pwfile = secret_file(dir.path(), "redis-password", &password, 0o644);
+    let pwfile = secret_file(dir.path(), "redis-password", &password, 0o600);
 
     with_cleanup(&docker, &created, async {
         create_net_and_volume(&docker, &created).await?;

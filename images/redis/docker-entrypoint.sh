@@ -11,6 +11,21 @@ fi
 
 if [ "$1" = 'redis-server' ] && [ "$(id -u)" = '0' ]; then
 	find /data \! -user redis -exec chown redis:redis '{}' +
+	# An aclfile the redis user cannot read (a root-only 0600 secret, as
+	# `docker compose` mounts file secrets): hand redis a private copy on the
+	# tmpfs and point the server at it (command-line options win over the file).
+	if [ "$#" -ge 2 ] && [ "${2%.conf}" != "$2" ] && [ -r "$2" ]; then
+		acl="$(sed -n 's/^[[:space:]]*aclfile[[:space:]]\{1,\}"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' "$2" | tail -n 1)"
+		if [ -n "$acl" ] && [ -r "$acl" ] \
+			&& ! setpriv --reuid=redis --regid=redis --init-groups test -r "$acl"; then
+			copy="$(mktemp /tmp/redis-aclfile.XXXXXX)"
+			# mktemp made it 0600; chown last (without FOWNER root cannot
+			# change a file it no longer owns).
+			cat "$acl" > "$copy"
+			chown redis:redis "$copy"
+			set -- "$@" --aclfile "$copy"
+		fi
+	fi
 	exec setpriv --reuid=redis --regid=redis --init-groups "$0" "$@"
 fi
 

@@ -30,6 +30,13 @@ pub const KIND_LABEL: &str = "io.stackctl.image-kind";
 /// Repository of the imported rootfs base images.
 pub const ROOTFS_REPO: &str = "stackctl/rootfs";
 
+static BUILD_LOCKS: [tokio::sync::Mutex<()>; 4] = [
+    tokio::sync::Mutex::const_new(()),
+    tokio::sync::Mutex::const_new(()),
+    tokio::sync::Mutex::const_new(()),
+    tokio::sync::Mutex::const_new(()),
+];
+
 /// The infrastructure images the stack uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InfraKind {
@@ -115,15 +122,7 @@ pub async fn ensure(
     let existing = docker::inspect(docker, tag).await?;
     if let Some(img) = &existing {
         if img.labels.get(RECIPE_LABEL) == Some(&hash) {
-            return Ok(Ensured {
-                kind,
-                tag: tag.to_string(),
-                image_id: img.id.clone(),
-                size: img.size,
-                built: false,
-                recipe: hash,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+            return Ok(already_there(kind, img, hash, start));
         }
         progress(&format!(
             "{tag}: recipe changed ({} -> {}), rebuilding",
@@ -135,6 +134,16 @@ pub async fn ensure(
         ));
     } else {
         progress(&format!("{tag}: not present, building"));
+    }
+
+    // One build per kind at a time in this process; whoever waited finds the
+    // image the other built.
+    let _guard = BUILD_LOCKS[kind as usize].lock().await;
+    let existing = docker::inspect(docker, tag).await?;
+    if let Some(img) = &existing {
+        if img.labels.get(RECIPE_LABEL) == Some(&hash) {
+            return Ok(already_there(kind, img, hash, start));
+        }
     }
 
     // Long imports and builds: no 2-minute request timeout for these calls.
@@ -168,6 +177,23 @@ pub async fn ensure(
         recipe: hash,
         seconds,
     })
+}
+
+fn already_there(
+    kind: InfraKind,
+    img: &docker::ImageFacts,
+    recipe: String,
+    start: Instant,
+) -> Ensured {
+    Ensured {
+        kind,
+        tag: kind.tag().to_string(),
+        image_id: img.id.clone(),
+        size: img.size,
+        built: false,
+        recipe,
+        seconds: start.elapsed().as_secs_f64(),
+    }
 }
 
 fn short_id(id: &str) -> &str {

@@ -108,6 +108,11 @@ impl Recipe {
     fn hash_rootfs_part(&self, h: &mut Sha256) {
         h.update(b"stackctl-rootfs v1\n");
         h.update(format!("suite {}\nvariant {}\n", self.suite, self.variant));
+        // The update and security pockets are applied on top of the release.
+        h.update(format!(
+            "upgrade {}\n",
+            super::rootfs::UPDATE_POCKETS.join(",")
+        ));
         for p in self.package_set() {
             h.update(format!("package {p}\n"));
         }

@@ -33,31 +33,34 @@ pub fn tarball_path(recipe: &Recipe) -> PathBuf {
     ))
 }
 
-/// Find the mirror for `suite` in the host's apt sources (deb822 `.sources`
-/// files first, then one-line `sources.list` files).
-pub fn find_mirror(suite: &str) -> Result<Mirror> {
+/// The host's apt source files, in the order apt reads them (deb822
+/// `.sources` files first, then `sources.list`, then `.list` files).
+fn source_files() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        files.sort();
-        candidates.extend(
-            files
-                .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "sources"))
-                .cloned(),
-        );
-        candidates.push(PathBuf::from("/etc/apt/sources.list"));
-        candidates.extend(
-            files
-                .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "list"))
-                .cloned(),
-        );
-    } else {
-        candidates.push(PathBuf::from("/etc/apt/sources.list"));
-    }
-    for path in &candidates {
-        let Ok(text) = std::fs::read_to_string(path) else {
+    let mut files: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    candidates.extend(
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "sources"))
+            .cloned(),
+    );
+    candidates.push(PathBuf::from("/etc/apt/sources.list"));
+    candidates.extend(
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "list"))
+            .cloned(),
+    );
+    candidates
+}
+
+/// The host's apt source for `suite`, if it has one.
+pub fn find_source(suite: &str) -> Option<Mirror> {
+    for path in source_files() {
+        let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
         let found = if path.extension().is_some_and(|e| e == "sources") {
@@ -66,18 +69,25 @@ pub fn find_mirror(suite: &str) -> Result<Mirror> {
             parse_one_line(&text, suite)
         };
         if let Some((uri, keyring)) = found {
-            return Ok(Mirror {
+            return Some(Mirror {
                 uri,
                 keyring: keyring.map(PathBuf::from),
-                source: path.clone(),
+                source: path,
             });
         }
     }
-    bail!(
-        "no apt source for Debian {suite} found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list\n  \
-         hint: add one, e.g. /etc/apt/sources.list.d/debian.sources with\n  \
-         Types: deb / URIs: http://deb.debian.org/debian / Suites: {suite} / Components: main"
-    )
+    None
+}
+
+/// The mirror debootstrap downloads `suite` from, read from the host's apt sources.
+pub fn find_mirror(suite: &str) -> Result<Mirror> {
+    find_source(suite).ok_or_else(|| {
+        anyhow!(
+            "no apt source for Debian {suite} found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list\n  \
+             hint: add one, e.g. /etc/apt/sources.list.d/debian.sources with\n  \
+             Types: deb / URIs: http://deb.debian.org/debian / Suites: {suite} / Components: main"
+        )
+    })
 }
 
 /// The first `Types: deb` stanza listing `suite` in `Suites`: (URI, Signed-By).
@@ -175,6 +185,23 @@ fn find_program(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// debootstrap must be installed and we must be root: the error says how to fix it.
+pub fn preflight(debootstrap: Option<PathBuf>, euid: Option<u32>, tag: &str) -> Result<PathBuf> {
+    let debootstrap = debootstrap.ok_or_else(|| {
+        anyhow!(
+            "debootstrap is not installed; it builds the Debian rootfs of {tag}\n  \
+             hint: apt-get install debootstrap"
+        )
+    })?;
+    if euid != Some(0) {
+        bail!(
+            "building the {tag} image's rootfs needs root: debootstrap creates device nodes, chroots and sets file owners\n  \
+             hint: run stackctl as root (sudo stackctl ...), or build the images once as root"
+        );
+    }
+    Ok(debootstrap)
+}
+
 /// Make sure the recipe's rootfs tarball exists; build it when it does not.
 /// Returns the tarball path and whether debootstrap ran.
 pub async fn ensure_tarball(
@@ -188,23 +215,23 @@ pub async fn ensure_tarball(
     }
     std::fs::create_dir_all(CACHE_DIR)
         .map_err(|e| io_hint(e, &format!("cannot create {CACHE_DIR}")))?;
-    let debootstrap = find_program("debootstrap").ok_or_else(|| {
-        anyhow!(
-            "debootstrap is not installed; it builds the Debian rootfs of stackctl's infrastructure images\n  \
-             hint: apt-get install debootstrap"
-        )
-    })?;
-    if effective_uid() != Some(0) {
-        bail!(
-            "building the {} image's rootfs needs root: debootstrap creates device nodes, chroots and sets file owners\n  \
-             hint: run stackctl as root (sudo stackctl ...), or build the images once as root",
-            recipe.kind.tag()
-        );
-    }
+    let debootstrap = preflight(
+        find_program("debootstrap"),
+        effective_uid(),
+        recipe.kind.tag(),
+    )?;
     let mirror = find_mirror(recipe.suite)?;
     let work = WorkDir::new(recipe)?;
     let target = work.path.join("rootfs");
     run_debootstrap(&debootstrap, recipe, &mirror, &target, progress).await?;
+    let mut sources = vec![(recipe.suite.to_string(), mirror.clone())];
+    for pocket in UPDATE_POCKETS {
+        let suite = format!("{}-{pocket}", recipe.suite);
+        if let Some(m) = find_source(&suite) {
+            sources.push((suite, m));
+        }
+    }
+    upgrade(&target, &sources, progress).await?;
     progress("rootfs: slimming (docs, man pages, locales, apt lists)");
     unmount_under(&target);
     slim(&target, &recipe.prune)?;
@@ -322,6 +349,138 @@ async fn run_debootstrap(
     )
 }
 
+/// The pockets whose fixes are applied on top of the release (when the host
+/// has apt sources for them).
+pub const UPDATE_POCKETS: [&str; 2] = ["updates", "security"];
+
+/// The image's apt sources in deb822 form: the release and its update pockets.
+pub fn sources_deb822(sources: &[(String, Mirror)], root: &Path) -> String {
+    let mut out = String::from("# Written by stackctl from the build host's apt sources.\n");
+    for (suite, m) in sources {
+        out.push_str(&format!(
+            "\nTypes: deb\nURIs: {}\nSuites: {suite}\nComponents: main\n",
+            m.uri
+        ));
+        if let Some(k) = &m.keyring {
+            // Only a keyring that exists inside the image can be named.
+            if root.join(k.strip_prefix("/").unwrap_or(k)).is_file() {
+                out.push_str(&format!("Signed-By: {}\n", k.display()));
+            }
+        }
+    }
+    out
+}
+
+/// Apply the update and security pockets inside the new rootfs (`apt-get
+/// upgrade` in a chroot, services kept from starting by policy-rc.d), and
+/// leave the image with apt sources for all of them.
+async fn upgrade(
+    root: &Path,
+    sources: &[(String, Mirror)],
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let apt = root.join("etc/apt");
+    std::fs::write(
+        apt.join("sources.list.d/debian.sources"),
+        sources_deb822(sources, root),
+    )
+    .map_err(|e| io_hint(e, "cannot write the rootfs' apt sources"))?;
+    let _ = std::fs::remove_file(apt.join("sources.list"));
+    if sources.len() < 2 {
+        progress("rootfs: no update/security sources on this host; packages stay at the release versions");
+        return Ok(());
+    }
+    let policy = root.join("usr/sbin/policy-rc.d");
+    std::fs::write(
+        &policy,
+        "#!/bin/sh\n# stackctl: no service starts while building an image\nexit 101\n",
+    )
+    .map_err(|e| io_hint(e, "cannot write policy-rc.d"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io_hint(e, "cannot chmod policy-rc.d"))?;
+    }
+    let proc_dir = root.join("proc");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "proc", "proc"])
+        .arg(&proc_dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let pockets: Vec<&str> = sources.iter().skip(1).map(|(s, _)| s.as_str()).collect();
+    progress(&format!(
+        "rootfs: apt-get upgrade from {}",
+        pockets.join(", ")
+    ));
+    let mut result = Ok(());
+    for args in [
+        vec!["apt-get", "-q", "update"],
+        vec![
+            "apt-get",
+            "-q",
+            "-y",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "upgrade",
+        ],
+        vec!["apt-get", "clean"],
+    ] {
+        let out = Command::new("chroot")
+            .arg(root)
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                for line in text
+                    .lines()
+                    .filter(|l| l.starts_with("Unpacking ") || l.contains(" upgraded, "))
+                {
+                    progress(&format!("rootfs: {line}"));
+                }
+            }
+            Ok(o) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                let hint = classify_debootstrap_failure(&text, &sources[1].1);
+                result = Err(anyhow!(
+                    "`{}` in the new rootfs failed ({}):\n{tail}{}",
+                    args.join(" "),
+                    o.status,
+                    if hint.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\n  hint: {hint}")
+                    }
+                ));
+                break;
+            }
+            Err(e) => {
+                result = Err(anyhow!("cannot run chroot {}: {e}", root.display()));
+                break;
+            }
+        }
+    }
+    if mounted {
+        let _ = std::process::Command::new("umount").arg(&proc_dir).status();
+    }
+    let _ = std::fs::remove_file(&policy);
+    result
+}
+
 /// A hint for the usual ways debootstrap fails.
 pub fn classify_debootstrap_failure(output: &str, mirror: &Mirror) -> String {
     let o = output.to_ascii_lowercase();
@@ -337,6 +496,7 @@ pub fn classify_debootstrap_failure(output: &str, mirror: &Mirror) -> String {
         || o.contains("connection refused")
         || o.contains("failed to connect")
         || o.contains("unable to connect")
+        || o.contains("failed to fetch")
     {
         return format!(
             "the Debian mirror {} (from {}) is unreachable: check the network or proxy, or point that file at a reachable mirror",
@@ -591,6 +751,66 @@ mod tests {
             Some(("http://m/".into(), None))
         );
         assert_eq!(parse_one_line(text, "trixie"), None);
+    }
+
+    #[test]
+    fn image_sources_list_every_pocket() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/share/keyrings")).unwrap();
+        std::fs::write(dir.path().join("usr/share/keyrings/k.gpg"), "k").unwrap();
+        let m = |uri: &str, k: Option<&str>| Mirror {
+            uri: uri.into(),
+            keyring: k.map(PathBuf::from),
+            source: "/etc/apt/sources.list.d/debian.sources".into(),
+        };
+        let text = sources_deb822(
+            &[
+                (
+                    "bookworm".into(),
+                    m("http://a/debian", Some("/usr/share/keyrings/k.gpg")),
+                ),
+                (
+                    "bookworm-security".into(),
+                    m("http://a/debian-security", Some("/nope.gpg")),
+                ),
+            ],
+            dir.path(),
+        );
+        assert!(text.contains("URIs: http://a/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n"), "{text}");
+        assert!(
+            text.contains(
+                "URIs: http://a/debian-security\nSuites: bookworm-security\nComponents: main\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("/nope.gpg"),
+            "a keyring missing in the image is not named"
+        );
+        assert_eq!(
+            parse_deb822(&text, "bookworm-security").map(|s| s.0),
+            Some("http://a/debian-security".into())
+        );
+    }
+
+    #[test]
+    fn preflight_says_how_to_fix_it() {
+        let e = preflight(None, Some(0), "stackctl/redis:7-bookworm")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apt-get install debootstrap"), "{e}");
+        let e = preflight(
+            Some("/usr/sbin/debootstrap".into()),
+            Some(1000),
+            "stackctl/redis:7-bookworm",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs root") && e.contains("sudo"), "{e}");
+        assert_eq!(
+            preflight(Some("/usr/sbin/debootstrap".into()), Some(0), "t").unwrap(),
+            PathBuf::from("/usr/sbin/debootstrap")
+        );
     }
 
     #[test]
