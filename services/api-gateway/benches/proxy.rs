@@ -3,7 +3,8 @@
 //! route to the same upstream, plus the upstream hit directly.
 //!
 //! `cargo bench -p api-gateway --bench proxy` (builds the release gateway).
-//! Knobs: BENCH_SECS (per target, default 5), BENCH_CONCURRENCY (default 32),
+//! Knobs: BENCH_ROUNDS (interleaved rounds, default 3), BENCH_SECS (per
+//! target and round, default 2), BENCH_CONCURRENCY (default 32),
 //! NGINX (default /usr/sbin/nginx). With TEST_REDIS_URL set, a second gateway
 //! row has Redis rate limiting switched on (limits too high to refuse).
 //!
@@ -147,28 +148,44 @@ fn start_upstream() -> SocketAddr {
     rx.recv().unwrap()
 }
 
-struct Figures {
-    requests: usize,
+/// Samples of one target, accumulated over the rounds.
+#[derive(Default)]
+struct Samples {
+    latencies_us: Vec<u64>,
     errors: usize,
-    rps: f64,
-    p50_us: u64,
-    p99_us: u64,
+    seconds: f64,
+    /// req/s of each round.
+    round_rps: Vec<f64>,
 }
 
-async fn load(url: String, secs: f64, concurrency: usize) -> Figures {
+impl Samples {
+    fn pct(&mut self, p: f64) -> u64 {
+        self.latencies_us.sort_unstable();
+        let n = self.latencies_us.len();
+        if n == 0 {
+            return 0;
+        }
+        self.latencies_us[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
+    }
+    fn rps(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.seconds
+    }
+}
+
+async fn load(url: &str, secs: f64, concurrency: usize, into: &mut Samples) {
     let client: Client<_, Body> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
         .build_http();
-    // Warm-up: open the connections, fill caches.
-    for _ in 0..concurrency * 4 {
+    // Warm-up: open the connections.
+    for _ in 0..concurrency * 2 {
         let _ = client
-            .request(Request::get(&url).body(Body::empty()).unwrap())
+            .request(Request::get(url).body(Body::empty()).unwrap())
             .await
             .map(|r| r.into_body());
     }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
-    let url = Arc::new(url);
+    let url = Arc::new(url.to_string());
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (client, url) = (client.clone(), url.clone());
@@ -191,36 +208,29 @@ async fn load(url: String, secs: f64, concurrency: usize) -> Figures {
             (lat, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut n = 0;
     for t in tasks {
         let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
+        n += l.len();
+        into.latencies_us.extend(l);
+        into.errors += e;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if all.is_empty() {
-            return 0;
-        }
-        all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1]
-    };
-    Figures {
-        requests: all.len(),
-        errors,
-        rps: all.len() as f64 / elapsed,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-    }
+    into.seconds += elapsed;
+    into.round_rps.push(n as f64 / elapsed);
 }
 
 fn main() {
     let secs: f64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(5.0)
-        .clamp(0.5, 60.0);
+        .unwrap_or(2.0)
+        .clamp(0.5, 30.0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, 20);
     let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -248,71 +258,65 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut rows: Vec<(&str, Figures)> = Vec::new();
+    let mut targets: Vec<(&str, String)> = vec![
+        (
+            "upstream (direct)",
+            format!("http://{upstream}/.well-known/jwks.json"),
+        ),
+        (
+            "nginx 1.22 proxy",
+            format!("http://127.0.0.1:{nginx_port}{ROUTE}"),
+        ),
+        ("api-gateway", format!("http://127.0.0.1:{gw_port}{ROUTE}")),
+    ];
+    if redis.is_some() {
+        targets.push((
+            "api-gateway + Redis rate limit",
+            format!("http://127.0.0.1:{gw_rl_port}{ROUTE}"),
+        ));
+    }
+    let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
     rt.block_on(async {
         wait_port(SocketAddr::from(([127, 0, 0, 1], gw_port))).await;
         wait_port(SocketAddr::from(([127, 0, 0, 1], nginx_port))).await;
         if redis.is_some() {
             wait_port(SocketAddr::from(([127, 0, 0, 1], gw_rl_port))).await;
         }
-        eprintln!("{secs} s per target, {concurrency} concurrent keep-alive clients, GET {ROUTE}");
-        rows.push((
-            "upstream (direct)",
-            load(
-                format!("http://{upstream}/.well-known/jwks.json"),
-                secs,
-                concurrency,
-            )
-            .await,
-        ));
-        rows.push((
-            "nginx 1.22 proxy",
-            load(
-                format!("http://127.0.0.1:{nginx_port}{ROUTE}"),
-                secs,
-                concurrency,
-            )
-            .await,
-        ));
-        rows.push((
-            "api-gateway",
-            load(
-                format!("http://127.0.0.1:{gw_port}{ROUTE}"),
-                secs,
-                concurrency,
-            )
-            .await,
-        ));
-        if redis.is_some() {
-            rows.push((
-                "api-gateway + Redis rate limit",
-                load(
-                    format!("http://127.0.0.1:{gw_rl_port}{ROUTE}"),
-                    secs,
-                    concurrency,
-                )
-                .await,
-            ));
+        eprintln!(
+            "{rounds} interleaved rounds x {secs} s per target, {concurrency} concurrent \
+             keep-alive clients, GET {ROUTE}"
+        );
+        // Interleaved rounds spread the noise of a shared machine evenly.
+        for round in 0..rounds {
+            for (i, (name, url)) in targets.iter().enumerate() {
+                load(url, secs, concurrency, &mut samples[i]).await;
+                eprintln!(
+                    "round {} {name}: {:.0} req/s",
+                    round + 1,
+                    samples[i].round_rps.last().unwrap()
+                );
+            }
         }
     });
 
-    let nginx_rps = rows[1].1.rps;
-    let nginx_p99 = rows[1].1.p99_us as f64;
+    let nginx_rps = samples[1].rps();
+    let nginx_p99 = samples[1].pct(0.99) as f64;
     println!();
     println!(
         "| target | requests | errors | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, f) in &rows {
+    for ((name, _), f) in targets.iter().zip(samples.iter_mut()) {
+        let (p50, p99) = (f.pct(0.50), f.pct(0.99));
         println!(
             "| {name} | {} | {} | {:.0} | {:.3} | {:.3} | {:.2}x | {:.2}x |",
-            f.requests,
+            f.latencies_us.len(),
             f.errors,
-            f.rps,
-            f.p50_us as f64 / 1000.0,
-            f.p99_us as f64 / 1000.0,
-            f.rps / nginx_rps,
-            f.p99_us as f64 / nginx_p99
+            f.rps(),
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            f.rps() / nginx_rps,
+            p99 as f64 / nginx_p99
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

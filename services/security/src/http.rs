@@ -185,8 +185,8 @@ struct ListQuery {
 fn paging(q: &ListQuery) -> ApiResult<(i64, i64)> {
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(50);
-    if page < 1 {
-        return Err(ApiError::validation("page starts at 1"));
+    if !(1..=1_000_000).contains(&page) {
+        return Err(ApiError::validation("page must be within 1..=1000000"));
     }
     if !(1..=500).contains(&per_page) {
         return Err(ApiError::validation("per_page must be within 1..=500"));
