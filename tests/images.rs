@@ -961,3 +961,51 @@ async fn a_failing_build_step_is_reported_with_its_step() {
         "no image is tagged by a failed build"
     );
 }
+
+/// The cleanup after a rebuild never removes an image a container uses
+/// (even a stopped one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_a_container_uses_is_never_removed() {
+    use stackctl::images::docker::remove_if_unused;
+    let docker = docker().await;
+    let ensured = ensure_twice(&docker, InfraKind::Redis).await;
+    let id = suffix();
+    let created = Created {
+        containers: vec![format!("stackctl-images-test-keep-{id}")],
+        volumes: vec![],
+        networks: vec![],
+    };
+    with_cleanup(&docker, &created, async {
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(created.containers[0].clone()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(ensured.image_id.clone()),
+                    cmd: Some(vec!["true".into()]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("create container: {e}"))?;
+        let lines = std::sync::Mutex::new(Vec::<String>::new());
+        let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
+        remove_if_unused(&docker, &ensured.image_id, ensured.tag.as_str(), &progress).await;
+        let said = lines.lock().unwrap().join("\n");
+        assert!(said.contains("keeping the previous image"), "{said}");
+        assert!(
+            docker.inspect_image(&ensured.image_id).await.is_ok(),
+            "the image is still there"
+        );
+        Ok(())
+    })
+    .await;
+    // And the tag still names it.
+    let again = ensure(&docker, InfraKind::Redis, &printer("redis"))
+        .await
+        .unwrap();
+    assert_eq!(again.image_id, ensured.image_id);
+    assert!(!again.built);
+}

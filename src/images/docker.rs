@@ -301,6 +301,48 @@ pub async fn remove_stale_bases(
     }
 }
 
+/// Remove untagged images of this kind that nothing uses (left by a build
+/// that raced another process, or an interrupted one). Never forced.
+pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn Fn(&str) + Sync)) {
+    let filters = HashMap::from([
+        ("dangling".to_string(), vec!["true".to_string()]),
+        (
+            "label".to_string(),
+            vec![format!("{KIND_LABEL}={}", recipe.kind.name())],
+        ),
+    ]);
+    let images = match docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+    {
+        Ok(images) => images,
+        Err(e) => {
+            progress(&format!(
+                "cannot list untagged {} images: {e}",
+                recipe.kind.name()
+            ));
+            return;
+        }
+    };
+    for img in images {
+        if img.containers > 0 {
+            continue;
+        }
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..Default::default()
+        };
+        match docker.remove_image(&img.id, Some(options), None).await {
+            Ok(_) => progress(&format!("removed the untagged image {}", img.id)),
+            Err(e) => progress(&format!("kept the untagged image {}: {e}", img.id)),
+        }
+    }
+}
+
 /// Remove the image a rebuild replaced, unless a container (running or not) uses it.
 pub async fn remove_if_unused(
     docker: &Docker,

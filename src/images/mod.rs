@@ -162,6 +162,7 @@ pub async fn ensure(
         }
     }
     docker::remove_stale_bases(docker, &recipe, &base, progress).await;
+    docker::remove_dangling(docker, &recipe, progress).await;
     let seconds = start.elapsed().as_secs_f64();
     progress(&format!(
         "{tag}: built {} ({:.1} MB) in {seconds:.1}s",
@@ -217,6 +218,20 @@ mod tests {
         assert_eq!(InfraKind::from_tag("postgres:15"), None);
         assert_eq!(InfraKind::from_tag("stackctl/postgres:16-bookworm"), None);
         assert_eq!(InfraKind::from_tag("stackctl/postgres"), None);
+    }
+
+    #[test]
+    fn ensure_can_be_spawned() {
+        fn assert_send<T: Send>(_: T) {}
+        // Connecting is lazy: nothing talks to an engine here.
+        let docker = bollard::Docker::connect_with_http(
+            "http://127.0.0.1:9",
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let progress = |_: &str| {};
+        assert_send(ensure(&docker, InfraKind::Redis, &progress));
     }
 
     #[test]

@@ -119,6 +119,9 @@ impl Recipe {
         for p in &self.prune {
             h.update(format!("prune {p}\n"));
         }
+        for (file, contents) in super::rootfs::HOST_FILES {
+            h.update(format!("host-file {file} {contents:?}\n"));
+        }
     }
 
     /// sha256 of the whole recipe: the rootfs part plus every context file

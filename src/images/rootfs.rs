@@ -589,6 +589,11 @@ fn remove_path(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Files of the build host that debootstrap copies into the rootfs, and what
+/// the image gets instead (part of the rootfs hash).
+pub const HOST_FILES: [(&str, &str); 2] =
+    [("etc/resolv.conf", ""), ("etc/hostname", "localhost\n")];
+
 /// Remove the recipe's prune paths (the `*` may only be in the last component),
 /// and empty /dev, /proc, /sys (the engine provides them).
 pub fn slim(root: &Path, prune: &[String]) -> Result<()> {
@@ -616,6 +621,15 @@ pub fn slim(root: &Path, prune: &[String]) -> Result<()> {
                     io_hint(e, &format!("cannot remove {}", entry.path().display()))
                 })?;
             }
+        }
+    }
+    // debootstrap copies the build host's resolver and name in: the engine
+    // mounts its own over both at run time, so keep only neutral files.
+    for (file, contents) in HOST_FILES {
+        let p = root.join(file);
+        if p.parent().is_some_and(Path::is_dir) {
+            std::fs::write(&p, contents)
+                .map_err(|e| io_hint(e, &format!("cannot write {}", p.display())))?;
         }
     }
     for d in ["dev", "proc", "sys"] {
@@ -861,6 +875,14 @@ mod tests {
         assert!(!r.join("dev/null").exists());
         assert!(r.join("dev").is_dir());
         assert!(r.join("etc/passwd").exists());
+        assert_eq!(
+            std::fs::read_to_string(r.join("etc/hostname")).unwrap(),
+            "localhost\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.join("etc/resolv.conf")).unwrap(),
+            ""
+        );
         assert!(slim(r, &["../etc".to_string()]).is_err());
     }
 
