@@ -992,7 +992,7 @@ async fn an_image_a_container_uses_is_never_removed() {
             .map_err(|e| format!("create container: {e}"))?;
         let lines = std::sync::Mutex::new(Vec::<String>::new());
         let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
-        remove_if_unused(&docker, &ensured.image_id, ensured.tag.as_str(), &progress).await;
+        remove_if_unused(&docker, &ensured.image_id, &progress).await;
         let said = lines.lock().unwrap().join("\n");
         assert!(said.contains("keeping the previous image"), "{said}");
         assert!(

@@ -189,7 +189,7 @@ pub async fn build_final(
         buildargs: Some(HashMap::from([("BASE".to_string(), base.to_string())])),
         ..Default::default()
     };
-    progress(&format!("{tag}: building FROM {base}"));
+    progress(&format!("building FROM {base}"));
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut step = String::from("(before the first step)");
     let mut recent: Vec<String> = Vec::new();
@@ -210,7 +210,7 @@ pub async fn build_final(
                 if line.starts_with("Step ") {
                     step = line.to_string();
                     recent.clear();
-                    progress(&format!("{tag}: {line}"));
+                    progress(line);
                 } else if !line.starts_with(" --->")
                     && !line.starts_with("--->")
                     && !line.starts_with("Removing intermediate container")
@@ -344,12 +344,7 @@ pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn F
 }
 
 /// Remove the image a rebuild replaced, unless a container (running or not) uses it.
-pub async fn remove_if_unused(
-    docker: &Docker,
-    id: &str,
-    tag: &str,
-    progress: &(dyn Fn(&str) + Sync),
-) {
+pub async fn remove_if_unused(docker: &Docker, id: &str, progress: &(dyn Fn(&str) + Sync)) {
     let filters = HashMap::from([("ancestor".to_string(), vec![id.to_string()])]);
     let used = docker
         .list_containers(Some(ListContainersOptions {
@@ -362,13 +357,13 @@ pub async fn remove_if_unused(
         Ok(list) if list.is_empty() => {}
         Ok(list) => {
             progress(&format!(
-                "{tag}: keeping the previous image {id}: {} container(s) use it",
+                "keeping the previous image {id}: {} container(s) use it",
                 list.len()
             ));
             return;
         }
         Err(e) => {
-            progress(&format!("{tag}: keeping the previous image {id}: {e}"));
+            progress(&format!("keeping the previous image {id}: {e}"));
             return;
         }
     }
@@ -385,8 +380,8 @@ pub async fn remove_if_unused(
         )
         .await
     {
-        Ok(_) => progress(&format!("{tag}: removed the previous image {id}")),
-        Err(e) => progress(&format!("{tag}: kept the previous image {id}: {e}")),
+        Ok(_) => progress(&format!("removed the previous image {id}")),
+        Err(e) => progress(&format!("kept the previous image {id}: {e}")),
     }
 }
 

@@ -125,7 +125,7 @@ pub async fn ensure(
             return Ok(already_there(kind, img, hash, start));
         }
         progress(&format!(
-            "{tag}: recipe changed ({} -> {}), rebuilding",
+            "recipe changed ({} -> {}), rebuilding",
             img.labels
                 .get(RECIPE_LABEL)
                 .map(|h| &h[..h.len().min(12)])
@@ -133,7 +133,7 @@ pub async fn ensure(
             &hash[..12]
         ));
     } else {
-        progress(&format!("{tag}: not present, building"));
+        progress("not present, building");
     }
 
     // One build per kind at a time in this process; whoever waited finds the
@@ -158,14 +158,14 @@ pub async fn ensure(
     })?;
     if let Some(old) = existing {
         if old.id != built.id {
-            docker::remove_if_unused(docker, &old.id, tag, progress).await;
+            docker::remove_if_unused(docker, &old.id, progress).await;
         }
     }
     docker::remove_stale_bases(docker, &recipe, &base, progress).await;
     docker::remove_dangling(docker, &recipe, progress).await;
     let seconds = start.elapsed().as_secs_f64();
     progress(&format!(
-        "{tag}: built {} ({:.1} MB) in {seconds:.1}s",
+        "built {} ({:.1} MB) in {seconds:.1}s",
         short_id(&built.id),
         built.size as f64 / 1e6
     ));
