@@ -202,6 +202,28 @@ pub fn preflight(debootstrap: Option<PathBuf>, euid: Option<u32>, tag: &str) -> 
     Ok(debootstrap)
 }
 
+/// Free space a rootfs build needs (debootstrap's tree, its package cache and
+/// the tarball; postgres, the largest, peaks near 700 MB).
+pub const MIN_FREE_BYTES: u64 = 1_500_000_000;
+
+/// Bytes available to us on the file system holding `path` (`df -Pk`).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(path)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    parse_df_available(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The "Available" column (KiB) of `df -Pk` output, in bytes.
+pub fn parse_df_available(text: &str) -> Option<u64> {
+    let line = text.lines().nth(1)?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Make sure the recipe's rootfs tarball exists; build it when it does not.
 /// Returns the tarball path and whether debootstrap ran.
 pub async fn ensure_tarball(
@@ -220,6 +242,17 @@ pub async fn ensure_tarball(
         effective_uid(),
         recipe.kind.tag(),
     )?;
+    if let Some(free) = free_bytes(Path::new(CACHE_DIR)) {
+        if free < MIN_FREE_BYTES {
+            bail!(
+                "the disk is full: {:.0} MB free under {CACHE_DIR}, building the {} rootfs needs about {:.0} MB\n  \
+                 hint: free space on that file system (df -h /var/tmp), then run again",
+                free as f64 / 1e6,
+                recipe.kind.tag(),
+                MIN_FREE_BYTES as f64 / 1e6
+            );
+        }
+    }
     let mirror = find_mirror(recipe.suite)?;
     let work = WorkDir::new(recipe)?;
     let target = work.path.join("rootfs");
@@ -825,6 +858,13 @@ mod tests {
             preflight(Some("/usr/sbin/debootstrap".into()), Some(0), "t").unwrap(),
             PathBuf::from("/usr/sbin/debootstrap")
         );
+    }
+
+    #[test]
+    fn df_output() {
+        let text = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n/dev/vda         263174212 31034964 64853232      33% /\n";
+        assert_eq!(parse_df_available(text), Some(64853232 * 1024));
+        assert_eq!(parse_df_available("garbage"), None);
     }
 
     #[test]
