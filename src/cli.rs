@@ -22,11 +22,16 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// The stack file (default: stack.toml in the current directory or a parent).
-    #[arg(short = 'f', long = "file", global = true, env = "STACKCTL_FILE")]
+    /// Given before the command, as `logs -f` means follow.
+    #[arg(short = 'f', long = "file", env = "STACKCTL_FILE")]
     pub file: Option<PathBuf>,
     /// Environment overlay from stack.toml (e.g. staging, production).
     #[arg(short = 'e', long = "env", global = true, env = "STACKCTL_ENV")]
     pub env: Option<String>,
+    /// Name prefix of the containers, networks and volumes on the host
+    /// (default: the stack name, plus `-ENV` for an environment).
+    #[arg(short = 'p', long = "project", global = true, env = "STACKCTL_PROJECT")]
+    pub project: Option<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -48,11 +53,97 @@ pub enum Command {
     Config(ConfigArgs),
     /// Draw the stack: services, networks and dependencies.
     Architecture(ArchitectureArgs),
+    /// Check the daemon and disk; create secrets, networks, volumes and infrastructure images.
+    Setup,
+    /// Build (or find cached) the infrastructure images made from Debian packages.
+    Images,
+    /// Build the service images: one static cargo build, then each image through the Engine API.
+    Build {
+        /// Services to build (default: all).
+        services: Vec<String>,
+        /// Push the images to the stack's registry afterwards.
+        #[arg(long)]
+        push: bool,
+        /// Use the binaries already built instead of running cargo.
+        #[arg(long)]
+        no_cargo: bool,
+    },
+    /// Start the stack (or the named services and what they need), each when its dependencies are ready.
+    Start(StartArgs),
+    /// Stop containers (dependents first), keeping them and their data.
+    Stop {
+        services: Vec<String>,
+    },
+    /// Stop, then start again.
+    Restart(StartArgs),
+    /// Remove the stack's containers and networks; volumes too with --volumes.
+    Down {
+        /// Also delete the volumes and all their data (asks, or needs --yes).
+        #[arg(long)]
+        volumes: bool,
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Health of every container and each service's ready report; exit 0 only when all are healthy.
+    Health {
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Desired (stack.toml) against running: missing, outdated, extra.
+    Status,
+    /// Logs of the stack's containers, interleaved and coloured by container.
+    Logs {
+        services: Vec<String>,
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines newer than this (e.g. 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines of each container.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// A shell in a container (services FROM scratch have none: it says what to run instead).
+    Shell {
+        service: String,
+    },
+    /// Run a command in a service's container: stackctl exec SERVICE -- CMD...
+    Exec {
+        service: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Smoke-check a running service: liveness, readiness, metrics, its healthcheck command.
+    TestService {
+        service: String,
+    },
+    /// CPU, memory against limit, network and block I/O per container.
+    Resources {
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The monitoring and logging URLs, checked.
+    Monitor {
+        /// Open the ones that answer in a browser.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Remove this stack's stopped containers and dangling images (never volumes).
+    Clean,
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Services to start with their dependencies (default: all).
+    pub services: Vec<String>,
+    /// Seconds to wait for each container to become ready.
+    #[arg(long, default_value_t = 300)]
+    pub wait_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -85,4 +176,13 @@ pub enum DiagramFormat {
     Text,
     Mermaid,
     Dot,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -146,6 +146,20 @@ pub enum Error {
     Template { name: String, message: String },
     #[error("{message}\n  hint: {hint}")]
     Usage { message: String, hint: String },
+    #[error("cannot reach the Docker daemon at {host}: {message}\n  hint: start it (systemctl start docker), or point DOCKER_HOST at it (unix:///var/run/docker.sock, tcp://HOST:2376 with DOCKER_CERT_PATH for TLS)")]
+    EngineUnreachable { host: String, message: String },
+    #[error("the Docker daemon speaks API {version}; stackctl needs {minimum} or newer\n  hint: upgrade Docker Engine (20.10 or newer)")]
+    EngineTooOld { version: String, minimum: String },
+    #[error("Docker Engine: {what}: {message}\n  hint: {hint}")]
+    Engine { what: String, message: String, hint: String },
+    #[error("building {service} failed{step}: {message}\n  hint: {hint}")]
+    Build { service: String, step: String, message: String, hint: String },
+    #[error("{container} did not become ready: {reason}{logs}\n  hint: {hint}")]
+    NotReady { container: String, reason: String, logs: String, hint: String },
+    #[error("{unhealthy} of {total} containers are not healthy\n  hint: see the table above; `stackctl logs SERVICE` shows why")]
+    Unhealthy { unhealthy: usize, total: usize },
+    #[error("image {image} is missing\n  hint: {hint}")]
+    MissingImage { image: String, hint: String },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -165,7 +179,23 @@ impl Error {
             Error::Write { .. } => 5,
             Error::Template { .. } => 6,
             Error::Usage { .. } => 2,
+            Error::EngineUnreachable { .. } => 30,
+            Error::EngineTooOld { .. } => 31,
+            Error::Engine { .. } => 32,
+            Error::Build { .. } => 33,
+            Error::NotReady { .. } => 34,
+            Error::Unhealthy { .. } => 35,
+            Error::MissingImage { .. } => 36,
             Error::Other(_) => 1,
+        }
+    }
+
+    /// An engine call that failed: what was attempted, and the daemon's answer.
+    pub fn engine(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::Engine {
+            what: what.into(),
+            message: e.to_string(),
+            hint: "check `stackctl health` and the daemon's log (journalctl -u docker)".into(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! stackctl: one stack.toml, every artifact, the Docker Engine driven directly.
 
 mod cli;
+pub mod engine;
 pub mod error;
+pub mod images;
 pub mod model;
 pub mod ops;
 pub mod render;
@@ -40,5 +42,38 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
         C::Render(args) => ops::render(&ops::load(g)?, args.out.as_deref(), ui),
         C::Config(args) => ops::config(&ops::load(g)?, args.format, ui),
         C::Architecture(args) => ops::architecture(&ops::load(g)?, args.format, ui),
+        engine_cmd => {
+            let stack = ops::load(g)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Other(e.into()))?;
+            rt.block_on(async {
+                use ops::*;
+                match engine_cmd {
+                    C::Setup => setup::setup(&stack, ui).await,
+                    C::Images => setup::images(&stack, ui).await,
+                    C::Build { services, push, no_cargo } => build::build(&stack, &services, push, no_cargo, ui).await,
+                    C::Start(a) => up::start(&stack, &a.services, a.wait_timeout, ui).await,
+                    C::Stop { services } => up::stop(&stack, &services, ui).await,
+                    C::Restart(a) => {
+                        up::stop(&stack, &a.services, ui).await?;
+                        up::start(&stack, &a.services, a.wait_timeout, ui).await
+                    }
+                    C::Down { volumes, yes } => up::down(&stack, volumes, yes, ui).await,
+                    C::Health { watch } => inspect::health(&stack, watch, ui).await,
+                    C::Status => inspect::status(&stack, ui).await,
+                    C::Logs { services, follow, since, tail } => logs::logs(&stack, &services, follow, since.as_deref(), tail, ui).await,
+                    C::Shell { service } => logs::shell(&stack, &service, ui).await,
+                    C::Exec { service, cmd } => logs::exec(&stack, &service, &cmd, ui).await,
+                    C::TestService { service } => inspect::test_service(&stack, &service, ui).await,
+                    C::Resources { watch } => inspect::resources(&stack, watch, ui).await,
+                    C::Monitor { open } => inspect::monitor(&stack, open, ui).await,
+                    C::Clean => up::clean(&stack, ui).await,
+                    C::Validate | C::Render(_) | C::Config(_) | C::Architecture(_) | C::Completions { .. } => unreachable!("handled above"),
+                }
+            })
+        }
     }
 }

@@ -8,6 +8,13 @@ use crate::ui::Ui;
 use std::path::Path;
 
 pub mod architecture;
+pub mod build;
+pub mod inspect;
+pub mod logs;
+pub mod push;
+pub mod setup;
+pub mod stackenv;
+pub mod up;
 
 /// Find and resolve stack.toml per the global flags.
 pub fn load(g: &Global) -> Result<Stack> {
@@ -17,7 +24,14 @@ pub fn load(g: &Global) -> Result<Stack> {
             model::find_stack_file(&std::env::current_dir().map_err(|e| Error::Other(e.into()))?)?
         }
     };
-    model::load(&file, g.env.as_deref())
+    let mut stack = model::load(&file, g.env.as_deref())?;
+    if let Some(p) = &g.project {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(Error::usage(format!("project name `{p}` is not valid"), "use lower-case letters, digits and '-'"));
+        }
+        stack.project = Some(p.clone());
+    }
+    Ok(stack)
 }
 
 pub fn validate(stack: &Stack, ui: &Ui) -> Result<i32> {

@@ -35,6 +35,9 @@ pub struct Stack {
     pub root: PathBuf,
     #[serde(skip)]
     pub file: PathBuf,
+    /// Overrides the name prefix of the stack's objects on the Docker host.
+    #[serde(skip)]
+    pub project: Option<String>,
     /// The text of stack.toml, so environments can be resolved from it again.
     #[serde(skip)]
     pub source: String,

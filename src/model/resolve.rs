@@ -788,8 +788,7 @@ impl Resolver<'_> {
             let comp = |c: Option<&schema::ComponentDef>,
                         name: &str,
                         image: &str,
-                        port: u16,
-                        local: Option<&str>|
+                        port: u16|
              -> Result<Option<Component>, ModelError> {
                 let c = c.cloned().unwrap_or_default();
                 if !c.enabled.unwrap_or(true) {
@@ -817,7 +816,6 @@ impl Resolver<'_> {
                 "grafana",
                 "grafana/grafana:11.2.0",
                 3001,
-                None,
             )?;
             if let Some(g) = grafana.as_mut() {
                 let s = g
@@ -854,7 +852,6 @@ impl Resolver<'_> {
                     "node-exporter",
                     "prom/node-exporter:v1.8.2",
                     9100,
-                    None,
                 )?,
                 alerts: Alerts {
                     error_rate: a.error_rate.unwrap_or(0.05),
@@ -1085,6 +1082,7 @@ impl Resolver<'_> {
             root: self.root.to_path_buf(),
             file: self.cx.file.to_path_buf(),
             source: self.cx.src.to_string(),
+            project: None,
             defaults,
             networks,
             secrets,

@@ -1,0 +1,178 @@
+//! Building an image from an in-memory tar context through the Engine API,
+//! draining the build stream (a failed build answers 200 with the error
+//! inside) and naming the step that failed.
+
+use super::Engine;
+use crate::error::{Error, Result};
+use bollard::query_parameters::BuildImageOptions;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// A build context assembled in memory: path -> (mode, bytes), sorted.
+#[derive(Default)]
+pub struct Context {
+    files: std::collections::BTreeMap<String, (u32, Vec<u8>)>,
+}
+
+impl Context {
+    pub fn add(&mut self, path: &str, mode: u32, bytes: Vec<u8>) {
+        self.files.insert(path.to_string(), (mode, bytes));
+    }
+
+    /// sha256 over every path, mode and content: equal inputs, equal hash.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for (p, (m, b)) in &self.files {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+            h.update(m.to_le_bytes());
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// A deterministic tar: fixed owner and time, sorted entries.
+    pub fn tar(&self) -> Result<Vec<u8>> {
+        let mut t = tar::Builder::new(Vec::new());
+        let mut dirs = std::collections::BTreeSet::new();
+        for path in self.files.keys() {
+            let mut acc = String::new();
+            for part in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+                dirs.insert(acc.clone());
+            }
+        }
+        let io = |e: std::io::Error| Error::Other(anyhow::anyhow!("build context: {e}"));
+        for d in dirs {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            t.append_data(&mut h, format!("{d}/"), std::io::empty()).map_err(io)?;
+        }
+        for (p, (mode, bytes)) in &self.files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(*mode);
+            h.set_size(bytes.len() as u64);
+            h.set_mtime(0);
+            h.set_cksum();
+            t.append_data(&mut h, p, bytes.as_slice()).map_err(io)?;
+        }
+        t.into_inner().map_err(io)
+    }
+}
+
+/// Build `context` as `tags[0]` (and tag it with the rest); `step` is told
+/// every "Step N/M" line. Returns the image id.
+pub async fn build(
+    engine: &Engine,
+    service: &str,
+    context: &Context,
+    tags: &[String],
+    labels: HashMap<String, String>,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<String> {
+    let tar = context.tar()?;
+    let opts = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: tags.first().cloned(),
+        rm: true,
+        forcerm: true,
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let mut stream = engine.docker.build_image(opts, None, Some(bollard::body_full(tar.into())));
+    let mut current = String::new();
+    let mut log = String::new();
+    let mut id = None;
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| Error::Build {
+            service: service.into(),
+            step: step_suffix(&current),
+            message: e.to_string(),
+            hint: "check the daemon's disk space and the rendered Dockerfile".into(),
+        })?;
+        if let Some(s) = info.stream.as_deref() {
+            log.push_str(s);
+            for line in s.lines() {
+                if line.starts_with("Step ") {
+                    current = line.trim().to_string();
+                    step(&current);
+                }
+                if let Some(rest) = line.strip_prefix("Successfully built ") {
+                    id = Some(rest.trim().to_string());
+                }
+            }
+        }
+        if let Some(aux) = info.aux.as_ref().and_then(|a| a.id.clone()) {
+            id = Some(aux);
+        }
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+            return Err(Error::Build {
+                service: service.into(),
+                step: step_suffix(&current),
+                message: format!("{err}\n{}", tail.join("\n")),
+                hint: "fix the failing step (the rendered Dockerfile is under deploy/services/)".into(),
+            });
+        }
+    }
+    let id = id.ok_or_else(|| Error::Build {
+        service: service.into(),
+        step: step_suffix(&current),
+        message: "the daemon reported no image id".into(),
+        hint: "see the daemon's log".into(),
+    })?;
+    for t in tags.iter().skip(1) {
+        tag(engine, &id, t).await?;
+    }
+    Ok(id)
+}
+
+fn step_suffix(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(" at {s}")
+    }
+}
+
+/// Point `reference` (repo:tag) at `image`.
+pub async fn tag(engine: &Engine, image: &str, reference: &str) -> Result<()> {
+    let (repo, tag) = match reference.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (reference, "latest"),
+    };
+    engine
+        .docker
+        .tag_image(image, Some(bollard::query_parameters::TagImageOptions { repo: Some(repo.into()), tag: Some(tag.into()) }))
+        .await
+        .map_err(|e| Error::engine(format!("tag {image} as {reference}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Context;
+
+    #[test]
+    fn context_hash_and_tar_are_deterministic() {
+        let mut a = Context::default();
+        a.add("Dockerfile", 0o644, b"FROM scratch\n".to_vec());
+        a.add("target/x/release/bin", 0o755, vec![1, 2, 3]);
+        let mut b = Context::default();
+        b.add("target/x/release/bin", 0o755, vec![1, 2, 3]);
+        b.add("Dockerfile", 0o644, b"FROM scratch\n".to_vec());
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.tar().unwrap(), b.tar().unwrap());
+        b.add("Dockerfile", 0o644, b"FROM scratch \n".to_vec());
+        assert_ne!(a.hash(), b.hash());
+        let bytes = a.tar().unwrap();
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let names: Vec<String> = ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert_eq!(names, ["target/", "target/x/", "target/x/release/", "Dockerfile", "target/x/release/bin"]);
+    }
+}

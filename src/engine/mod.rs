@@ -1,0 +1,182 @@
+//! The Docker Engine API, through bollard: connecting (unix socket, tcp,
+//! tcp+TLS), version gating, and the calls stackctl's commands share.
+//! stackctl never runs the docker CLI or docker-compose.
+
+pub mod build;
+pub mod create;
+
+use crate::error::{Error, Result};
+use bollard::models::{ContainerSummary, ImageInspect};
+use bollard::query_parameters as qp;
+use bollard::Docker;
+use futures::StreamExt;
+use std::collections::HashMap;
+
+/// The oldest Engine API stackctl drives (Docker 19.03); 20.10 speaks 1.41.
+pub const MIN_API: (u32, u32) = (1, 40);
+pub const LABEL_PROJECT: &str = "io.stackctl.project";
+pub const LABEL_CONFIG_HASH: &str = "io.stackctl.config-hash";
+pub const LABEL_INPUTS: &str = "io.stackctl.inputs";
+
+pub struct Engine {
+    pub docker: Docker,
+    pub host: String,
+    pub api_version: String,
+    pub server_version: String,
+}
+
+fn parse_api(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+impl Engine {
+    /// Connect as DOCKER_HOST says (default: the local unix socket) and check
+    /// the daemon answers with a recent enough API.
+    pub async fn connect() -> Result<Engine> {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let unreachable = |m: String| Error::EngineUnreachable { host: host.clone(), message: m };
+        let timeout = 120;
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            if !std::path::Path::new(path).exists() {
+                return Err(unreachable(format!("{path} does not exist")));
+            }
+            Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("https://") || host.starts_with("http://") {
+            let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0") || host.starts_with("https://");
+            if tls {
+                let certs = std::env::var("DOCKER_CERT_PATH").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+                    std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker")
+                });
+                Docker::connect_with_ssl(
+                    &host.replacen("tcp://", "https://", 1),
+                    &certs.join("key.pem"),
+                    &certs.join("cert.pem"),
+                    &certs.join("ca.pem"),
+                    timeout,
+                    bollard::API_DEFAULT_VERSION,
+                )
+            } else {
+                Docker::connect_with_http(&host, timeout, bollard::API_DEFAULT_VERSION)
+            }
+        } else {
+            return Err(unreachable("unsupported DOCKER_HOST scheme (use unix:// or tcp://)".into()));
+        };
+        let docker = docker.map_err(|e| unreachable(e.to_string()))?;
+        let v = tokio::time::timeout(std::time::Duration::from_secs(10), docker.version())
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let api_version = v.api_version.unwrap_or_default();
+        if parse_api(&api_version) < MIN_API {
+            return Err(Error::EngineTooOld { version: api_version, minimum: format!("{}.{}", MIN_API.0, MIN_API.1) });
+        }
+        Ok(Engine { docker, host, api_version, server_version: v.version.unwrap_or_default() })
+    }
+
+    /// Whether the daemon speaks at least this API version.
+    pub fn supports(&self, major: u32, minor: u32) -> bool {
+        parse_api(&self.api_version) >= (major, minor)
+    }
+
+    /// Containers (running or not) carrying every given label.
+    pub async fn containers(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerSummary>> {
+        let filters = HashMap::from([("label".to_string(), labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())]);
+        self.docker
+            .list_containers(Some(qp::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .await
+            .map_err(|e| Error::engine("list containers", e))
+    }
+
+    pub async fn image(&self, reference: &str) -> Result<Option<ImageInspect>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(Some(i)),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(Error::engine(format!("inspect image {reference}"), e)),
+        }
+    }
+
+    /// Run a command in a running container; its exit code and combined output.
+    pub async fn exec(&self, container: &str, cmd: &[String], user: Option<&str>) -> Result<(i64, String)> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    user: user.map(str::to_string),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::engine(format!("exec in {container}"), e))?;
+        let mut out = String::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec in {container}"), e))?
+        {
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(c) => out.push_str(&String::from_utf8_lossy(&c.into_bytes())),
+                    Err(e) => return Err(Error::engine(format!("exec output of {container}"), e)),
+                }
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| Error::engine(format!("exec in {container}"), e))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, out))
+    }
+
+    /// The last `n` log lines of a container, for error reports.
+    pub async fn tail(&self, container: &str, n: usize) -> String {
+        let mut logs = self.docker.logs(
+            container,
+            Some(qp::LogsOptions { stdout: true, stderr: true, tail: n.to_string(), ..Default::default() }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out
+    }
+}
+
+/// The name prefix of everything one stack (in one environment) owns on a host.
+pub fn project(stack: &crate::model::Stack) -> String {
+    if let Some(p) = &stack.project {
+        return p.clone();
+    }
+    match &stack.environment {
+        Some(e) => format!("{}-{e}", stack.name),
+        None => stack.name.clone(),
+    }
+}
+
+pub fn container_name(project: &str, service: &str, replica: u32) -> String {
+    format!("{project}-{service}-{replica}")
+}
+
+pub fn network_name(project: &str, network: &str) -> String {
+    format!("{project}-{network}")
+}
+
+pub fn volume_name(project: &str, volume: &str) -> String {
+    format!("{project}-{volume}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_versions_compare_numerically() {
+        assert!(super::parse_api("1.41") >= super::MIN_API);
+        assert!(super::parse_api("1.9") < super::MIN_API);
+        assert!(super::parse_api("1.100") > super::parse_api("1.41"));
+    }
+}

@@ -1,0 +1,226 @@
+//! `stackctl build [SERVICE…] [--push]`: one static `cargo build` for all
+//! services, then each image streamed as a tar context to the Engine API,
+//! in parallel, skipped when its inputs hash to an existing image.
+
+use super::stackenv::StackEnv;
+use crate::engine::build::{self as ebuild, Context};
+use crate::engine::LABEL_INPUTS;
+use crate::error::{Error, Result};
+use crate::model::containers::{LABEL_SERVICE, LABEL_STACK};
+use crate::model::{Service, Stack, TagStrategy};
+use crate::render::templates::TARGET;
+use crate::ui::Ui;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub struct Built {
+    pub service: String,
+    pub reference: String,
+    pub id: String,
+    pub size: u64,
+    pub built: bool,
+    pub seconds: f64,
+}
+
+/// The services named (all when none), or a usage error naming the unknown one.
+pub fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<&'s Service>> {
+    if names.is_empty() {
+        return Ok(stack.services.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            stack.service(n).ok_or_else(|| {
+                Error::usage(
+                    format!("no service `{n}` in this stack"),
+                    format!("choose from: {}", stack.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
+                )
+            })
+        })
+        .collect()
+}
+
+pub fn target_dir(stack: &Stack) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map(|p| if p.is_absolute() { p } else { stack.root.join(p) }).unwrap_or_else(|| stack.root.join("target"))
+}
+
+/// `cargo build --release` of the packages, static, for the scratch images.
+pub fn cargo_build(stack: &Stack, services: &[&Service], ui: &Ui) -> Result<()> {
+    let mut packages: Vec<&str> = services.iter().map(|s| s.package.as_str()).collect();
+    packages.sort();
+    packages.dedup();
+    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&stack.root).args(["build", "--release", "--target", TARGET]);
+    for p in &packages {
+        cmd.args(["-p", p]);
+    }
+    let flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    cmd.env("RUSTFLAGS", format!("{flags} -C target-feature=+crt-static").trim());
+    if ui.quiet || ui.json {
+        cmd.arg("--quiet");
+    }
+    ui.info(format!("cargo build --release --target {TARGET} ({} packages, static)", packages.len()));
+    let status = cmd.status().map_err(|e| Error::usage(format!("cannot run cargo: {e}"), "install the Rust toolchain (rustup) and put cargo on PATH"))?;
+    if !status.success() {
+        return Err(Error::Build {
+            service: packages.join(", "),
+            step: " at cargo build".into(),
+            message: format!("cargo exited with {status}"),
+            hint: "fix the compile errors above".into(),
+        });
+    }
+    Ok(())
+}
+
+fn git(stack: &Stack, args: &[&str]) -> Option<String> {
+    let o = std::process::Command::new("git").args(args).current_dir(&stack.root).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The tag of a service image: git short commit (+"-dirty"), the inputs' hash, or the literal.
+pub fn tag_for(stack: &Stack, inputs_hash: &str) -> String {
+    if let Ok(t) = std::env::var("IMAGE_TAG") {
+        if !t.is_empty() {
+            return t;
+        }
+    }
+    match &stack.tag {
+        TagStrategy::Literal(t) => t.clone(),
+        TagStrategy::Hash => inputs_hash[..12].to_string(),
+        TagStrategy::Git => super::image_tag(stack),
+    }
+}
+
+pub async fn build(stack: &Stack, names: &[String], push: bool, no_cargo: bool, ui: &Ui) -> Result<i32> {
+    let services = select(stack, names)?;
+    let started = Instant::now();
+    if !no_cargo {
+        cargo_build(stack, &services, ui)?;
+    }
+    let cargo_secs = started.elapsed().as_secs_f64();
+    let env = StackEnv::connect(stack).await?;
+    let artifacts = env.render()?;
+    let target = target_dir(stack).join(TARGET).join("release");
+    let ca = artifacts.files.get("certs/ca-certificates.crt").cloned().unwrap_or_default();
+    let layout_out = crate::render::Layout::new(stack, Some(&env.paths.out), String::new()).out_from_root;
+    let revision = git(stack, &["rev-parse", "HEAD"]).unwrap_or_default();
+    let source = git(stack, &["remote", "get-url", "origin"]).unwrap_or_else(|| stack.root.display().to_string());
+
+    let mp = indicatif::MultiProgress::with_draw_target(if ui.quiet || ui.json || !ui.colors() {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    });
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<18} {wide_msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+
+    let jobs = services.iter().map(|s| {
+        let bar = mp.add(indicatif::ProgressBar::new_spinner().with_style(style.clone()).with_prefix(s.name.clone()));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        let env = &env;
+        let artifacts = &artifacts;
+        let ca = &ca;
+        let target = &target;
+        let layout_out = &layout_out;
+        let revision = &revision;
+        let source = &source;
+        async move {
+            let t0 = Instant::now();
+            let bin_path = target.join(&s.binary);
+            let binary = std::fs::read(&bin_path).map_err(|e| Error::Build {
+                service: s.name.clone(),
+                step: String::new(),
+                message: format!("cannot read {}: {e}", bin_path.display()),
+                hint: "run `stackctl build` without --no-cargo, or check CARGO_TARGET_DIR".into(),
+            })?;
+            let dockerfile = artifacts.files.get(&format!("services/{}/Dockerfile", s.name)).cloned().unwrap_or_default();
+            let mut ctx = Context::default();
+            ctx.add("Dockerfile", 0o644, dockerfile);
+            ctx.add(&format!("target/{TARGET}/release/{}", s.binary), 0o755, binary);
+            ctx.add(&format!("{layout_out}/certs/ca-certificates.crt"), 0o644, ca.clone());
+            let inputs = ctx.hash();
+            let tag = tag_for(env.stack, &inputs);
+            let repo = env.stack.image_repo(&s.name);
+            let mut refs = vec![format!("{repo}:{tag}")];
+            if matches!(env.stack.tag, TagStrategy::Hash) {
+                refs.push(format!("{repo}:latest"));
+            }
+            // Cached: an image of this service with exactly these inputs exists.
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_INPUTS}={inputs}"), format!("{LABEL_SERVICE}={}", s.name), format!("{LABEL_STACK}={}", env.stack.name)],
+            )]);
+            let existing = env
+                .engine
+                .docker
+                .list_images(Some(bollard::query_parameters::ListImagesOptions { filters: Some(filters), ..Default::default() }))
+                .await
+                .map_err(|e| Error::engine("list images", e))?;
+            let (id, built) = if let Some(img) = existing.first() {
+                bar.set_message("cached");
+                for r in &refs {
+                    ebuild::tag(&env.engine, &img.id, r).await?;
+                }
+                (img.id.clone(), false)
+            } else {
+                let labels = HashMap::from([
+                    (LABEL_INPUTS.to_string(), inputs.clone()),
+                    (LABEL_SERVICE.to_string(), s.name.clone()),
+                    (LABEL_STACK.to_string(), env.stack.name.clone()),
+                    ("org.opencontainers.image.source".to_string(), source.clone()),
+                    ("org.opencontainers.image.revision".to_string(), revision.clone()),
+                    ("org.opencontainers.image.created".to_string(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    ("org.opencontainers.image.version".to_string(), env.stack.version.clone()),
+                ]);
+                let step = |m: &str| bar.set_message(m.to_string());
+                let id = ebuild::build(&env.engine, &s.name, &ctx, &refs, labels, &step).await?;
+                (id, true)
+            };
+            let size = env.engine.image(&id).await?.and_then(|i| i.size).unwrap_or(0) as u64;
+            bar.finish_with_message(if built { "built" } else { "cached" });
+            Ok::<Built, Error>(Built { service: s.name.clone(), reference: refs[0].clone(), id, size, built, seconds: t0.elapsed().as_secs_f64() })
+        }
+    });
+    let results: Vec<Result<Built>> = futures::stream::iter(jobs).buffer_unordered(4).collect().await;
+    let _ = mp.clear();
+    let mut done = Vec::new();
+    for r in results {
+        done.push(r?);
+    }
+    done.sort_by(|a, b| a.service.cmp(&b.service));
+    if push {
+        super::push::push(&env, &done, ui).await?;
+    }
+    report(&done, cargo_secs, started.elapsed().as_secs_f64(), ui);
+    Ok(0)
+}
+
+fn report(done: &[Built], cargo_secs: f64, total: f64, ui: &Ui) {
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "images": done.iter().map(|b| serde_json::json!({
+                "service": b.service, "image": b.reference, "id": b.id, "size": b.size, "built": b.built, "seconds": b.seconds,
+            })).collect::<Vec<_>>(),
+            "cargo_seconds": cargo_secs,
+            "seconds": total,
+        }));
+        return;
+    }
+    if ui.quiet {
+        return;
+    }
+    let w = done.iter().map(|b| b.reference.len()).max().unwrap_or(5).max(5);
+    println!("{:<18} {:<w$} {:>8} {:>7} {:>7}", "SERVICE", "IMAGE", "SIZE", "STATUS", "TIME");
+    for b in done {
+        println!(
+            "{:<18} {:<w$} {:>6.1}MB {:>7} {:>6.2}s",
+            b.service,
+            b.reference,
+            b.size as f64 / 1e6,
+            if b.built { "built" } else { "cached" },
+            b.seconds
+        );
+    }
+    println!("{} images ({} built, {} cached); cargo {:.1}s, total {:.1}s", done.len(), done.iter().filter(|b| b.built).count(), done.iter().filter(|b| !b.built).count(), cargo_secs, total);
+}

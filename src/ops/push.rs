@@ -1,0 +1,66 @@
+//! Pushing built images to the stack's registry, with credentials from the
+//! docker config file (~/.docker/config.json or $DOCKER_CONFIG).
+
+use super::build::Built;
+use super::stackenv::StackEnv;
+use crate::error::{Error, Result};
+use crate::ui::Ui;
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
+use futures::StreamExt;
+
+/// Credentials for `registry` (its host part) from the docker config file.
+pub fn credentials(registry: &str) -> Option<DockerCredentials> {
+    let host = registry.split('/').next().unwrap_or(registry);
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker"));
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let auths = v.get("auths")?.as_object()?;
+    let entry = auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").split('/').next() == Some(host))?.1;
+    let auth = entry.get("auth")?.as_str()?;
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(auth).ok()?).ok()?;
+    let (user, pass) = decoded.split_once(':')?;
+    Some(DockerCredentials {
+        username: Some(user.to_string()),
+        password: Some(pass.to_string()),
+        serveraddress: Some(host.to_string()),
+        ..Default::default()
+    })
+}
+
+pub async fn push(env: &StackEnv<'_>, images: &[Built], ui: &Ui) -> Result<()> {
+    let Some(registry) = env.stack.registry.clone() else {
+        return Err(Error::usage("stack.toml names no registry to push to", "set registry = \"host:port/path\" in [stack]"));
+    };
+    let creds = credentials(&registry);
+    for b in images {
+        let (repo, tag) = b.reference.rsplit_once(':').unwrap_or((&b.reference, "latest"));
+        ui.info(format!("pushing {}", b.reference));
+        let mut stream = env.engine.docker.push_image(
+            repo,
+            Some(bollard::query_parameters::PushImageOptions { tag: Some(tag.to_string()), ..Default::default() }),
+            creds.clone(),
+        );
+        let mut last = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| Error::engine(format!("push {}", b.reference), e))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(Error::Engine {
+                    what: format!("push {}", b.reference),
+                    message: err,
+                    hint: format!("check that {registry} is reachable and `docker login` credentials for it are in the docker config file"),
+                });
+            }
+            if let Some(s) = info.status {
+                if s != last {
+                    ui.detail(format!("{}: {s}", b.service));
+                    last = s;
+                }
+            }
+        }
+        ui.ok(format!("pushed {}", b.reference));
+    }
+    Ok(())
+}

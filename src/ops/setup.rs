@@ -1,0 +1,190 @@
+//! `stackctl setup`: daemon and disk checks, secrets, networks, volumes,
+//! infrastructure images. Idempotent: a second run changes nothing.
+
+use super::stackenv::StackEnv;
+use crate::error::{Error, Result};
+use crate::model::{SecretKind, Stack};
+use crate::ui::Ui;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+pub const MIN_FREE_GB: u64 = 2;
+
+pub fn secrets_dir(stack: &Stack) -> std::path::PathBuf {
+    stack.root.join("secrets")
+}
+
+fn random_password(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut r = rand::thread_rng();
+    (0..len).map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("secret")));
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| Error::Write { path: path.to_path_buf(), source })
+}
+
+/// Create every missing secret; never overwrite one. Returns the names created.
+pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
+    let dir = secrets_dir(stack);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    let mut created = Vec::new();
+    // Plain values first; the ACL and certificate derive from others.
+    let mut order: Vec<&crate::model::Secret> = stack.secrets.iter().collect();
+    order.sort_by_key(|s| matches!(s.generate, SecretKind::RedisAcl | SecretKind::TlsCert));
+    for s in order {
+        let path = dir.join(&s.name);
+        if path.exists() {
+            continue;
+        }
+        let bytes: Vec<u8> = match s.generate {
+            SecretKind::Password => random_password(32).into_bytes(),
+            SecretKind::HexKey => {
+                use rand::RngCore;
+                let mut k = [0u8; 32];
+                rand::thread_rng().fill_bytes(&mut k);
+                hex::encode(k).into_bytes()
+            }
+            SecretKind::TlsKey => rcgen::KeyPair::generate()
+                .map_err(|e| Error::Other(anyhow::anyhow!("generate TLS key: {e}")))?
+                .serialize_pem()
+                .into_bytes(),
+            SecretKind::TlsCert => {
+                let key_name = s.from.clone().unwrap_or_else(|| format!("{}-key", s.name));
+                let key_path = dir.join(&key_name);
+                let pem = std::fs::read_to_string(&key_path).map_err(|source| Error::Read { path: key_path.clone(), source })?;
+                let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| Error::Other(anyhow::anyhow!("TLS key {key_name}: {e}")))?;
+                let host = stack.nginx.as_ref().map(|n| n.server_name.clone()).unwrap_or_else(|| "localhost".into());
+                let mut names = vec![host.clone()];
+                if host != "localhost" {
+                    names.push("localhost".into());
+                }
+                let params = rcgen::CertificateParams::new(names).map_err(|e| Error::Other(anyhow::anyhow!("certificate for {host}: {e}")))?;
+                params.self_signed(&key).map_err(|e| Error::Other(anyhow::anyhow!("self-sign certificate: {e}")))?.pem().into_bytes()
+            }
+            SecretKind::RedisAcl => {
+                let from = s.from.clone().unwrap_or_default();
+                let pw_path = dir.join(&from);
+                let pw = std::fs::read_to_string(&pw_path).map_err(|source| Error::Read { path: pw_path.clone(), source })?;
+                let digest = {
+                    use sha2::{Digest, Sha256};
+                    hex::encode(Sha256::digest(pw.trim().as_bytes()))
+                };
+                // The password is stored hashed; the file names no secret in clear.
+                format!("user default on #{digest} ~* &* +@all\n").into_bytes()
+            }
+            SecretKind::File => {
+                ui.warn(format!("secret `{}` must be provided by you: put it in {}", s.name, path.display()));
+                continue;
+            }
+        };
+        write_secret(&path, &bytes)?;
+        created.push(s.name.clone());
+    }
+    Ok(created)
+}
+
+/// Free space of the file system holding `path`, in bytes.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
+    let env = StackEnv::connect(stack).await?;
+    ui.ok(format!("Docker Engine {} (API {}) at {}", env.engine.server_version, env.engine.api_version, env.engine.host));
+    let info = env.engine.docker.info().await.map_err(|e| Error::engine("daemon info", e))?;
+    let root = info.docker_root_dir.unwrap_or_else(|| "/var/lib/docker".into());
+    if let Some(free) = free_bytes(Path::new(&root)).or_else(|| free_bytes(Path::new("/"))) {
+        let gb = free / (1 << 30);
+        if gb < MIN_FREE_GB {
+            return Err(Error::usage(
+                format!("only {gb} GiB free under {root}; the stack needs at least {MIN_FREE_GB} GiB"),
+                "free disk space (`stackctl clean`, docker image prune) and run setup again",
+            ));
+        }
+        ui.ok(format!("{gb} GiB free under {root}"));
+    }
+    let secrets = ensure_secrets(stack, ui)?;
+    let nets = env.ensure_networks().await?;
+    let vols = env.ensure_volumes().await?;
+    let built = env.ensure_infra_images(ui, true).await?;
+    let mut changes = Vec::new();
+    if !secrets.is_empty() {
+        changes.push(format!("{} secrets ({})", secrets.len(), secrets.join(", ")));
+    }
+    if !nets.is_empty() {
+        changes.push(format!("{} networks", nets.len()));
+    }
+    if !vols.is_empty() {
+        changes.push(format!("{} volumes", vols.len()));
+    }
+    if !built.is_empty() {
+        changes.push(format!("{} images ({})", built.len(), built.join(", ")));
+    }
+    let skipped = env.missing_optional().await?;
+    for (c, image) in &skipped {
+        ui.warn(format!(
+            "{c} needs {image}, which is not on this host and Debian does not package it: `start` skips it until the image is loaded (docker load) or a registry is reachable"
+        ));
+    }
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "secrets_created": secrets, "networks_created": nets, "volumes_created": vols, "images_built": built,
+            "skipped": skipped.iter().map(|(c, i)| serde_json::json!({"container": c, "image": i})).collect::<Vec<_>>(),
+        }));
+    } else if changes.is_empty() {
+        ui.ok("nothing to do: secrets, networks, volumes and images are all in place");
+    } else {
+        ui.ok(format!("created {}", changes.join(", ")));
+    }
+    Ok(0)
+}
+
+/// `stackctl images`: every image the stack needs, built (Debian recipes),
+/// present, or missing, in one table.
+pub async fn images(stack: &Stack, ui: &Ui) -> Result<i32> {
+    let env = StackEnv::connect(stack).await?;
+    env.ensure_infra_images(ui, true).await?;
+    let tag = super::image_tag(stack);
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for c in &env.containers {
+        let image = crate::engine::create::image_ref(c, &tag);
+        if seen.contains(&image) {
+            continue;
+        }
+        seen.push(image.clone());
+        let source = match &c.image {
+            crate::model::containers::Image::App { .. } => "stackctl build",
+            crate::model::containers::Image::Infra { local: true, .. } => "Debian packages",
+            crate::model::containers::Image::Infra { local: false, .. } => "registry",
+        };
+        let found = env.engine.image(&image).await?;
+        let state = match &found {
+            Some(i) => format!("present, {:.1} MB", i.size.unwrap_or(0) as f64 / 1e6),
+            None if source == "registry" => "missing: not packaged by Debian; load it or reach a registry".to_string(),
+            None => format!("missing: run `{}`", if source == "stackctl build" { "stackctl build" } else { "stackctl images" }),
+        };
+        rows.push((image, source, state, found.is_some()));
+    }
+    if ui.json {
+        ui.print_json(&serde_json::json!(rows.iter().map(|r| serde_json::json!({"image": r.0, "source": r.1, "state": r.2, "present": r.3})).collect::<Vec<_>>()));
+    } else {
+        let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5);
+        for (image, source, state, _) in &rows {
+            println!("{image:<w$}  {source:<16} {state}");
+        }
+    }
+    Ok(0)
+}

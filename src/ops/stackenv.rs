@@ -1,0 +1,202 @@
+//! What every engine command shares: the stack, the engine, the project's
+//! names on the host, and the desired containers with their images.
+
+use crate::engine::create::{self, Desired, Paths};
+use crate::engine::{network_name, project, volume_name, Engine, LABEL_PROJECT};
+use crate::error::{Error, Result};
+use crate::model::containers::{ContainerSpec, Image, LABEL_STACK};
+use crate::model::Stack;
+use crate::render::{self, Artifacts, Layout};
+use crate::ui::Ui;
+use bollard::models::{ContainerSummary, NetworkCreateRequest, VolumeCreateRequest};
+use std::collections::HashMap;
+
+pub struct StackEnv<'a> {
+    pub stack: &'a Stack,
+    pub engine: Engine,
+    pub project: String,
+    pub containers: Vec<ContainerSpec>,
+    pub paths: Paths,
+}
+
+impl<'a> StackEnv<'a> {
+    pub async fn connect(stack: &'a Stack) -> Result<StackEnv<'a>> {
+        let engine = Engine::connect().await?;
+        let project = project(stack);
+        Ok(StackEnv {
+            stack,
+            engine,
+            paths: Paths { out: stack.root.join("deploy"), run: stack.root.join(".stackctl").join("run").join(&project) },
+            project,
+            containers: crate::model::containers(stack),
+        })
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([(LABEL_STACK.to_string(), self.stack.name.clone()), (LABEL_PROJECT.to_string(), self.project.clone())])
+    }
+
+    /// Render the artifacts the containers mount (deploy/), unchanged files untouched.
+    pub fn render(&self) -> Result<Artifacts> {
+        let layout = Layout::new(self.stack, Some(&self.paths.out), super::image_tag(self.stack));
+        let a = render::render(self.stack, &layout)?;
+        a.write(&self.paths.out)?;
+        Ok(a)
+    }
+
+    /// Create the stack's networks that are missing; their names.
+    pub async fn ensure_networks(&self) -> Result<Vec<String>> {
+        let mut created = Vec::new();
+        for n in &self.stack.networks {
+            if !self.containers.iter().any(|c| c.networks.contains(&n.name)) {
+                continue;
+            }
+            let name = network_name(&self.project, &n.name);
+            if self.engine.docker.inspect_network(&name, None).await.is_ok() {
+                continue;
+            }
+            self.engine
+                .docker
+                .create_network(NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".into()),
+                    internal: Some(n.internal),
+                    labels: Some(self.labels()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::engine(format!("create network {name}"), e))?;
+            created.push(name);
+        }
+        Ok(created)
+    }
+
+    pub fn volume_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.containers.iter().flat_map(|c| c.volumes().map(|v| volume_name(&self.project, v))).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub async fn ensure_volumes(&self) -> Result<Vec<String>> {
+        let mut created = Vec::new();
+        for name in self.volume_names() {
+            if self.engine.docker.inspect_volume(&name).await.is_ok() {
+                continue;
+            }
+            self.engine
+                .docker
+                .create_volume(VolumeCreateRequest { name: Some(name.clone()), labels: Some(self.labels()), ..Default::default() })
+                .await
+                .map_err(|e| Error::engine(format!("create volume {name}"), e))?;
+            created.push(name);
+        }
+        Ok(created)
+    }
+
+    /// Build the Debian-based infrastructure images that are missing or outdated.
+    pub async fn ensure_infra_images(&self, ui: &Ui, report: bool) -> Result<Vec<String>> {
+        let mut built = Vec::new();
+        let mut seen = Vec::new();
+        for c in &self.containers {
+            let Image::Infra { image, local: true } = &c.image else { continue };
+            if seen.contains(image) {
+                continue;
+            }
+            seen.push(image.clone());
+            let Some(kind) = crate::images::InfraKind::from_tag(image) else {
+                return Err(Error::usage(
+                    format!("{}: no Debian recipe builds {image}", c.name),
+                    "use one of stackctl/postgres:15-bookworm, stackctl/redis:7-bookworm, stackctl/nginx:1.22-bookworm, stackctl/prometheus:2-bookworm, or a registry image",
+                ));
+            };
+            let progress = |m: &str| ui.detail(format!("{image}: {m}"));
+            let e = crate::images::ensure(&self.engine.docker, kind, &progress)
+                .await
+                .map_err(|e| Error::Engine { what: format!("build {image}"), message: format!("{e:#}"), hint: "see the message; `stackctl images -v` shows each step".into() })?;
+            if e.built {
+                if report {
+                    ui.ok(format!("built {image} ({:.0} MB) in {:.0} s", e.size as f64 / 1e6, e.seconds));
+                }
+                built.push(image.clone());
+            }
+        }
+        Ok(built)
+    }
+
+    /// Registry images of optional parts that are not on this host.
+    pub async fn missing_optional(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for c in &self.containers {
+            if let Image::Infra { image, local: false } = &c.image {
+                if self.engine.image(image).await?.is_none() {
+                    out.push((c.name.clone(), image.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The containers to run, skipping (with a warning) optional parts whose
+    /// images are absent and everything that depends on them.
+    pub async fn desired(&self, artifacts: &Artifacts, ui: &Ui) -> Result<Vec<Desired>> {
+        let tag = super::image_tag(self.stack);
+        let mut skipped: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for c in &self.containers {
+            if let Some(d) = c.depends_on.iter().find(|d| skipped.contains(d)) {
+                ui.warn(format!("skipping {}: it needs {d}, which is skipped", c.name));
+                skipped.push(c.name.clone());
+                continue;
+            }
+            let image = create::image_ref(c, &tag);
+            let id = match self.engine.image(&image).await? {
+                Some(i) => i.id.unwrap_or_default(),
+                None => match &c.image {
+                    Image::App { .. } => {
+                        return Err(Error::MissingImage { image, hint: "run `stackctl build` first".into() })
+                    }
+                    Image::Infra { local: true, .. } => {
+                        return Err(Error::MissingImage { image, hint: "run `stackctl setup` (it builds the Debian-based images)".into() })
+                    }
+                    Image::Infra { local: false, .. } if matches!(c.kind.group(), "monitoring" | "logging") => {
+                        ui.warn(format!("skipping {}: image {image} is not on this host (no registry is reachable to pull it)", c.name));
+                        skipped.push(c.name.clone());
+                        continue;
+                    }
+                    Image::Infra { local: false, .. } => {
+                        return Err(Error::MissingImage {
+                            image,
+                            hint: format!("load it (docker load), or set build = \"debian\" for {} in stack.toml", c.name),
+                        })
+                    }
+                },
+            };
+            let inputs = mounted_inputs(c, artifacts);
+            for r in 1..=c.replicas {
+                out.push(create::desired(c, &self.project, r, &image, &id, &self.paths, &inputs));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every container of this project on the host, running or not.
+    pub async fn running(&self) -> Result<Vec<ContainerSummary>> {
+        self.engine.containers(&[(LABEL_PROJECT, &self.project)]).await
+    }
+}
+
+/// The bytes of every rendered file a container mounts, in path order.
+fn mounted_inputs(c: &ContainerSpec, a: &Artifacts) -> Vec<u8> {
+    let mut v = Vec::new();
+    for m in &c.mounts {
+        if let crate::model::containers::Source::Rendered { path } = &m.source {
+            let dir = format!("{path}/");
+            for (p, bytes) in a.files.iter().filter(|(p, _)| *p == path || p.starts_with(&dir)) {
+                v.extend_from_slice(p.as_bytes());
+                v.extend_from_slice(bytes);
+            }
+        }
+    }
+    v
+}

@@ -1,0 +1,149 @@
+//! The day-one path against the real Docker Engine on this machine:
+//! setup -> build -> start -> health -> a real request through Nginx and
+//! the gateway -> logs -> exec -> stop -> start (data kept) -> down.
+//! Traffic goes only to this stack's own containers (published on loopback).
+//! Everything runs under its own project name, so a developer's stack is untouched.
+
+mod common;
+use common::*;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const PROJECT: &str = "stackctl-e2e";
+
+fn sc(args: &[&str]) -> Output {
+    let o = bin()
+        .current_dir(repo())
+        .env_remove("IMAGE_TAG")
+        .env("STACKCTL_PROJECT", PROJECT)
+        .args(args)
+        .output()
+        .expect("run stackctl");
+    eprintln!("$ stackctl {}\n{}{}", args.join(" "), stdout(&o), stderr(&o));
+    o
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = sc(args);
+    assert_eq!(o.status.code(), Some(0), "stackctl {} failed", args.join(" "));
+    format!("{}{}", stdout(&o), stderr(&o))
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Through Nginx (TLS on 443) and the gateway to user-management.
+fn api(method: &str, path: &str, token: Option<&str>, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let c = client();
+    let url = format!("https://127.0.0.1:443/api/v1/user-management{path}");
+    let mut req = if method == "GET" { c.get(&url) } else { c.post(&url).json(&body) };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().expect("request through nginx");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn day_one_path_on_the_real_engine() {
+    // Clean slate for this project only.
+    let _ = sc(&["down", "--volumes", "--yes"]);
+
+    let out = ok(&["setup"]);
+    assert!(out.contains("Docker Engine"), "{out}");
+    // Idempotent: the second run changes nothing and says so.
+    let again = ok(&["setup"]);
+    assert!(again.contains("nothing to do"), "{again}");
+    for s in ["admin-password", "postgres-user-password", "redis-acl", "nginx-tls-cert"] {
+        let p = repo().join("secrets").join(s);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{s}");
+    }
+
+    let built = ok(&["build"]);
+    assert!(built.contains("api-gateway"), "{built}");
+    let t = Instant::now();
+    let cached = ok(&["build", "--no-cargo"]);
+    assert!(cached.contains("0 built"), "a no-change build rebuilds nothing: {cached}");
+    eprintln!("no-change build (images only): {:.2}s", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    ok(&["start"]);
+    eprintln!("start to all-ready: {:.1}s", t.elapsed().as_secs_f64());
+    let h = ok(&["health"]);
+    assert!(h.contains("api-gateway") && h.contains("postgres-user"), "{h}");
+    let hj = sc(&["--json", "health"]);
+    let v: serde_json::Value = serde_json::from_slice(&hj.stdout).unwrap();
+    assert_eq!(v["healthy"], true, "{v}");
+    let st = ok(&["status"]);
+    assert!(st.contains("match stack.toml"), "{st}");
+
+    // A real request: register and log in through Nginx and the gateway.
+    let email = "e2e-user@example.com";
+    let (code, _) = api("POST", "/auth/register", None, serde_json::json!({"email": email, "password": "correct horse battery staple 42"}));
+    assert!(code == 200 || code == 201, "register: {code}");
+    let (code, login) = api("POST", "/auth/login", None, serde_json::json!({"email": email, "password": "correct horse battery staple 42"}));
+    assert_eq!(code, 200, "login: {login}");
+    let token = login["access_token"].as_str().expect("access token").to_string();
+    let (code, me) = api("GET", "/me", Some(&token), serde_json::Value::Null);
+    assert_eq!(code, 200, "{me}");
+    assert_eq!(me["email"].as_str(), Some(email), "{me}");
+    // Plain HTTP is redirected to HTTPS.
+    let r = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap().get("http://127.0.0.1:80/api/v1/x").send().unwrap();
+    assert_eq!(r.status().as_u16(), 301);
+
+    let logs = ok(&["logs", "--tail", "5", "user-management"]);
+    assert!(logs.contains("stackctl-e2e-user-management-1 |"), "{logs}");
+    let ex = sc(&["exec", "postgres-user", "--", "psql", "-U", "user_management", "-d", "user_management_db", "-tAc", "select count(*) from users"]);
+    assert_eq!(ex.status.code(), Some(0), "{}", stderr(&ex));
+    let sh = sc(&["shell", "api-gateway"]);
+    assert_eq!(sh.status.code(), Some(2));
+    assert!(stderr(&sh).contains("FROM scratch"), "{}", stderr(&sh));
+    let ts = ok(&["test-service", "user-management"]);
+    assert!(ts.contains("checks passed"), "{ts}");
+
+    // Stop and start again: the data is still there.
+    ok(&["stop"]);
+    ok(&["start"]);
+    let (code, login) = api("POST", "/auth/login", None, serde_json::json!({"email": email, "password": "correct horse battery staple 42"}));
+    assert_eq!(code, 200, "after restart: {login}");
+
+    // A container removed while `start` waits for it: a clear error naming it.
+    ok(&["down"]);
+    let handle = std::thread::spawn(|| sc(&["start", "--wait-timeout", "120"]));
+    let name = format!("{PROJECT}-security-1");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut removed = false;
+    while Instant::now() < deadline && !removed {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "--unix-socket", "/var/run/docker.sock"])
+            .arg(format!("http://localhost/containers/{name}?force=true"))
+            .output()
+            .unwrap();
+        removed = String::from_utf8_lossy(&o.stdout) == "204";
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(removed, "{name} never appeared");
+    let o = handle.join().unwrap();
+    assert!(matches!(o.status.code(), Some(32) | Some(34)), "{:?}: {}", o.status.code(), stderr(&o));
+    assert!(stderr(&o).contains(&name), "{}", stderr(&o));
+
+    ok(&["down", "--volumes", "--yes"]);
+    let o = sc(&["status"]);
+    assert!(stdout(&o).contains("missing"), "{}", stdout(&o));
+}
+
+#[test]
+fn an_unreachable_daemon_is_a_clear_error_with_its_own_code() {
+    let o = bin().current_dir(repo()).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").arg("health").output().unwrap();
+    assert_eq!(o.status.code(), Some(30), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"), "{}", stderr(&o));
+    let o = bin().current_dir(repo()).env("DOCKER_HOST", "tcp://127.0.0.1:1").arg("status").output().unwrap();
+    assert_eq!(o.status.code(), Some(30), "{}", stderr(&o));
+}
