@@ -130,6 +130,22 @@ pub enum Command {
     },
     /// Remove this stack's stopped containers and dangling images (never volumes).
     Clean,
+    /// Dump every PostgreSQL database (pg_dump, custom format) and a Redis snapshot to backups/PROJECT/TIMESTAMP/, with a checksummed manifest.
+    Backup {
+        /// Only these services' databases (a service, or a PostgreSQL or Redis container name; default: all, and Redis).
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Afterwards keep only the newest N backups of this project.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: Option<u64>,
+    },
+    /// Restore the databases of a backup (a directory, or a backup name under backups/PROJECT/); checks every checksum first.
+    Restore {
+        backup: String,
+        /// Do not ask for confirmation (needed without a terminal).
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]

@@ -160,6 +160,12 @@ pub enum Error {
     Unhealthy { unhealthy: usize, total: usize },
     #[error("image {image} is missing\n  hint: {hint}")]
     MissingImage { image: String, hint: String },
+    #[error("backup {path}: {reason}\n  hint: nothing was changed; use another backup (`ls backups/PROJECT/`), or take a new one with `stackctl backup`")]
+    BackupInvalid { path: PathBuf, reason: String },
+    #[error("{container} is not running\n  hint: {hint}")]
+    NotRunning { container: String, hint: String },
+    #[error("{what} failed (exit code {code}): {message}\n  hint: see the message above; `stackctl logs SERVICE` shows the container's side")]
+    DataCommand { what: String, code: i64, message: String },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -186,6 +192,9 @@ impl Error {
             Error::NotReady { .. } => 34,
             Error::Unhealthy { .. } => 35,
             Error::MissingImage { .. } => 36,
+            Error::BackupInvalid { .. } => 37,
+            Error::NotRunning { .. } => 38,
+            Error::DataCommand { .. } => 39,
             Error::Other(_) => 1,
         }
     }

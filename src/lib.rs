@@ -71,6 +71,8 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                     C::Resources { watch } => inspect::resources(&stack, watch, ui).await,
                     C::Monitor { open } => inspect::monitor(&stack, open, ui).await,
                     C::Clean => up::clean(&stack, ui).await,
+                    C::Backup { services, keep } => backup::backup(&stack, &services, keep.map(|k| k as usize), ui).await,
+                    C::Restore { backup, yes } => backup::restore(&stack, &backup, yes, ui).await,
                     C::Validate | C::Render(_) | C::Config(_) | C::Architecture(_) | C::Completions { .. } => unreachable!("handled above"),
                 }
             })

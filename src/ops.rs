@@ -8,6 +8,7 @@ use crate::ui::Ui;
 use std::path::Path;
 
 pub mod architecture;
+pub mod backup;
 pub mod build;
 pub mod inspect;
 pub mod logs;

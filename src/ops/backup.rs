@@ -1,0 +1,705 @@
+//! `backup` and `restore`: every PostgreSQL database of the stack dumped
+//! through Engine API execs (`pg_dump --format=custom`, streamed to disk,
+//! never held in memory), a Redis snapshot, and a manifest with each file's
+//! size and sha256; `restore` checks all of it before it touches anything.
+//!
+//! Backups live in `backups/<project>/<UTC timestamp>/` under the stack root:
+//! one directory per project, so retention never deletes another project's
+//! backups. A directory without `manifest.json` is incomplete and ignored.
+
+use super::stackenv::StackEnv;
+use crate::engine::container_name;
+use crate::error::{Error, Result};
+use crate::model::Stack;
+use crate::ui::Ui;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const MANIFEST: &str = "manifest.json";
+const FORMAT: u32 = 1;
+/// Bytes of a failing command's stderr kept for the error message.
+const STDERR_KEEP: usize = 8192;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub stack: String,
+    pub project: String,
+    pub environment: Option<String>,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub git_commit: Option<String>,
+    pub stackctl_version: String,
+    pub files: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// File name inside the backup directory.
+    pub file: String,
+    /// `postgres` (a pg_dump custom-format archive) or `redis` (an RDB snapshot).
+    pub kind: String,
+    /// The container (service name) it came from, e.g. `postgres-user`.
+    pub instance: String,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    /// The services whose data it is.
+    pub services: Vec<String>,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What one backup run covers.
+enum Part<'s> {
+    Postgres(&'s crate::model::Postgres),
+    Redis(&'s crate::model::Redis),
+}
+
+impl Part<'_> {
+    fn instance(&self) -> &str {
+        match self {
+            Part::Postgres(p) => &p.name,
+            Part::Redis(r) => &r.name,
+        }
+    }
+}
+
+/// `backups/<project>/` under the stack root.
+pub fn project_dir(stack: &Stack) -> PathBuf {
+    stack.root.join("backups").join(crate::engine::project(stack))
+}
+
+fn progress(ui: &Ui, len: Option<u64>, msg: String) -> indicatif::ProgressBar {
+    let hidden = ui.quiet || ui.json || !console::Term::stderr().is_term();
+    let pb = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if hidden {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = match len {
+        Some(_) => "{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        None => "{spinner} {msg:24} {bytes} {bytes_per_sec}",
+    };
+    if let Ok(s) = indicatif::ProgressStyle::with_template(style) {
+        pb.set_style(s.progress_chars("=> "));
+    }
+    pb.set_message(msg);
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+fn git_commit(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(root).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The container of a data service, checked to be running.
+async fn running_container(env: &StackEnv<'_>, instance: &str) -> Result<String> {
+    let name = container_name(&env.project, instance, 1);
+    let running = match env.engine.docker.inspect_container(&name, None).await {
+        Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => false,
+        Err(e) => return Err(Error::engine(format!("inspect {name}"), e)),
+    };
+    if !running {
+        return Err(Error::NotRunning { container: name, hint: format!("start it first: `stackctl start {instance}`") });
+    }
+    Ok(name)
+}
+
+/// The shell line running a PostgreSQL client tool as the database user,
+/// with the password read inside the container from the secret file the
+/// compose file and stackctl both mount (POSTGRES_PASSWORD_FILE).
+fn pg_cmd(tool_and_flags: &str, user: &str, database: &str) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("PGPASSWORD=\"$(cat \"$POSTGRES_PASSWORD_FILE\")\" exec {tool_and_flags} --no-password -h 127.0.0.1 -U \"$1\" -d \"$2\""),
+        "sh".into(),
+        user.into(),
+        database.into(),
+    ]
+}
+
+fn redis_cmd(r: &crate::model::Redis) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "exec redis-cli -p \"$1\" --no-auth-warning -a \"$(cat \"$2\")\" --rdb -".into(),
+        "sh".into(),
+        r.port.to_string(),
+        format!("{}/{}", crate::model::containers::SECRETS_DIR, r.password_secret),
+    ]
+}
+
+/// Run `cmd` in `container`; its stdout streamed into `path` (created new),
+/// hashed on the way. Returns (size, sha256). A non-zero exit is an error
+/// carrying the command's stderr.
+async fn exec_to_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, path: &Path, pb: &indicatif::ProgressBar) -> Result<(u64, String)> {
+    let docker = &env.engine.docker;
+    let what = format!("{} in {container}", cmd_name(&cmd));
+    let created = docker
+        .create_exec(container, CreateExecOptions { cmd: Some(cmd), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() })
+        .await
+        .map_err(|e| Error::engine(format!("exec {what}"), e))?;
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut stderr = Vec::new();
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec {what}"), e))? {
+        while let Some(chunk) = output.next().await {
+            match chunk.map_err(|e| Error::engine(format!("output of {what}"), e))? {
+                LogOutput::StdOut { message } => {
+                    hasher.update(&message);
+                    size += message.len() as u64;
+                    pb.inc(message.len() as u64);
+                    out.write_all(&message).await.map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+                }
+                LogOutput::StdErr { message } if stderr.len() < STDERR_KEEP => stderr.extend_from_slice(&message),
+                _ => {}
+            }
+        }
+    }
+    out.flush().await.map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+    out.get_ref().sync_all().await.map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+    let code = exit_code(env, &created.id, &what).await?;
+    if code != 0 {
+        return Err(Error::DataCommand { what, code, message: String::from_utf8_lossy(&stderr).trim().to_string() });
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn cmd_name(cmd: &[String]) -> String {
+    // The tool a `/bin/sh -c "... exec TOOL ..."` line runs.
+    cmd.get(2).and_then(|l| l.split("exec ").nth(1)).and_then(|t| t.split_whitespace().next()).unwrap_or("command").to_string()
+}
+
+async fn exit_code(env: &StackEnv<'_>, id: &str, what: &str) -> Result<i64> {
+    // The exit code is set a moment after the output stream closes.
+    for _ in 0..50 {
+        let i = env.engine.docker.inspect_exec(id).await.map_err(|e| Error::engine(format!("exec {what}"), e))?;
+        if i.running != Some(true) {
+            return Ok(i.exit_code.unwrap_or(-1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(-1)
+}
+
+/// Run `cmd` in `container` with the file at `path` streamed to its stdin.
+async fn exec_from_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, path: &Path, pb: &indicatif::ProgressBar) -> Result<()> {
+    let docker = &env.engine.docker;
+    let what = format!("{} in {container}", cmd_name(&cmd));
+    let created = docker
+        .create_exec(
+            container,
+            CreateExecOptions { cmd: Some(cmd), attach_stdin: Some(true), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() },
+        )
+        .await
+        .map_err(|e| Error::engine(format!("exec {what}"), e))?;
+    let mut file = tokio::fs::File::open(path).await.map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let mut messages = Vec::new();
+    if let StartExecResults::Attached { mut output, mut input } =
+        docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec {what}"), e))?
+    {
+        let send = async {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).await.map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+                if n == 0 {
+                    break;
+                }
+                // The command may stop reading (and exit) on an error: its
+                // exit code and stderr say why, not the broken pipe.
+                if input.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                pb.inc(n as u64);
+            }
+            let _ = input.shutdown().await;
+            Ok::<(), Error>(())
+        };
+        let receive = async {
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(LogOutput::StdErr { message }) | Ok(LogOutput::StdOut { message }) => {
+                        if messages.len() < STDERR_KEEP {
+                            messages.extend_from_slice(&message);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::engine(format!("output of {what}"), e)),
+                }
+            }
+            Ok(())
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        sent?;
+        received?;
+    }
+    let code = exit_code(env, &created.id, &what).await?;
+    if code != 0 {
+        return Err(Error::DataCommand { what, code, message: String::from_utf8_lossy(&messages).trim().to_string() });
+    }
+    Ok(())
+}
+
+/// The parts a backup covers: the named services' databases (a service, or
+/// a PostgreSQL or Redis container named directly), or every database and
+/// Redis when none is named.
+fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
+    if names.is_empty() {
+        let mut v: Vec<Part> = stack.postgres.iter().map(Part::Postgres).collect();
+        v.extend(stack.redis.iter().map(Part::Redis));
+        return Ok(v);
+    }
+    let mut v: Vec<Part> = Vec::new();
+    for n in names {
+        let part = if let Some(p) = stack.postgres.iter().find(|p| &p.name == n || &p.service == n) {
+            Part::Postgres(p)
+        } else if let Some(r) = stack.redis.as_ref().filter(|r| &r.name == n) {
+            Part::Redis(r)
+        } else {
+            let mut choices: Vec<&str> = stack.postgres.iter().map(|p| p.service.as_str()).collect();
+            choices.extend(stack.redis.iter().map(|r| r.name.as_str()));
+            let why = if stack.service(n).is_some() { format!("service `{n}` has no database") } else { format!("no service or database `{n}` in this stack") };
+            return Err(Error::usage(why, format!("choose from: {}", choices.join(", "))));
+        };
+        if !v.iter().any(|x| x.instance() == part.instance()) {
+            v.push(part);
+        }
+    }
+    Ok(v)
+}
+
+fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
+    match part {
+        Part::Postgres(p) => stack.services.iter().filter(|s| s.postgres.as_deref() == Some(p.name.as_str())).map(|s| s.name.clone()).collect(),
+        Part::Redis(_) => stack.services.iter().filter(|s| s.redis).map(|s| s.name.clone()).collect(),
+    }
+}
+
+pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &Ui) -> Result<i32> {
+    let t0 = Instant::now();
+    let parts = select(stack, names)?;
+    let env = StackEnv::connect(stack).await?;
+    // Every container must be running before anything is written.
+    let mut containers = Vec::new();
+    for p in &parts {
+        containers.push(running_container(&env, p.instance()).await?);
+    }
+    let base = project_dir(stack);
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
+    // Dumps hold password hashes and tokens: only root reads them.
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).map_err(|source| Error::Write { path: base.clone(), source })?;
+    let (dir, name) =
+        (0..).map(|i| if i == 0 { stamp.clone() } else { format!("{stamp}-{i}") }).map(|n| (base.join(&n), n)).find(|(d, _)| !d.exists()).expect("a free name");
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
+    let result = write_parts(stack, &env, &parts, &containers, &dir, ui).await;
+    let files = match result {
+        Ok(f) => f,
+        Err(e) => {
+            // Nothing half-written stays behind.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let manifest = Manifest {
+        format: FORMAT,
+        stack: stack.name.clone(),
+        project: env.project.clone(),
+        environment: stack.environment.clone(),
+        created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        git_commit: git_commit(&stack.root),
+        stackctl_version: env!("CARGO_PKG_VERSION").to_string(),
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.into()))?;
+    let tmp = dir.join(format!("{MANIFEST}.part"));
+    std::fs::write(&tmp, json).map_err(|source| Error::Write { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(|source| Error::Write { path: dir.join(MANIFEST), source })?;
+    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    let deleted = match keep {
+        Some(n) => retain(&base, n, ui)?,
+        None => Vec::new(),
+    };
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "backup": name,
+            "dir": dir.display().to_string(),
+            "bytes": total,
+            "seconds": seconds,
+            "deleted": deleted,
+            "manifest": manifest,
+        }));
+    } else {
+        ui.ok(format!("backup {name}: {} files, {:.1} MB in {seconds:.1}s at {}", manifest.files.len(), total as f64 / 1e6, dir.display()));
+    }
+    Ok(0)
+}
+
+async fn write_parts(stack: &Stack, env: &StackEnv<'_>, parts: &[Part<'_>], containers: &[String], dir: &Path, ui: &Ui) -> Result<Vec<Entry>> {
+    let mut files = Vec::new();
+    for (part, container) in parts.iter().zip(containers) {
+        let t = Instant::now();
+        let (file, cmd, database, user, kind) = match part {
+            Part::Postgres(p) => (
+                format!("{}.dump", p.name),
+                pg_cmd("pg_dump --format=custom", &p.user, &p.database),
+                Some(p.database.clone()),
+                Some(p.user.clone()),
+                "postgres",
+            ),
+            Part::Redis(r) => (format!("{}.rdb", r.name), redis_cmd(r), None, None, "redis"),
+        };
+        let pb = progress(ui, None, file.clone());
+        let tmp = dir.join(format!("{file}.part"));
+        let written = exec_to_file(env, container, cmd, &tmp, &pb).await;
+        pb.finish_and_clear();
+        let (size, sha256) = written?;
+        if kind == "redis" {
+            check_rdb(&tmp)?;
+        }
+        std::fs::rename(&tmp, dir.join(&file)).map_err(|source| Error::Write { path: dir.join(&file), source })?;
+        ui.ok(format!("{file}: {} ({:.1} MB) in {:.1}s", database.as_deref().unwrap_or("snapshot"), size as f64 / 1e6, t.elapsed().as_secs_f64()));
+        files.push(Entry { file, kind: kind.into(), instance: part.instance().to_string(), database, user, services: services_of(stack, part), size, sha256 });
+    }
+    Ok(files)
+}
+
+/// A Redis snapshot starts with the RDB magic.
+fn check_rdb(path: &Path) -> Result<()> {
+    let mut head = [0u8; 5];
+    let ok = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && &head == b"REDIS";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::DataCommand { what: "redis-cli --rdb".into(), code: 0, message: format!("{} is not an RDB snapshot", path.display()) })
+    }
+}
+
+/// Complete backups (with a manifest) in `base`, oldest first.
+pub fn list(base: &Path) -> Vec<(String, Manifest)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(base) else { return v };
+    for e in rd.flatten() {
+        let p = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(p.join(MANIFEST)) else { continue };
+        let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
+        v.push((e.file_name().to_string_lossy().into_owned(), m));
+    }
+    v.sort_by(|a, b| a.1.created.cmp(&b.1.created).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// Delete the oldest complete backups beyond `keep`; their names.
+fn retain(base: &Path, keep: usize, ui: &Ui) -> Result<Vec<String>> {
+    let all = list(base);
+    let excess = all.len().saturating_sub(keep);
+    let mut deleted = Vec::new();
+    for (name, _) in all.into_iter().take(excess) {
+        let p = base.join(&name);
+        std::fs::remove_dir_all(&p).map_err(|source| Error::Write { path: p.clone(), source })?;
+        ui.ok(format!("deleted old backup {name} (--keep {keep})"));
+        deleted.push(name);
+    }
+    Ok(deleted)
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> Error {
+    Error::BackupInvalid { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// The backup directory a command-line argument names: a path, or a
+/// backup's name under `backups/<project>/`.
+fn resolve_dir(stack: &Stack, arg: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    let named = project_dir(stack).join(arg);
+    if !arg.contains('/') && named.is_dir() {
+        return Ok(named);
+    }
+    let have: Vec<String> = list(&project_dir(stack)).into_iter().map(|(n, _)| n).collect();
+    Err(Error::usage(
+        format!("no backup `{arg}` (neither a directory nor a backup in {})", project_dir(stack).display()),
+        if have.is_empty() { "run `stackctl backup` first".to_string() } else { format!("backups of this project: {}", have.join(", ")) },
+    ))
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(h.finalize())))
+}
+
+/// Read the manifest and check every file it lists: present, the size and
+/// sha256 recorded. Nothing is touched before this passes.
+pub fn verify(dir: &Path) -> Result<Manifest> {
+    let mpath = dir.join(MANIFEST);
+    let bytes = std::fs::read(&mpath)
+        .map_err(|_| invalid(dir, format!("no {MANIFEST}: the backup is incomplete (it was interrupted, or is not a stackctl backup)")))?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(&mpath, format!("not a valid manifest: {e}")))?;
+    if m.format != FORMAT {
+        return Err(invalid(&mpath, format!("manifest format {} (this stackctl reads format {FORMAT})", m.format)));
+    }
+    if m.files.is_empty() {
+        return Err(invalid(&mpath, "the manifest lists no files"));
+    }
+    for f in &m.files {
+        if f.file.is_empty() || f.file.contains('/') || f.file.starts_with('.') {
+            return Err(invalid(&mpath, format!("file name `{}` is not a plain name in the backup directory", f.file)));
+        }
+        let p = dir.join(&f.file);
+        let (size, sha) = sha256_file(&p).map_err(|e| invalid(&p, format!("cannot be read: {e} (the backup is incomplete)")))?;
+        if size != f.size {
+            return Err(invalid(&p, format!("{size} bytes, the manifest says {} (truncated or changed)", f.size)));
+        }
+        if sha != f.sha256 {
+            return Err(invalid(&p, format!("sha256 {sha} does not match the manifest's {} (the file is corrupt)", f.sha256)));
+        }
+    }
+    Ok(m)
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !console::Term::stderr().is_term() {
+        return Err(Error::usage(format!("{question}: not confirmed (no terminal to ask on)"), "add --yes to confirm"));
+    }
+    eprint!("{question}? type `yes`: ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    Ok(answer.trim() == "yes")
+}
+
+pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32> {
+    let t0 = Instant::now();
+    let dir = resolve_dir(stack, arg)?;
+    let manifest = verify(&dir)?;
+    ui.ok(format!("{}: {} files, sizes and sha256 match the manifest", dir.display(), manifest.files.len()));
+    if manifest.stack != stack.name {
+        return Err(invalid(&dir, format!("it is a backup of stack `{}`, not `{}`", manifest.stack, stack.name)));
+    }
+    // Every file must map onto this stack, and its container must run.
+    let env = StackEnv::connect(stack).await?;
+    let mut plan = Vec::new();
+    let mut notes = Vec::new();
+    for f in &manifest.files {
+        match f.kind.as_str() {
+            "postgres" => {
+                let Some(p) = stack.postgres.iter().find(|p| p.name == f.instance) else {
+                    return Err(invalid(&dir, format!("{} is the database of `{}`, which this stack does not have", f.file, f.instance)));
+                };
+                let container = running_container(&env, &p.name).await?;
+                plan.push((f, p, container));
+            }
+            "redis" => notes.push(format!(
+                "{}: the Redis snapshot is not restored (Redis here holds sessions, rate limits and caches, and runs with an append-only file that a restored snapshot would have to replace while Redis is down); it stays in the backup",
+                f.file
+            )),
+            other => return Err(invalid(&dir, format!("{}: unknown kind `{other}`", f.file))),
+        }
+    }
+    if plan.is_empty() {
+        return Err(invalid(&dir, "it holds no database to restore"));
+    }
+    let dbs: Vec<String> = plan.iter().map(|(f, p, _)| format!("{} on {}", f.database.as_deref().unwrap_or(&p.database), p.name)).collect();
+    let question = format!("replace the data of {} with backup {} (taken {})", dbs.join(", "), dir.display(), manifest.created);
+    if !yes && !confirm(&question)? {
+        ui.info("nothing restored");
+        return Ok(1);
+    }
+    // The services using these databases, those running now: stopped for the
+    // restore, started again afterwards.
+    let mut users: Vec<String> = Vec::new();
+    for (_, p, _) in &plan {
+        for s in stack.services.iter().filter(|s| s.postgres.as_deref() == Some(p.name.as_str())) {
+            if !users.contains(&s.name) {
+                users.push(s.name.clone());
+            }
+        }
+    }
+    let mut running = Vec::new();
+    for c in env.running().await? {
+        if c.state.as_ref().map(|s| s.to_string()).as_deref() != Some("running") {
+            continue;
+        }
+        let svc = c.labels.unwrap_or_default().get(crate::model::containers::LABEL_SERVICE).cloned().unwrap_or_default();
+        if users.contains(&svc) && !running.contains(&svc) {
+            running.push(svc);
+        }
+    }
+    let quiet = ui.clone_quiet();
+    let t_stop = Instant::now();
+    if !running.is_empty() {
+        super::up::stop(stack, &running, &quiet).await?;
+        ui.ok(format!("stopped {} in {:.1}s", running.join(", "), t_stop.elapsed().as_secs_f64()));
+    }
+    let mut timings = Vec::new();
+    let mut failure = None;
+    for (f, p, container) in &plan {
+        let t = Instant::now();
+        let pb = progress(ui, Some(f.size), f.file.clone());
+        let r =
+            exec_from_file(&env, container, pg_cmd("pg_restore --clean --if-exists --single-transaction", &p.user, &p.database), &dir.join(&f.file), &pb).await;
+        pb.finish_and_clear();
+        match r {
+            Ok(()) => {
+                let secs = t.elapsed().as_secs_f64();
+                ui.ok(format!("{} restored from {} ({:.1} MB) in {secs:.1}s", p.database, f.file, f.size as f64 / 1e6));
+                timings.push(serde_json::json!({"database": p.database, "instance": p.name, "file": f.file, "seconds": secs}));
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    // Start what was stopped, also after a failed restore (each database is
+    // restored in one transaction: a failure leaves it as it was).
+    let t_start = Instant::now();
+    let started = if running.is_empty() { Ok(0) } else { super::up::start(stack, &running, 300, &quiet).await };
+    if let Some(e) = failure {
+        if let Err(s) = started {
+            ui.warn(format!("starting {} again failed too: {s}", running.join(", ")));
+        }
+        return Err(e);
+    }
+    started?;
+    if !running.is_empty() {
+        ui.ok(format!("started {} again in {:.1}s", running.join(", "), t_start.elapsed().as_secs_f64()));
+    }
+    for n in &notes {
+        ui.warn(n);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "backup": dir.display().to_string(),
+            "restored": timings,
+            "restarted": running,
+            "notes": notes,
+            "seconds": seconds,
+        }));
+    } else {
+        ui.ok(format!("restore of {} done in {seconds:.1}s", dir.display()));
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_backup(dir: &Path) -> Manifest {
+        std::fs::write(dir.join("postgres-user.dump"), b"PGDMP some archive bytes").unwrap();
+        let (size, sha256) = sha256_file(&dir.join("postgres-user.dump")).unwrap();
+        let m = Manifest {
+            format: FORMAT,
+            stack: "demo".into(),
+            project: "demo".into(),
+            environment: None,
+            created: "2026-01-01T00:00:00Z".into(),
+            git_commit: None,
+            stackctl_version: "0".into(),
+            files: vec![Entry {
+                file: "postgres-user.dump".into(),
+                kind: "postgres".into(),
+                instance: "postgres-user".into(),
+                database: Some("users_db".into()),
+                user: Some("users".into()),
+                services: vec!["users".into()],
+                size,
+                sha256,
+            }],
+        };
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        m
+    }
+
+    #[test]
+    fn verify_accepts_an_intact_backup_and_names_the_bad_file() {
+        let d = tempfile::tempdir().unwrap();
+        write_backup(d.path());
+        assert_eq!(verify(d.path()).unwrap().files.len(), 1);
+        // One flipped byte: same size, other hash.
+        let p = d.path().join("postgres-user.dump");
+        let mut b = std::fs::read(&p).unwrap();
+        b[3] ^= 1;
+        std::fs::write(&p, &b).unwrap();
+        let e = verify(d.path()).unwrap_err();
+        assert!(e.to_string().contains("postgres-user.dump") && e.to_string().contains("corrupt"), "{e}");
+        assert_eq!(e.exit_code(), 37);
+        // Truncated.
+        std::fs::write(&p, &b[..5]).unwrap();
+        assert!(verify(d.path()).unwrap_err().to_string().contains("truncated"));
+        // Missing file.
+        std::fs::remove_file(&p).unwrap();
+        assert!(verify(d.path()).unwrap_err().to_string().contains("incomplete"));
+        // No manifest.
+        std::fs::remove_file(d.path().join(MANIFEST)).unwrap();
+        assert!(verify(d.path()).unwrap_err().to_string().contains("no manifest.json"));
+    }
+
+    #[test]
+    fn verify_refuses_a_manifest_naming_files_outside_the_backup() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = write_backup(d.path());
+        m.files[0].file = "../etc/passwd".into();
+        std::fs::write(d.path().join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(verify(d.path()).unwrap_err().to_string().contains("not a plain name"));
+    }
+
+    #[test]
+    fn list_keeps_only_complete_backups_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, created) in [("b", "2026-01-02T00:00:00Z"), ("a", "2026-01-03T00:00:00Z")] {
+            let sub = d.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            let mut m = write_backup(&sub);
+            m.created = created.into();
+            std::fs::write(sub.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        }
+        std::fs::create_dir(d.path().join("incomplete")).unwrap();
+        let names: Vec<String> = list(d.path()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["b", "a"]);
+    }
+
+    #[test]
+    fn the_tool_of_a_shell_line_names_errors() {
+        assert_eq!(cmd_name(&pg_cmd("pg_dump --format=custom", "u", "d")), "pg_dump");
+    }
+}
