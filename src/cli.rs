@@ -167,6 +167,15 @@ pub struct RenderArgs {
     /// Output directory (default: deploy/ next to stack.toml).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
+    /// What to render: compose files and configs, or Kubernetes manifests (kubernetes/).
+    #[arg(long, value_enum, default_value_t = RenderTarget::Compose)]
+    pub target: RenderTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RenderTarget {
+    Compose,
+    Kubernetes,
 }
 
 #[derive(Debug, Args)]

@@ -39,7 +39,7 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
             Ok(0)
         }
         C::Validate => ops::validate(&ops::load(g)?, ui),
-        C::Render(args) => ops::render(&ops::load(g)?, args.out.as_deref(), ui),
+        C::Render(args) => ops::render(&ops::load(g)?, args.out.as_deref(), args.target, ui),
         C::Config(args) => ops::config(&ops::load(g)?, args.format, ui),
         C::Architecture(args) => ops::architecture(&ops::load(g)?, args.format, ui),
         engine_cmd => {

@@ -1,6 +1,6 @@
 //! The commands: each takes the resolved stack and the UI, returns an exit code.
 
-use crate::cli::{ConfigFormat, DiagramFormat, Global};
+use crate::cli::{ConfigFormat, DiagramFormat, Global, RenderTarget};
 use crate::error::{Error, Result};
 use crate::model::{self, Stack};
 use crate::render;
@@ -88,10 +88,13 @@ fn git_short_sha(root: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-pub fn render(stack: &Stack, out: Option<&Path>, ui: &Ui) -> Result<i32> {
+pub fn render(stack: &Stack, out: Option<&Path>, target: RenderTarget, ui: &Ui) -> Result<i32> {
     let started = std::time::Instant::now();
     let layout = render::Layout::new(stack, out, image_tag(stack));
-    let artifacts = render::render(stack, &layout)?;
+    let artifacts = match target {
+        RenderTarget::Compose => render::render(stack, &layout)?,
+        RenderTarget::Kubernetes => render::k8s::render(stack, &layout)?,
+    };
     let changed = artifacts.write(&layout.out)?;
     if ui.json {
         ui.print_json(&serde_json::json!({

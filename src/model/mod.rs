@@ -225,6 +225,16 @@ pub struct Service {
     pub args: Vec<String>,
     pub read_only: bool,
     pub user: String,
+    /// Horizontal autoscaling (Kubernetes HorizontalPodAutoscaler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    pub cpu_percent: u32,
 }
 
 /// Where an infrastructure image comes from.

@@ -500,6 +500,44 @@ impl Resolver<'_> {
                 Some(r) => *r.get_ref(),
                 None => 1,
             };
+            let autoscale = match &d.autoscale {
+                None => None,
+                Some(a) => {
+                    let ad = a.get_ref();
+                    let at = a.span().start;
+                    let Some(max) = ad.max else {
+                        return Err(self.err(
+                            K::MissingKey,
+                            at,
+                            format!("service `{sname}`: autoscale needs a `max`"),
+                            "write autoscale = { min = 2, max = 6, cpu_percent = 70 }",
+                        ));
+                    };
+                    let min = ad.min.unwrap_or(replicas);
+                    let cpu_percent = ad.cpu_percent.unwrap_or(70);
+                    if min == 0 || max < min {
+                        return Err(self.err(
+                            K::InvalidValue,
+                            at,
+                            format!("service `{sname}`: autoscale min {min} and max {max} do not make a range"),
+                            "use 1 <= min <= max",
+                        ));
+                    }
+                    if !(1..=100).contains(&cpu_percent) {
+                        return Err(self.err(
+                            K::InvalidValue,
+                            at,
+                            format!("service `{sname}`: autoscale cpu_percent {cpu_percent} is not a percentage"),
+                            "use a value from 1 to 100 (share of the CPU reservation)",
+                        ));
+                    }
+                    Some(Autoscale {
+                        min,
+                        max,
+                        cpu_percent,
+                    })
+                }
+            };
             let health = self.health(d.healthcheck.as_ref(), &defaults.healthcheck);
             let resources = self.resources(
                 d.resources.as_ref(),
@@ -606,6 +644,7 @@ impl Resolver<'_> {
                     args: d.args.clone().unwrap_or_default(),
                     read_only: d.read_only.unwrap_or(defaults.read_only),
                     user: d.user.clone().unwrap_or_else(|| defaults.user.clone()),
+                    autoscale,
                 },
                 svc_secrets,
             ));

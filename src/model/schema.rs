@@ -135,6 +135,17 @@ pub struct ServiceDef {
     pub args: Option<Vec<String>>,
     pub read_only: Option<bool>,
     pub user: Option<String>,
+    /// Horizontal autoscaling where the target supports it (Kubernetes).
+    pub autoscale: Option<Spanned<AutoscaleDef>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleDef {
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    /// Target average CPU use, percent of the requested CPU.
+    pub cpu_percent: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -346,7 +357,8 @@ impl Merge for ServiceDef {
             public,
             args,
             read_only,
-            user
+            user,
+            autoscale
         );
         // Environment variables merge by name; limits and health by field.
         if let Some(env) = &over.env {

@@ -4,6 +4,7 @@
 
 pub mod compose;
 mod grafana;
+pub mod k8s;
 pub mod templates;
 
 use crate::error::{Error, Result};
