@@ -165,7 +165,7 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
             ));
         }
         let hash = hex::encode(config_hash.finalize());
-        let pod = pod_spec(stack, c, &cm_mounts)?;
+        let pod = pod_spec(stack, layout, c, &cm_mounts)?;
         let mut template = json!({
             "metadata": { "labels": pod_labels(c, &ns) },
             "spec": pod,
@@ -511,11 +511,13 @@ fn volume_name(path: &str) -> String {
 
 fn pod_spec(
     stack: &Stack,
+    layout: &Layout,
     c: &ContainerSpec,
     config: &[(String, Option<String>, String)],
 ) -> Result<Value> {
     let image = match &c.image {
-        Image::App { repo } => format!("{repo}:{}", image_tag_for(stack)),
+        // The tag compose files default to ($IMAGE_TAG, else the stack's tag strategy).
+        Image::App { repo } => format!("{repo}:{}", layout.tag),
         Image::Infra { image, .. } => image.clone(),
     };
     let ids: Option<(u64, u64)> = c.user.as_deref().and_then(|u| {
@@ -612,11 +614,6 @@ fn pod_spec(
         "containers": [container],
         "volumes": volumes,
     }))
-}
-
-/// The tag app images carry: $IMAGE_TAG or the stack's strategy, as compose uses.
-fn image_tag_for(stack: &Stack) -> String {
-    crate::ops::image_tag(stack)
 }
 
 /// Mirrors the compose networks: everything denied, DNS allowed, pods talk
