@@ -37,6 +37,13 @@ fn query(sql: &str) -> String {
     stdout(&o).trim().to_string()
 }
 
+/// A Redis command, with the password from the secret file inside the container.
+fn redis(args: &str) -> String {
+    let line = format!("redis-cli --no-auth-warning -a \"$(cat /run/secrets/redis-password)\" {args}");
+    let o = ok(&["exec", "redis", "--", "/bin/sh", "-c", &line]);
+    stdout(&o).trim().to_string()
+}
+
 fn backup_users() -> i64 {
     query("select count(*) from users where email like 'backup-e2e-%'").parse().unwrap()
 }
@@ -97,6 +104,7 @@ fn backup_and_restore_on_the_real_engine() {
         query(&format!("insert into users (id, email, password_hash) values (gen_random_uuid(), 'backup-e2e-{i}@example.com', 'x')"));
     }
     assert_eq!(backup_users(), 3);
+    assert_eq!(redis("set backup-e2e-key kept"), "OK");
 
     let t = Instant::now();
     let o = ok(&["--json", "backup", "--service", "user-management", "--service", "redis"]);
@@ -126,6 +134,7 @@ fn backup_and_restore_on_the_real_engine() {
     ok(&["down", "--volumes", "--yes"]);
     ok(&["start", "user-management"]);
     assert_eq!(backup_users(), 0);
+    assert_eq!(redis("get backup-e2e-key"), "");
     query("insert into users (id, email, password_hash) values (gen_random_uuid(), 'after-e2e@example.com', 'x')");
 
     // Without a terminal, restore needs --yes.
@@ -164,9 +173,10 @@ fn backup_and_restore_on_the_real_engine() {
     let o = ok(&["restore", &name, "--yes"]);
     let restore_secs = t.elapsed().as_secs_f64();
     let err = stderr(&o);
-    assert!(err.contains("stopped user-management") && err.contains("started user-management again"), "{err}");
-    assert!(err.contains("redis.rdb: the Redis snapshot is not restored"), "{err}");
+    assert!(err.contains("stopped security, user-management") && err.contains("started redis, security, user-management again"), "{err}");
+    assert!(err.contains("Redis restored from redis.rdb"), "{err}");
     assert_eq!(backup_users(), 3, "the users are back");
+    assert_eq!(redis("get backup-e2e-key"), "kept", "Redis' data is back");
     assert_eq!(query("select count(*) from users where email = 'after-e2e@example.com'"), "0", "the database is the backup's");
     // The service runs again on the restored database.
     ok(&["exec", "user-management", "--", "/app/user-management", "healthcheck"]);

@@ -130,11 +130,21 @@ fn pg_cmd(tool_and_flags: &str, user: &str, database: &str) -> Vec<String> {
     ]
 }
 
+/// A fresh snapshot: BGSAVE (retried while another save or rewrite runs),
+/// wait for it, check it succeeded, then stream `/data/dump.rdb` (where the
+/// rendered redis.conf keeps it; Redis replaces it by rename, so `cat` reads
+/// one whole snapshot). Not `redis-cli --rdb -`: with diskless replication it
+/// leaves the 40-byte end marker on stdout, which Redis' AOF loader rejects.
 fn redis_cmd(r: &crate::model::Redis) -> Vec<String> {
+    let script = "set -e; export REDISCLI_AUTH=\"$(cat \"$2\")\"; \
+        n=0; until redis-cli -p \"$1\" BGSAVE | grep -q started; do n=$((n+1)); [ $n -lt 600 ] || { echo 'BGSAVE never started' >&2; exit 1; }; sleep 0.2; done; \
+        while redis-cli -p \"$1\" INFO persistence | grep -q '^rdb_bgsave_in_progress:1'; do sleep 0.1; done; \
+        redis-cli -p \"$1\" INFO persistence | grep -q '^rdb_last_bgsave_status:ok' || { echo 'BGSAVE failed (see the Redis log)' >&2; exit 1; }; \
+        exec cat /data/dump.rdb";
     vec![
         "/bin/sh".into(),
         "-c".into(),
-        "exec redis-cli -p \"$1\" --no-auth-warning -a \"$(cat \"$2\")\" --rdb -".into(),
+        script.into(),
         "sh".into(),
         r.port.to_string(),
         format!("{}/{}", crate::model::containers::SECRETS_DIR, r.password_secret),
@@ -187,6 +197,9 @@ async fn exec_to_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, pat
 
 fn cmd_name(cmd: &[String]) -> String {
     // The tool a `/bin/sh -c "... exec TOOL ..."` line runs.
+    if cmd.get(2).is_some_and(|l| l.contains("BGSAVE")) {
+        return "the Redis snapshot (BGSAVE)".into();
+    }
     cmd.get(2).and_then(|l| l.split("exec ").nth(1)).and_then(|t| t.split_whitespace().next()).unwrap_or("command").to_string()
 }
 
@@ -516,7 +529,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     // Every file must map onto this stack, and its container must run.
     let env = StackEnv::connect(stack).await?;
     let mut plan = Vec::new();
-    let mut notes = Vec::new();
+    let mut redis_file: Option<(&Entry, &crate::model::Redis)> = None;
     for f in &manifest.files {
         match f.kind.as_str() {
             "postgres" => {
@@ -526,42 +539,44 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
                 let container = running_container(&env, &p.name).await?;
                 plan.push((f, p, container));
             }
-            "redis" => notes.push(format!(
-                "{}: the Redis snapshot is not restored (Redis here holds sessions, rate limits and caches, and runs with an append-only file that a restored snapshot would have to replace while Redis is down); it stays in the backup",
-                f.file
-            )),
+            "redis" => {
+                let Some(r) = stack.redis.as_ref().filter(|r| r.name == f.instance) else {
+                    return Err(invalid(&dir, format!("{} is the snapshot of `{}`, which this stack does not have", f.file, f.instance)));
+                };
+                redis_file = Some((f, r));
+            }
             other => return Err(invalid(&dir, format!("{}: unknown kind `{other}`", f.file))),
         }
     }
-    if plan.is_empty() {
+    if plan.is_empty() && redis_file.is_none() {
         return Err(invalid(&dir, "it holds no database to restore"));
     }
-    let dbs: Vec<String> = plan.iter().map(|(f, p, _)| format!("{} on {}", f.database.as_deref().unwrap_or(&p.database), p.name)).collect();
+    let mut dbs: Vec<String> = plan.iter().map(|(f, p, _)| format!("{} on {}", f.database.as_deref().unwrap_or(&p.database), p.name)).collect();
+    if let Some((_, r)) = redis_file {
+        dbs.push(format!("Redis ({})", r.name));
+    }
     let question = format!("replace the data of {} with backup {} (taken {})", dbs.join(", "), dir.display(), manifest.created);
     if !yes && !confirm(&question)? {
         ui.info("nothing restored");
         return Ok(1);
     }
-    // The services using these databases, those running now: stopped for the
-    // restore, started again afterwards.
+    // The services using these databases (and Redis), those running now:
+    // stopped for the restore, started again afterwards.
     let mut users: Vec<String> = Vec::new();
-    for (_, p, _) in &plan {
-        for s in stack.services.iter().filter(|s| s.postgres.as_deref() == Some(p.name.as_str())) {
-            if !users.contains(&s.name) {
-                users.push(s.name.clone());
-            }
+    for s in &stack.services {
+        let uses_pg = plan.iter().any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
+        if uses_pg || (s.redis && redis_file.is_some()) {
+            users.push(s.name.clone());
         }
     }
-    let mut running = Vec::new();
+    let mut up_now = std::collections::HashSet::new();
     for c in env.running().await? {
-        if c.state.as_ref().map(|s| s.to_string()).as_deref() != Some("running") {
-            continue;
-        }
-        let svc = c.labels.unwrap_or_default().get(crate::model::containers::LABEL_SERVICE).cloned().unwrap_or_default();
-        if users.contains(&svc) && !running.contains(&svc) {
-            running.push(svc);
+        if c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running") {
+            up_now.insert(c.labels.unwrap_or_default().get(crate::model::containers::LABEL_SERVICE).cloned().unwrap_or_default());
         }
     }
+    // In stack order, so messages are stable.
+    let mut running: Vec<String> = users.into_iter().filter(|s| up_now.contains(s)).collect();
     let quiet = ui.clone_quiet();
     let t_stop = Instant::now();
     if !running.is_empty() {
@@ -588,6 +603,19 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
             }
         }
     }
+    if let (None, Some((f, r))) = (&failure, redis_file) {
+        let t = Instant::now();
+        // Redis is stopped for this and started again with the others.
+        running.insert(0, r.name.clone());
+        match restore_redis(&env, stack, r, &dir, f, &quiet).await {
+            Ok(()) => {
+                let secs = t.elapsed().as_secs_f64();
+                ui.ok(format!("Redis restored from {} ({:.1} MB) in {secs:.1}s", f.file, f.size as f64 / 1e6));
+                timings.push(serde_json::json!({"instance": r.name, "file": f.file, "seconds": secs}));
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
     // Start what was stopped, also after a failed restore (each database is
     // restored in one transaction: a failure leaves it as it was).
     let t_start = Instant::now();
@@ -602,22 +630,92 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     if !running.is_empty() {
         ui.ok(format!("started {} again in {:.1}s", running.join(", "), t_start.elapsed().as_secs_f64()));
     }
-    for n in &notes {
-        ui.warn(n);
-    }
     let seconds = t0.elapsed().as_secs_f64();
     if ui.json {
         ui.print_json(&serde_json::json!({
             "backup": dir.display().to_string(),
             "restored": timings,
             "restarted": running,
-            "notes": notes,
             "seconds": seconds,
         }));
     } else {
         ui.ok(format!("restore of {} done in {seconds:.1}s", dir.display()));
     }
     Ok(0)
+}
+
+/// Replace Redis' data with a snapshot: Redis stopped, a one-off helper
+/// container (the Redis image, no network) with Redis' volume and the backup
+/// directory (read-only) mounted writes the snapshot as `dump.rdb` and, with
+/// `appendonly`, as the base of a fresh multi-part append-only file (Redis 7
+/// loads only the AOF when it is on), swapped in whole. The caller starts
+/// Redis again.
+async fn restore_redis(env: &StackEnv<'_>, stack: &Stack, r: &crate::model::Redis, dir: &Path, f: &Entry, quiet: &Ui) -> Result<()> {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters as qp;
+    let docker = &env.engine.docker;
+    let spec = env.containers.iter().find(|c| c.name == r.name).ok_or_else(|| invalid(dir, format!("no container `{}` in this stack", r.name)))?;
+    let volume = spec.volumes().next().map(|v| crate::engine::volume_name(&env.project, v)).ok_or_else(|| invalid(dir, "Redis has no data volume"))?;
+    let dir = std::fs::canonicalize(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    super::up::stop(stack, std::slice::from_ref(&r.name), quiet).await?;
+    let aof = if r.appendonly {
+        "rm -rf /data/appendonlydir.new; mkdir /data/appendonlydir.new; \
+         cp \"/backup/$1\" /data/appendonlydir.new/appendonly.aof.1.base.rdb; \
+         : > /data/appendonlydir.new/appendonly.aof.1.incr.aof; \
+         printf 'file appendonly.aof.1.base.rdb seq 1 type b\\nfile appendonly.aof.1.incr.aof seq 1 type i\\n' > /data/appendonlydir.new/appendonly.aof.manifest; \
+         chown -R \"$owner\" /data/appendonlydir.new; rm -rf /data/appendonlydir; mv /data/appendonlydir.new /data/appendonlydir; "
+    } else {
+        "rm -rf /data/appendonlydir; "
+    };
+    let script = format!(
+        "set -e; owner=$(stat -c %u:%g /data); cp \"/backup/$1\" /data/dump.rdb.new; chown \"$owner\" /data/dump.rdb.new; {aof}mv /data/dump.rdb.new /data/dump.rdb; sync"
+    );
+    let name = format!("{}-restore-{}", env.project, r.name);
+    let _ = docker.remove_container(&name, Some(qp::RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let mut labels = std::collections::HashMap::new();
+    labels.insert(crate::model::containers::LABEL_STACK.to_string(), stack.name.clone());
+    labels.insert(crate::engine::LABEL_PROJECT.to_string(), env.project.clone());
+    let body = ContainerCreateBody {
+        image: Some(r.image.image().to_string()),
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), script, "sh".into(), f.file.clone()]),
+        user: Some("0:0".into()),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{volume}:/data"), format!("{}:/backup:ro", dir.display())]),
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(Some(qp::CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+        .await
+        .map_err(|e| Error::engine(format!("create {name}"), e))?;
+    let result = async {
+        docker.start_container(&name, None).await.map_err(|e| Error::engine(format!("start {name}"), e))?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let state = docker.inspect_container(&name, None).await.map_err(|e| Error::engine(format!("inspect {name}"), e))?.state.unwrap_or_default();
+            if state.running != Some(true) {
+                let code = state.exit_code.unwrap_or(-1);
+                if code == 0 {
+                    return Ok(());
+                }
+                return Err(Error::DataCommand {
+                    what: format!("writing {} into {volume}", f.file),
+                    code,
+                    message: env.engine.tail(&name, 20).await.trim().to_string(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::DataCommand { what: format!("writing {} into {volume}", f.file), code: -1, message: "not done after 600 s".into() });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let _ = docker.remove_container(&name, Some(qp::RemoveContainerOptions { force: true, ..Default::default() })).await;
+    result
 }
 
 #[cfg(test)]
