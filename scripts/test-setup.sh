@@ -9,7 +9,8 @@ REDIS_PORT=6379
 
 need_apt=()
 for pair in psql:postgresql pg_ctlcluster:postgresql-common redis-server:redis-server nginx:nginx-light \
-            promtool:prometheus openssl:openssl docker-compose:docker-compose debootstrap:debootstrap; do
+            promtool:prometheus openssl:openssl docker-compose:docker-compose debootstrap:debootstrap \
+            docker-registry:docker-registry curl:curl; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done
@@ -56,4 +57,25 @@ if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   for _ in $(seq 1 20); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 
-echo "test-setup: PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT, linters in $VENV"
+# A local registry on loopback for `stackctl build --push` (the engine treats
+# 127.0.0.0/8 registries as insecure-allowed).
+REG_DIR=/var/tmp/stackctl-registry
+if ! curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1; then
+  mkdir -p "$REG_DIR/data"
+  cat > "$REG_DIR/config.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $REG_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+YML
+  nohup docker-registry serve "$REG_DIR/config.yml" >"$REG_DIR/registry.log" 2>&1 &
+  for _ in $(seq 1 20); do curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+
+echo "test-setup: PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT, registry on 127.0.0.1:5000, linters in $VENV"

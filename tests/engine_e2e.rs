@@ -19,13 +19,23 @@ fn sc(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run stackctl");
-    eprintln!("$ stackctl {}\n{}{}", args.join(" "), stdout(&o), stderr(&o));
+    eprintln!(
+        "$ stackctl {}\n{}{}",
+        args.join(" "),
+        stdout(&o),
+        stderr(&o)
+    );
     o
 }
 
 fn ok(args: &[&str]) -> String {
     let o = sc(args);
-    assert_eq!(o.status.code(), Some(0), "stackctl {} failed", args.join(" "));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stackctl {} failed",
+        args.join(" ")
+    );
     format!("{}{}", stdout(&o), stderr(&o))
 }
 
@@ -38,10 +48,19 @@ fn client() -> reqwest::blocking::Client {
 }
 
 /// Through Nginx (TLS on 443) and the gateway to user-management.
-fn api(method: &str, path: &str, token: Option<&str>, body: serde_json::Value) -> (u16, serde_json::Value) {
+fn api(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
     let c = client();
     let url = format!("https://127.0.0.1:443/api/v1/user-management{path}");
-    let mut req = if method == "GET" { c.get(&url) } else { c.post(&url).json(&body) };
+    let mut req = if method == "GET" {
+        c.get(&url)
+    } else {
+        c.post(&url).json(&body)
+    };
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -60,24 +79,77 @@ fn day_one_path_on_the_real_engine() {
     // Idempotent: the second run changes nothing and says so.
     let again = ok(&["setup"]);
     assert!(again.contains("nothing to do"), "{again}");
-    for s in ["admin-password", "postgres-user-password", "redis-acl", "nginx-tls-cert"] {
+    // Secrets only root reads are 0600; those a service (uid 1001) reads are
+    // 0640 owned by it, group root: never readable by anyone else.
+    for (s, want) in [
+        ("redis-acl", 0o600),
+        ("nginx-tls-key", 0o600),
+        ("admin-password", 0o640),
+        ("postgres-user-password", 0o640),
+    ] {
         let p = repo().join("secrets").join(s);
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
-        assert_eq!(mode & 0o777, 0o600, "{s}");
+        let meta = std::fs::metadata(&p).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        assert_eq!(mode & 0o777, want, "{s}");
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0, "{s}");
     }
 
     let built = ok(&["build"]);
     assert!(built.contains("api-gateway"), "{built}");
     let t = Instant::now();
     let cached = ok(&["build", "--no-cargo"]);
-    assert!(cached.contains("0 built"), "a no-change build rebuilds nothing: {cached}");
-    eprintln!("no-change build (images only): {:.2}s", t.elapsed().as_secs_f64());
+    assert!(
+        cached.contains("0 built"),
+        "a no-change build rebuilds nothing: {cached}"
+    );
+    eprintln!(
+        "no-change build (images only): {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Push to the local registry on loopback (scripts/test-setup.sh starts it).
+    let pushed = ok(&[
+        "--registry",
+        "127.0.0.1:5000/e2e",
+        "build",
+        "--no-cargo",
+        "--push",
+        "analytics",
+    ]);
+    assert!(
+        pushed.contains("pushed 127.0.0.1:5000/e2e/ai-assistants-1c/analytics:"),
+        "{pushed}"
+    );
+    let catalog = reqwest::blocking::get("http://127.0.0.1:5000/v2/_catalog")
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        catalog.contains("e2e/ai-assistants-1c/analytics"),
+        "{catalog}"
+    );
+    let tags =
+        reqwest::blocking::get("http://127.0.0.1:5000/v2/e2e/ai-assistants-1c/analytics/tags/list")
+            .unwrap()
+            .text()
+            .unwrap();
+    let tag = pushed
+        .split("pushed 127.0.0.1:5000/e2e/ai-assistants-1c/analytics:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(tags.contains(tag), "{tags} lacks {tag}");
 
     let t = Instant::now();
     ok(&["start"]);
     eprintln!("start to all-ready: {:.1}s", t.elapsed().as_secs_f64());
     let h = ok(&["health"]);
-    assert!(h.contains("api-gateway") && h.contains("postgres-user"), "{h}");
+    assert!(
+        h.contains("api-gateway") && h.contains("postgres-user"),
+        "{h}"
+    );
     let hj = sc(&["--json", "health"]);
     let v: serde_json::Value = serde_json::from_slice(&hj.stdout).unwrap();
     assert_eq!(v["healthy"], true, "{v}");
@@ -86,21 +158,109 @@ fn day_one_path_on_the_real_engine() {
 
     // A real request: register and log in through Nginx and the gateway.
     let email = "e2e-user@example.com";
-    let (code, _) = api("POST", "/auth/register", None, serde_json::json!({"email": email, "password": "correct horse battery staple 42"}));
+    let (code, _) = api(
+        "POST",
+        "/auth/register",
+        None,
+        serde_json::json!({"email": email, "password": "correct horse battery staple 42"}),
+    );
     assert!(code == 200 || code == 201, "register: {code}");
-    let (code, login) = api("POST", "/auth/login", None, serde_json::json!({"email": email, "password": "correct horse battery staple 42"}));
+    let (code, login) = api(
+        "POST",
+        "/auth/login",
+        None,
+        serde_json::json!({"email": email, "password": "correct horse battery staple 42"}),
+    );
     assert_eq!(code, 200, "login: {login}");
-    let token = login["access_token"].as_str().expect("access token").to_string();
+    let token = login["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_string();
     let (code, me) = api("GET", "/me", Some(&token), serde_json::Value::Null);
     assert_eq!(code, 200, "{me}");
     assert_eq!(me["email"].as_str(), Some(email), "{me}");
+    // What 1C users come for, through Nginx and the gateway, as the first admin.
+    let admin_pw = std::fs::read_to_string(repo().join("secrets/admin-password")).unwrap();
+    let (code, login) = api(
+        "POST",
+        "/auth/login",
+        None,
+        serde_json::json!({"email": "admin@localhost", "password": admin_pw.trim()}),
+    );
+    assert_eq!(code, 200, "admin login: {login}");
+    let admin = login["access_token"].as_str().unwrap().to_string();
+    let ask = |q: &str| -> serde_json::Value {
+        let r = client()
+            .post("https://127.0.0.1:443/api/v1/ai-assistant/chat")
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"message": q}))
+            .send()
+            .expect("chat");
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().unwrap()
+    };
+    let kb = ask("как получить остатки товаров на складе запросом?");
+    assert!(kb["answer"].as_str().unwrap().contains("Остатки"), "{kb}");
+    assert!(
+        !kb["sources"].as_array().unwrap().is_empty(),
+        "answers cite their sources: {kb}"
+    );
+    // The simulator's metadata, through 1c-integration: its real fields.
+    let md = ask("какие реквизиты у Справочник.Номенклатура?");
+    let text = md["answer"].as_str().unwrap();
+    assert!(
+        text.contains("Catalog_Номенклатура") && text.contains("Артикул"),
+        "{md}"
+    );
+    // Every question reaches analytics (asynchronously).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r: serde_json::Value = client()
+            .get("https://127.0.0.1:443/api/v1/analytics/usage/services")
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap_or_default();
+        let questions = r["services"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["service"] == "ai-assistant"))
+            .map(|s| s["kinds"]["question"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+        if questions >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "analytics never counted the questions: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // Plain HTTP is redirected to HTTPS.
-    let r = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap().get("http://127.0.0.1:80/api/v1/x").send().unwrap();
+    let r = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get("http://127.0.0.1:80/api/v1/x")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 301);
 
     let logs = ok(&["logs", "--tail", "5", "user-management"]);
     assert!(logs.contains("stackctl-e2e-user-management-1 |"), "{logs}");
-    let ex = sc(&["exec", "postgres-user", "--", "psql", "-U", "user_management", "-d", "user_management_db", "-tAc", "select count(*) from users"]);
+    let ex = sc(&[
+        "exec",
+        "postgres-user",
+        "--",
+        "psql",
+        "-U",
+        "user_management",
+        "-d",
+        "user_management_db",
+        "-tAc",
+        "select count(*) from users",
+    ]);
     assert_eq!(ex.status.code(), Some(0), "{}", stderr(&ex));
     let sh = sc(&["shell", "api-gateway"]);
     assert_eq!(sh.status.code(), Some(2));
@@ -111,7 +271,12 @@ fn day_one_path_on_the_real_engine() {
     // Stop and start again: the data is still there.
     ok(&["stop"]);
     ok(&["start"]);
-    let (code, login) = api("POST", "/auth/login", None, serde_json::json!({"email": email, "password": "correct horse battery staple 42"}));
+    let (code, login) = api(
+        "POST",
+        "/auth/login",
+        None,
+        serde_json::json!({"email": email, "password": "correct horse battery staple 42"}),
+    );
     assert_eq!(code, 200, "after restart: {login}");
 
     // A container removed while `start` waits for it: a clear error naming it.
@@ -122,7 +287,17 @@ fn day_one_path_on_the_real_engine() {
     let mut removed = false;
     while Instant::now() < deadline && !removed {
         let o = std::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "--unix-socket", "/var/run/docker.sock"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+                "--unix-socket",
+                "/var/run/docker.sock",
+            ])
             .arg(format!("http://localhost/containers/{name}?force=true"))
             .output()
             .unwrap();
@@ -131,7 +306,12 @@ fn day_one_path_on_the_real_engine() {
     }
     assert!(removed, "{name} never appeared");
     let o = handle.join().unwrap();
-    assert!(matches!(o.status.code(), Some(32) | Some(34)), "{:?}: {}", o.status.code(), stderr(&o));
+    assert!(
+        matches!(o.status.code(), Some(32) | Some(34)),
+        "{:?}: {}",
+        o.status.code(),
+        stderr(&o)
+    );
     assert!(stderr(&o).contains(&name), "{}", stderr(&o));
 
     ok(&["down", "--volumes", "--yes"]);
@@ -141,9 +321,23 @@ fn day_one_path_on_the_real_engine() {
 
 #[test]
 fn an_unreachable_daemon_is_a_clear_error_with_its_own_code() {
-    let o = bin().current_dir(repo()).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").arg("health").output().unwrap();
+    let o = bin()
+        .current_dir(repo())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .arg("health")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(30), "{}", stderr(&o));
-    assert!(stderr(&o).contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"), "{}", stderr(&o));
-    let o = bin().current_dir(repo()).env("DOCKER_HOST", "tcp://127.0.0.1:1").arg("status").output().unwrap();
+    assert!(
+        stderr(&o).contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bin()
+        .current_dir(repo())
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
+        .arg("status")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(30), "{}", stderr(&o));
 }

@@ -713,15 +713,28 @@ async fn postgres_image_runs_like_the_compose_service() {
     .await;
 }
 
+/// A file of the repo stack's rendered artifacts: rendered once per test
+/// process with the real binary into a directory of its own.
 fn deploy_path(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo run -p stackctl -- render` first",
-        p.display()
-    );
+    static RENDERED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = RENDERED.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("stackctl-images-test-{}", std::process::id()));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_stackctl"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("NO_COLOR", "1")
+            .args(["render", "-q", "--out"])
+            .arg(&out)
+            .output()
+            .expect("run stackctl render");
+        assert!(
+            o.status.success(),
+            "stackctl render: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    });
+    let p = dir.join(rel);
+    assert!(p.exists(), "{} is missing from the render", p.display());
     p.to_string_lossy().to_string()
 }
 
