@@ -32,6 +32,9 @@ pub struct Global {
     /// (default: the stack name, plus `-ENV` for an environment).
     #[arg(short = 'p', long = "project", global = true, env = "STACKCTL_PROJECT")]
     pub project: Option<String>,
+    /// Registry prefix for images, overriding stack.toml's `registry` (e.g. 127.0.0.1:5000/team).
+    #[arg(long, global = true, env = "STACKCTL_REGISTRY")]
+    pub registry: Option<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -71,9 +74,7 @@ pub enum Command {
     /// Start the stack (or the named services and what they need), each when its dependencies are ready.
     Start(StartArgs),
     /// Stop containers (dependents first), keeping them and their data.
-    Stop {
-        services: Vec<String>,
-    },
+    Stop { services: Vec<String> },
     /// Stop, then start again.
     Restart(StartArgs),
     /// Remove the stack's containers and networks; volumes too with --volumes.
@@ -104,9 +105,7 @@ pub enum Command {
         tail: Option<usize>,
     },
     /// A shell in a container (services FROM scratch have none: it says what to run instead).
-    Shell {
-        service: String,
-    },
+    Shell { service: String },
     /// Run a command in a service's container: stackctl exec SERVICE -- CMD...
     Exec {
         service: String,
@@ -114,9 +113,7 @@ pub enum Command {
         cmd: Vec<String>,
     },
     /// Smoke-check a running service: liveness, readiness, metrics, its healthcheck command.
-    TestService {
-        service: String,
-    },
+    TestService { service: String },
     /// CPU, memory against limit, network and block I/O per container.
     Resources {
         #[arg(long)]

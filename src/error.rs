@@ -151,11 +151,25 @@ pub enum Error {
     #[error("the Docker daemon speaks API {version}; stackctl needs {minimum} or newer\n  hint: upgrade Docker Engine (20.10 or newer)")]
     EngineTooOld { version: String, minimum: String },
     #[error("Docker Engine: {what}: {message}\n  hint: {hint}")]
-    Engine { what: String, message: String, hint: String },
+    Engine {
+        what: String,
+        message: String,
+        hint: String,
+    },
     #[error("building {service} failed{step}: {message}\n  hint: {hint}")]
-    Build { service: String, step: String, message: String, hint: String },
+    Build {
+        service: String,
+        step: String,
+        message: String,
+        hint: String,
+    },
     #[error("{container} did not become ready: {reason}{logs}\n  hint: {hint}")]
-    NotReady { container: String, reason: String, logs: String, hint: String },
+    NotReady {
+        container: String,
+        reason: String,
+        logs: String,
+        hint: String,
+    },
     #[error("{unhealthy} of {total} containers are not healthy\n  hint: see the table above; `stackctl logs SERVICE` shows why")]
     Unhealthy { unhealthy: usize, total: usize },
     #[error("image {image} is missing\n  hint: {hint}")]
@@ -165,7 +179,11 @@ pub enum Error {
     #[error("{container} is not running\n  hint: {hint}")]
     NotRunning { container: String, hint: String },
     #[error("{what} failed (exit code {code}): {message}\n  hint: see the message above; `stackctl logs SERVICE` shows the container's side")]
-    DataCommand { what: String, code: i64, message: String },
+    DataCommand {
+        what: String,
+        code: i64,
+        message: String,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

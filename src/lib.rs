@@ -54,7 +54,11 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                 match engine_cmd {
                     C::Setup => setup::setup(&stack, ui).await,
                     C::Images => setup::images(&stack, ui).await,
-                    C::Build { services, push, no_cargo } => build::build(&stack, &services, push, no_cargo, ui).await,
+                    C::Build {
+                        services,
+                        push,
+                        no_cargo,
+                    } => build::build(&stack, &services, push, no_cargo, ui).await,
                     C::Start(a) => up::start(&stack, &a.services, a.wait_timeout, ui).await,
                     C::Stop { services } => up::stop(&stack, &services, ui).await,
                     C::Restart(a) => {
@@ -64,16 +68,27 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                     C::Down { volumes, yes } => up::down(&stack, volumes, yes, ui).await,
                     C::Health { watch } => inspect::health(&stack, watch, ui).await,
                     C::Status => inspect::status(&stack, ui).await,
-                    C::Logs { services, follow, since, tail } => logs::logs(&stack, &services, follow, since.as_deref(), tail, ui).await,
+                    C::Logs {
+                        services,
+                        follow,
+                        since,
+                        tail,
+                    } => logs::logs(&stack, &services, follow, since.as_deref(), tail, ui).await,
                     C::Shell { service } => logs::shell(&stack, &service, ui).await,
                     C::Exec { service, cmd } => logs::exec(&stack, &service, &cmd, ui).await,
                     C::TestService { service } => inspect::test_service(&stack, &service, ui).await,
                     C::Resources { watch } => inspect::resources(&stack, watch, ui).await,
                     C::Monitor { open } => inspect::monitor(&stack, open, ui).await,
                     C::Clean => up::clean(&stack, ui).await,
-                    C::Backup { services, keep } => backup::backup(&stack, &services, keep.map(|k| k as usize), ui).await,
+                    C::Backup { services, keep } => {
+                        backup::backup(&stack, &services, keep.map(|k| k as usize), ui).await
+                    }
                     C::Restore { backup, yes } => backup::restore(&stack, &backup, yes, ui).await,
-                    C::Validate | C::Render(_) | C::Config(_) | C::Architecture(_) | C::Completions { .. } => unreachable!("handled above"),
+                    C::Validate
+                    | C::Render(_)
+                    | C::Config(_)
+                    | C::Architecture(_)
+                    | C::Completions { .. } => unreachable!("handled above"),
                 }
             })
         }

@@ -27,10 +27,20 @@ pub fn load(g: &Global) -> Result<Stack> {
     };
     let mut stack = model::load(&file, g.env.as_deref())?;
     if let Some(p) = &g.project {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(Error::usage(format!("project name `{p}` is not valid"), "use lower-case letters, digits and '-'"));
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Error::usage(
+                format!("project name `{p}` is not valid"),
+                "use lower-case letters, digits and '-'",
+            ));
         }
         stack.project = Some(p.clone());
+    }
+    if let Some(r) = &g.registry {
+        stack.registry = Some(r.trim_end_matches('/').to_string()).filter(|r| !r.is_empty());
     }
     Ok(stack)
 }

@@ -25,7 +25,12 @@ impl Ui {
 
     /// The same settings, printing only errors (for steps whose notes were shown already).
     pub fn clone_quiet(&self) -> Ui {
-        Ui { json: self.json, quiet: true, verbose: 0, colors: self.colors }
+        Ui {
+            json: self.json,
+            quiet: true,
+            verbose: 0,
+            colors: self.colors,
+        }
     }
 
     pub fn colors(&self) -> bool {

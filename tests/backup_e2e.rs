@@ -21,31 +21,55 @@ fn sc(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run stackctl");
-    eprintln!("$ stackctl {}\n{}{}", args.join(" "), stdout(&o), stderr(&o));
+    eprintln!(
+        "$ stackctl {}\n{}{}",
+        args.join(" "),
+        stdout(&o),
+        stderr(&o)
+    );
     o
 }
 
 fn ok(args: &[&str]) -> Output {
     let o = sc(args);
-    assert_eq!(o.status.code(), Some(0), "stackctl {} failed", args.join(" "));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stackctl {} failed",
+        args.join(" ")
+    );
     o
 }
 
 /// One value from user-management's database, through `stackctl exec`.
 fn query(sql: &str) -> String {
-    let o = ok(&["exec", "postgres-user", "--", "psql", "-U", "user_management", "-d", "user_management_db", "-tAc", sql]);
+    let o = ok(&[
+        "exec",
+        "postgres-user",
+        "--",
+        "psql",
+        "-U",
+        "user_management",
+        "-d",
+        "user_management_db",
+        "-tAc",
+        sql,
+    ]);
     stdout(&o).trim().to_string()
 }
 
 /// A Redis command, with the password from the secret file inside the container.
 fn redis(args: &str) -> String {
-    let line = format!("redis-cli --no-auth-warning -a \"$(cat /run/secrets/redis-password)\" {args}");
+    let line =
+        format!("redis-cli --no-auth-warning -a \"$(cat /run/secrets/redis-password)\" {args}");
     let o = ok(&["exec", "redis", "--", "/bin/sh", "-c", &line]);
     stdout(&o).trim().to_string()
 }
 
 fn backup_users() -> i64 {
-    query("select count(*) from users where email like 'backup-e2e-%'").parse().unwrap()
+    query("select count(*) from users where email like 'backup-e2e-%'")
+        .parse()
+        .unwrap()
 }
 
 fn backups_dir() -> PathBuf {
@@ -98,7 +122,11 @@ fn backup_and_restore_on_the_real_engine() {
     // A container that is not running: a clear error, nothing written.
     let o = sc(&["backup", "--service", "analytics"]);
     assert_eq!(o.status.code(), Some(38), "{}", stderr(&o));
-    assert!(stderr(&o).contains(&format!("{PROJECT}-postgres-analytics-1 is not running")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{PROJECT}-postgres-analytics-1 is not running")),
+        "{}",
+        stderr(&o)
+    );
     assert!(!backups_dir().exists() || complete_backups().is_empty());
 
     for i in 1..=3 {
@@ -108,7 +136,14 @@ fn backup_and_restore_on_the_real_engine() {
     assert_eq!(redis("set backup-e2e-key kept"), "OK");
 
     let t = Instant::now();
-    let o = ok(&["--json", "backup", "--service", "user-management", "--service", "redis"]);
+    let o = ok(&[
+        "--json",
+        "backup",
+        "--service",
+        "user-management",
+        "--service",
+        "redis",
+    ]);
     let backup_secs = t.elapsed().as_secs_f64();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("backup --json");
     let name = v["backup"].as_str().unwrap().to_string();
@@ -124,11 +159,28 @@ fn backup_and_restore_on_the_real_engine() {
         let bytes = std::fs::read(dir.join(f["file"].as_str().unwrap())).unwrap();
         assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap());
         use sha2::Digest;
-        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), f["sha256"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap()
+        );
     }
-    assert!(std::fs::read(dir.join("postgres-user.dump")).unwrap().starts_with(b"PGDMP"), "a pg_dump custom-format archive");
-    assert!(std::fs::read(dir.join("redis.rdb")).unwrap().starts_with(b"REDIS"), "an RDB snapshot");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("postgres-user.dump")).unwrap().permissions());
+    assert!(
+        std::fs::read(dir.join("postgres-user.dump"))
+            .unwrap()
+            .starts_with(b"PGDMP"),
+        "a pg_dump custom-format archive"
+    );
+    assert!(
+        std::fs::read(dir.join("redis.rdb"))
+            .unwrap()
+            .starts_with(b"REDIS"),
+        "an RDB snapshot"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("postgres-user.dump"))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600, "dumps hold password hashes");
 
     // All data gone; a fresh stack (the service re-creates its tables).
@@ -155,32 +207,63 @@ fn backup_and_restore_on_the_real_engine() {
     std::fs::write(&dump, &bytes).unwrap();
     let o = sc(&["restore", bad.to_str().unwrap(), "--yes"]);
     assert_eq!(o.status.code(), Some(37), "{}", stderr(&o));
-    assert!(stderr(&o).contains("postgres-user.dump") && stderr(&o).contains("corrupt"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("postgres-user.dump") && stderr(&o).contains("corrupt"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::write(&dump, &bytes[..mid]).unwrap();
     let o = sc(&["restore", bad.to_str().unwrap(), "--yes"]);
     assert_eq!(o.status.code(), Some(37), "{}", stderr(&o));
-    assert!(stderr(&o).contains("postgres-user.dump") && stderr(&o).contains("truncated"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("postgres-user.dump") && stderr(&o).contains("truncated"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::remove_file(bad.join("manifest.json")).unwrap();
     let o = sc(&["restore", bad.to_str().unwrap(), "--yes"]);
     assert_eq!(o.status.code(), Some(37), "{}", stderr(&o));
     assert!(stderr(&o).contains("incomplete"), "{}", stderr(&o));
     // Untouched: the new user is there, the service was never stopped.
-    assert_eq!(query("select count(*) from users where email = 'after-e2e@example.com'"), "1");
+    assert_eq!(
+        query("select count(*) from users where email = 'after-e2e@example.com'"),
+        "1"
+    );
     assert_eq!(backup_users(), 0);
-    let o = ok(&["exec", "user-management", "--", "/app/user-management", "healthcheck"]);
+    let o = ok(&[
+        "exec",
+        "user-management",
+        "--",
+        "/app/user-management",
+        "healthcheck",
+    ]);
     assert_eq!(o.status.code(), Some(0));
 
     let t = Instant::now();
     let o = ok(&["restore", &name, "--yes"]);
     let restore_secs = t.elapsed().as_secs_f64();
     let err = stderr(&o);
-    assert!(err.contains("stopped security, user-management") && err.contains("started redis, security, user-management again"), "{err}");
+    assert!(
+        err.contains("stopped security, user-management")
+            && err.contains("started redis, security, user-management again"),
+        "{err}"
+    );
     assert!(err.contains("Redis restored from redis.rdb"), "{err}");
     assert_eq!(backup_users(), 3, "the users are back");
     assert_eq!(redis("get backup-e2e-key"), "kept", "Redis' data is back");
-    assert_eq!(query("select count(*) from users where email = 'after-e2e@example.com'"), "0", "the database is the backup's");
+    assert_eq!(
+        query("select count(*) from users where email = 'after-e2e@example.com'"),
+        "0",
+        "the database is the backup's"
+    );
     // The service runs again on the restored database.
-    ok(&["exec", "user-management", "--", "/app/user-management", "healthcheck"]);
+    ok(&[
+        "exec",
+        "user-management",
+        "--",
+        "/app/user-management",
+        "healthcheck",
+    ]);
     eprintln!("backup (user-management database + Redis): {backup_secs:.1}s; restore (verify, stop, pg_restore, start): {restore_secs:.1}s");
 
     // Retention: only complete backups count, the newest N stay.
@@ -190,14 +273,28 @@ fn backup_and_restore_on_the_real_engine() {
     ok(&["backup", "--service", "user-management"]);
     let before = complete_backups();
     assert_eq!(before.len(), 3, "{before:?}");
-    let o = ok(&["--json", "backup", "--service", "user-management", "--keep", "2"]);
+    let o = ok(&[
+        "--json",
+        "backup",
+        "--service",
+        "user-management",
+        "--keep",
+        "2",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let newest = v["backup"].as_str().unwrap().to_string();
     let after = complete_backups();
-    assert_eq!(after, vec![before[2].clone(), newest], "the two newest are kept");
+    assert_eq!(
+        after,
+        vec![before[2].clone(), newest],
+        "the two newest are kept"
+    );
     assert_eq!(v["deleted"].as_array().unwrap().len(), 2, "{v}");
     assert!(!dir.exists(), "the oldest backup is deleted");
-    assert!(partial.is_dir(), "a directory without a manifest is not a backup: left alone");
+    assert!(
+        partial.is_dir(),
+        "a directory without a manifest is not a backup: left alone"
+    );
     let o = sc(&["backup", "--keep", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 

@@ -39,8 +39,19 @@ impl Context {
         let mut dirs = std::collections::BTreeSet::new();
         for path in self.files.keys() {
             let mut acc = String::new();
-            for part in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
-                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+            for part in path
+                .split('/')
+                .collect::<Vec<_>>()
+                .iter()
+                .rev()
+                .skip(1)
+                .rev()
+            {
+                acc = if acc.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{acc}/{part}")
+                };
                 dirs.insert(acc.clone());
             }
         }
@@ -52,7 +63,8 @@ impl Context {
             h.set_size(0);
             h.set_mtime(0);
             h.set_cksum();
-            t.append_data(&mut h, format!("{d}/"), std::io::empty()).map_err(io)?;
+            t.append_data(&mut h, format!("{d}/"), std::io::empty())
+                .map_err(io)?;
         }
         for (p, (mode, bytes)) in &self.files {
             let mut h = tar::Header::new_gnu();
@@ -85,7 +97,9 @@ pub async fn build(
         labels: Some(labels),
         ..Default::default()
     };
-    let mut stream = engine.docker.build_image(opts, None, Some(bollard::body_full(tar.into())));
+    let mut stream = engine
+        .docker
+        .build_image(opts, None, Some(bollard::body_full(tar.into())));
     let mut current = String::new();
     let mut log = String::new();
     let mut id = None;
@@ -112,12 +126,20 @@ pub async fn build(
             id = Some(aux);
         }
         if let Some(err) = info.error_detail.and_then(|d| d.message) {
-            let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             return Err(Error::Build {
                 service: service.into(),
                 step: step_suffix(&current),
                 message: format!("{err}\n{}", tail.join("\n")),
-                hint: "fix the failing step (the rendered Dockerfile is under deploy/services/)".into(),
+                hint: "fix the failing step (the rendered Dockerfile is under deploy/services/)"
+                    .into(),
             });
         }
     }
@@ -149,7 +171,13 @@ pub async fn tag(engine: &Engine, image: &str, reference: &str) -> Result<()> {
     };
     engine
         .docker
-        .tag_image(image, Some(bollard::query_parameters::TagImageOptions { repo: Some(repo.into()), tag: Some(tag.into()) }))
+        .tag_image(
+            image,
+            Some(bollard::query_parameters::TagImageOptions {
+                repo: Some(repo.into()),
+                tag: Some(tag.into()),
+            }),
+        )
         .await
         .map_err(|e| Error::engine(format!("tag {image} as {reference}"), e))
 }
@@ -172,7 +200,20 @@ mod tests {
         assert_ne!(a.hash(), b.hash());
         let bytes = a.tar().unwrap();
         let mut ar = tar::Archive::new(bytes.as_slice());
-        let names: Vec<String> = ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
-        assert_eq!(names, ["target/", "target/x/", "target/x/release/", "Dockerfile", "target/x/release/bin"]);
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "target/",
+                "target/x/",
+                "target/x/release/",
+                "Dockerfile",
+                "target/x/release/bin"
+            ]
+        );
     }
 }

@@ -4,8 +4,8 @@
 use super::{container_name, network_name, volume_name, LABEL_CONFIG_HASH, LABEL_PROJECT};
 use crate::model::containers::{ContainerSpec, Image, Source, SECRETS_DIR};
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, NetworkingConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -45,7 +45,15 @@ pub fn secret_dir(paths: &Paths, container: &str) -> PathBuf {
 /// The create body of one replica. `image_id` and `inputs` (the bytes of
 /// every rendered file it mounts) go into the config hash, so a new image or
 /// a changed config file makes the container outdated.
-pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, image_id: &str, paths: &Paths, inputs: &[u8]) -> Desired {
+pub fn desired(
+    spec: &ContainerSpec,
+    project: &str,
+    replica: u32,
+    image: &str,
+    image_id: &str,
+    paths: &Paths,
+    inputs: &[u8],
+) -> Desired {
     let name = container_name(project, &spec.name, replica);
     let ns = |d: crate::model::Duration| d.nanos();
     let mut binds = Vec::new();
@@ -53,13 +61,22 @@ pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, i
     for m in &spec.mounts {
         let ro = if m.read_only { ":ro" } else { "" };
         match &m.source {
-            Source::Rendered { path } => binds.push(format!("{}:{}{ro}", paths.out.join(path).display(), m.target)),
+            Source::Rendered { path } => binds.push(format!(
+                "{}:{}{ro}",
+                paths.out.join(path).display(),
+                m.target
+            )),
             Source::Host { path } => binds.push(format!("{path}:{}{ro}", m.target)),
-            Source::Volume { name: v } => binds.push(format!("{}:{}{ro}", volume_name(project, v), m.target)),
+            Source::Volume { name: v } => {
+                binds.push(format!("{}:{}{ro}", volume_name(project, v), m.target))
+            }
         }
     }
     for s in &spec.secrets {
-        binds.push(format!("{}:{SECRETS_DIR}/{s}:ro", secret_dir(paths, &name).join(s).display()));
+        binds.push(format!(
+            "{}:{SECRETS_DIR}/{s}:ro",
+            secret_dir(paths, &name).join(s).display()
+        ));
     }
     for t in &spec.tmpfs {
         tmpfs.insert(t.clone(), "rw,nosuid,nodev,size=64m".to_string());
@@ -71,7 +88,13 @@ pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, i
     }
     for (h, c) in &spec.ports {
         exposed.push(format!("{c}/tcp"));
-        port_bindings.insert(format!("{c}/tcp"), Some(vec![PortBinding { host_ip: None, host_port: Some(h.to_string()) }]));
+        port_bindings.insert(
+            format!("{c}/tcp"),
+            Some(vec![PortBinding {
+                host_ip: None,
+                host_port: Some(h.to_string()),
+            }]),
+        );
     }
     exposed.sort();
     exposed.dedup();
@@ -110,14 +133,20 @@ pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, i
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
-            restart_policy: Some(RestartPolicy { name: Some(restart), maximum_retry_count: None }),
+            restart_policy: Some(RestartPolicy {
+                name: Some(restart),
+                maximum_retry_count: None,
+            }),
             memory: Some(spec.resources.memory.bytes() as i64),
             memory_reservation: Some(spec.resources.reserve_memory.bytes() as i64),
             nano_cpus: Some((spec.resources.cpus * 1e9) as i64),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
-                config: Some(HashMap::from([("max-size".into(), "10m".into()), ("max-file".into(), "3".into())])),
+                config: Some(HashMap::from([
+                    ("max-size".into(), "10m".into()),
+                    ("max-file".into(), "3".into()),
+                ])),
             }),
             network_mode: Some(network_name(project, &first_net)),
             ..Default::default()
@@ -125,7 +154,10 @@ pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, i
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 network_name(project, &first_net),
-                EndpointSettings { aliases: Some(vec![spec.name.clone()]), ..Default::default() },
+                EndpointSettings {
+                    aliases: Some(vec![spec.name.clone()]),
+                    ..Default::default()
+                },
             )])),
         }),
         ..Default::default()
@@ -138,7 +170,14 @@ pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, i
     if let Some(l) = body.labels.as_mut() {
         l.insert(LABEL_CONFIG_HASH.into(), hash.clone());
     }
-    Desired { spec: spec.clone(), replica, name, image: image.to_string(), body, hash }
+    Desired {
+        spec: spec.clone(),
+        replica,
+        name,
+        image: image.to_string(),
+        body,
+        hash,
+    }
 }
 
 /// The secret files a container reads, copied where only it mounts them:
@@ -147,22 +186,30 @@ pub fn desired(spec: &ContainerSpec, project: &str, replica: u32, image: &str, i
 pub fn stage_secrets(secrets_src: &Path, paths: &Paths, d: &Desired) -> crate::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = secret_dir(paths, &d.name);
-    std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Write { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
     for base in [&paths.run, &dir] {
         let _ = std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700));
     }
     for s in &d.spec.secrets {
         let src = secrets_src.join(s);
-        let bytes = std::fs::read(&src).map_err(|_| crate::Error::usage(
-            format!("secret `{s}` is missing ({} does not exist)", src.display()),
-            "run `stackctl setup` to create the stack's secrets",
-        ))?;
+        let bytes = std::fs::read(&src).map_err(|_| {
+            crate::Error::usage(
+                format!("secret `{s}` is missing ({} does not exist)", src.display()),
+                "run `stackctl setup` to create the stack's secrets",
+            )
+        })?;
         let dst = dir.join(s);
         let tmp = dir.join(format!(".{s}.tmp"));
         std::fs::write(&tmp, bytes)
             .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444)))
             .and_then(|_| std::fs::rename(&tmp, &dst))
-            .map_err(|source| crate::Error::Write { path: dst.clone(), source })?;
+            .map_err(|source| crate::Error::Write {
+                path: dst.clone(),
+                source,
+            })?;
     }
     Ok(())
 }

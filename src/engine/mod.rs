@@ -34,20 +34,31 @@ impl Engine {
     /// Connect as DOCKER_HOST says (default: the local unix socket) and check
     /// the daemon answers with a recent enough API.
     pub async fn connect() -> Result<Engine> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-        let unreachable = |m: String| Error::EngineUnreachable { host: host.clone(), message: m };
+        let host =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let unreachable = |m: String| Error::EngineUnreachable {
+            host: host.clone(),
+            message: m,
+        };
         let timeout = 120;
         let docker = if let Some(path) = host.strip_prefix("unix://") {
             if !std::path::Path::new(path).exists() {
                 return Err(unreachable(format!("{path} does not exist")));
             }
             Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION)
-        } else if host.starts_with("tcp://") || host.starts_with("https://") || host.starts_with("http://") {
-            let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0") || host.starts_with("https://");
+        } else if host.starts_with("tcp://")
+            || host.starts_with("https://")
+            || host.starts_with("http://")
+        {
+            let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0")
+                || host.starts_with("https://");
             if tls {
-                let certs = std::env::var("DOCKER_CERT_PATH").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-                    std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker")
-                });
+                let certs = std::env::var("DOCKER_CERT_PATH")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|_| {
+                        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                            .join(".docker")
+                    });
                 Docker::connect_with_ssl(
                     &host.replacen("tcp://", "https://", 1),
                     &certs.join("key.pem"),
@@ -60,7 +71,9 @@ impl Engine {
                 Docker::connect_with_http(&host, timeout, bollard::API_DEFAULT_VERSION)
             }
         } else {
-            return Err(unreachable("unsupported DOCKER_HOST scheme (use unix:// or tcp://)".into()));
+            return Err(unreachable(
+                "unsupported DOCKER_HOST scheme (use unix:// or tcp://)".into(),
+            ));
         };
         let docker = docker.map_err(|e| unreachable(e.to_string()))?;
         let v = tokio::time::timeout(std::time::Duration::from_secs(10), docker.version())
@@ -69,9 +82,17 @@ impl Engine {
             .map_err(|e| unreachable(e.to_string()))?;
         let api_version = v.api_version.unwrap_or_default();
         if parse_api(&api_version) < MIN_API {
-            return Err(Error::EngineTooOld { version: api_version, minimum: format!("{}.{}", MIN_API.0, MIN_API.1) });
+            return Err(Error::EngineTooOld {
+                version: api_version,
+                minimum: format!("{}.{}", MIN_API.0, MIN_API.1),
+            });
         }
-        Ok(Engine { docker, host, api_version, server_version: v.version.unwrap_or_default() })
+        Ok(Engine {
+            docker,
+            host,
+            api_version,
+            server_version: v.version.unwrap_or_default(),
+        })
     }
 
     /// Whether the daemon speaks at least this API version.
@@ -81,9 +102,19 @@ impl Engine {
 
     /// Containers (running or not) carrying every given label.
     pub async fn containers(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerSummary>> {
-        let filters = HashMap::from([("label".to_string(), labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())]);
+        let filters = HashMap::from([(
+            "label".to_string(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
         self.docker
-            .list_containers(Some(qp::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .list_containers(Some(qp::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await
             .map_err(|e| Error::engine("list containers", e))
     }
@@ -91,13 +122,20 @@ impl Engine {
     pub async fn image(&self, reference: &str) -> Result<Option<ImageInspect>> {
         match self.docker.inspect_image(reference).await {
             Ok(i) => Ok(Some(i)),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
             Err(e) => Err(Error::engine(format!("inspect image {reference}"), e)),
         }
     }
 
     /// Run a command in a running container; its exit code and combined output.
-    pub async fn exec(&self, container: &str, cmd: &[String], user: Option<&str>) -> Result<(i64, String)> {
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: &[String],
+        user: Option<&str>,
+    ) -> Result<(i64, String)> {
         use bollard::exec::{CreateExecOptions, StartExecResults};
         let created = self
             .docker
@@ -114,8 +152,11 @@ impl Engine {
             .await
             .map_err(|e| Error::engine(format!("exec in {container}"), e))?;
         let mut out = String::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            self.docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec in {container}"), e))?
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| Error::engine(format!("exec in {container}"), e))?
         {
             while let Some(chunk) = output.next().await {
                 match chunk {
@@ -138,7 +179,12 @@ impl Engine {
     pub async fn tail(&self, container: &str, n: usize) -> String {
         let mut logs = self.docker.logs(
             container,
-            Some(qp::LogsOptions { stdout: true, stderr: true, tail: n.to_string(), ..Default::default() }),
+            Some(qp::LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: n.to_string(),
+                ..Default::default()
+            }),
         );
         let mut out = String::new();
         while let Some(Ok(chunk)) = logs.next().await {

@@ -73,7 +73,10 @@ impl Part<'_> {
 
 /// `backups/<project>/` under the stack root.
 pub fn project_dir(stack: &Stack) -> PathBuf {
-    stack.root.join("backups").join(crate::engine::project(stack))
+    stack
+        .root
+        .join("backups")
+        .join(crate::engine::project(stack))
 }
 
 fn progress(ui: &Ui, len: Option<u64>, msg: String) -> indicatif::ProgressBar {
@@ -98,8 +101,15 @@ fn progress(ui: &Ui, len: Option<u64>, msg: String) -> indicatif::ProgressBar {
 }
 
 fn git_commit(root: &Path) -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(root).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The container of a data service, checked to be running.
@@ -107,11 +117,16 @@ async fn running_container(env: &StackEnv<'_>, instance: &str) -> Result<String>
     let name = container_name(&env.project, instance, 1);
     let running = match env.engine.docker.inspect_container(&name, None).await {
         Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => false,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => false,
         Err(e) => return Err(Error::engine(format!("inspect {name}"), e)),
     };
     if !running {
-        return Err(Error::NotRunning { container: name, hint: format!("start it first: `stackctl start {instance}`") });
+        return Err(Error::NotRunning {
+            container: name,
+            hint: format!("start it first: `stackctl start {instance}`"),
+        });
     }
     Ok(name)
 }
@@ -147,18 +162,36 @@ fn redis_cmd(r: &crate::model::Redis) -> Vec<String> {
         script.into(),
         "sh".into(),
         r.port.to_string(),
-        format!("{}/{}", crate::model::containers::SECRETS_DIR, r.password_secret),
+        format!(
+            "{}/{}",
+            crate::model::containers::SECRETS_DIR,
+            r.password_secret
+        ),
     ]
 }
 
 /// Run `cmd` in `container`; its stdout streamed into `path` (created new),
 /// hashed on the way. Returns (size, sha256). A non-zero exit is an error
 /// carrying the command's stderr.
-async fn exec_to_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, path: &Path, pb: &indicatif::ProgressBar) -> Result<(u64, String)> {
+async fn exec_to_file(
+    env: &StackEnv<'_>,
+    container: &str,
+    cmd: Vec<String>,
+    path: &Path,
+    pb: &indicatif::ProgressBar,
+) -> Result<(u64, String)> {
     let docker = &env.engine.docker;
     let what = format!("{} in {container}", cmd_name(&cmd));
     let created = docker
-        .create_exec(container, CreateExecOptions { cmd: Some(cmd), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() })
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(cmd),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| Error::engine(format!("exec {what}"), e))?;
     let file = tokio::fs::OpenOptions::new()
@@ -167,30 +200,57 @@ async fn exec_to_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, pat
         .mode(0o600)
         .open(path)
         .await
-        .map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+        .map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut stderr = Vec::new();
-    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec {what}"), e))? {
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| Error::engine(format!("exec {what}"), e))?
+    {
         while let Some(chunk) = output.next().await {
             match chunk.map_err(|e| Error::engine(format!("output of {what}"), e))? {
                 LogOutput::StdOut { message } => {
                     hasher.update(&message);
                     size += message.len() as u64;
                     pb.inc(message.len() as u64);
-                    out.write_all(&message).await.map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+                    out.write_all(&message)
+                        .await
+                        .map_err(|source| Error::Write {
+                            path: path.to_path_buf(),
+                            source,
+                        })?;
                 }
-                LogOutput::StdErr { message } if stderr.len() < STDERR_KEEP => stderr.extend_from_slice(&message),
+                LogOutput::StdErr { message } if stderr.len() < STDERR_KEEP => {
+                    stderr.extend_from_slice(&message)
+                }
                 _ => {}
             }
         }
     }
-    out.flush().await.map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
-    out.get_ref().sync_all().await.map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+    out.flush().await.map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    out.get_ref()
+        .sync_all()
+        .await
+        .map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let code = exit_code(env, &created.id, &what).await?;
     if code != 0 {
-        return Err(Error::DataCommand { what, code, message: String::from_utf8_lossy(&stderr).trim().to_string() });
+        return Err(Error::DataCommand {
+            what,
+            code,
+            message: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
@@ -200,13 +260,22 @@ fn cmd_name(cmd: &[String]) -> String {
     if cmd.get(2).is_some_and(|l| l.contains("BGSAVE")) {
         return "the Redis snapshot (BGSAVE)".into();
     }
-    cmd.get(2).and_then(|l| l.split("exec ").nth(1)).and_then(|t| t.split_whitespace().next()).unwrap_or("command").to_string()
+    cmd.get(2)
+        .and_then(|l| l.split("exec ").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("command")
+        .to_string()
 }
 
 async fn exit_code(env: &StackEnv<'_>, id: &str, what: &str) -> Result<i64> {
     // The exit code is set a moment after the output stream closes.
     for _ in 0..50 {
-        let i = env.engine.docker.inspect_exec(id).await.map_err(|e| Error::engine(format!("exec {what}"), e))?;
+        let i = env
+            .engine
+            .docker
+            .inspect_exec(id)
+            .await
+            .map_err(|e| Error::engine(format!("exec {what}"), e))?;
         if i.running != Some(true) {
             return Ok(i.exit_code.unwrap_or(-1));
         }
@@ -216,25 +285,50 @@ async fn exit_code(env: &StackEnv<'_>, id: &str, what: &str) -> Result<i64> {
 }
 
 /// Run `cmd` in `container` with the file at `path` streamed to its stdin.
-async fn exec_from_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, path: &Path, pb: &indicatif::ProgressBar) -> Result<()> {
+async fn exec_from_file(
+    env: &StackEnv<'_>,
+    container: &str,
+    cmd: Vec<String>,
+    path: &Path,
+    pb: &indicatif::ProgressBar,
+) -> Result<()> {
     let docker = &env.engine.docker;
     let what = format!("{} in {container}", cmd_name(&cmd));
     let created = docker
         .create_exec(
             container,
-            CreateExecOptions { cmd: Some(cmd), attach_stdin: Some(true), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() },
+            CreateExecOptions {
+                cmd: Some(cmd),
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
         )
         .await
         .map_err(|e| Error::engine(format!("exec {what}"), e))?;
-    let mut file = tokio::fs::File::open(path).await.map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut messages = Vec::new();
-    if let StartExecResults::Attached { mut output, mut input } =
-        docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec {what}"), e))?
+    if let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| Error::engine(format!("exec {what}"), e))?
     {
         let send = async {
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = file.read(&mut buf).await.map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+                let n = file.read(&mut buf).await.map_err(|source| Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
                 if n == 0 {
                     break;
                 }
@@ -268,7 +362,11 @@ async fn exec_from_file(env: &StackEnv<'_>, container: &str, cmd: Vec<String>, p
     }
     let code = exit_code(env, &created.id, &what).await?;
     if code != 0 {
-        return Err(Error::DataCommand { what, code, message: String::from_utf8_lossy(&messages).trim().to_string() });
+        return Err(Error::DataCommand {
+            what,
+            code,
+            message: String::from_utf8_lossy(&messages).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -284,15 +382,27 @@ fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
     }
     let mut v: Vec<Part> = Vec::new();
     for n in names {
-        let part = if let Some(p) = stack.postgres.iter().find(|p| &p.name == n || &p.service == n) {
+        let part = if let Some(p) = stack
+            .postgres
+            .iter()
+            .find(|p| &p.name == n || &p.service == n)
+        {
             Part::Postgres(p)
         } else if let Some(r) = stack.redis.as_ref().filter(|r| &r.name == n) {
             Part::Redis(r)
         } else {
-            let mut choices: Vec<&str> = stack.postgres.iter().map(|p| p.service.as_str()).collect();
+            let mut choices: Vec<&str> =
+                stack.postgres.iter().map(|p| p.service.as_str()).collect();
             choices.extend(stack.redis.iter().map(|r| r.name.as_str()));
-            let why = if stack.service(n).is_some() { format!("service `{n}` has no database") } else { format!("no service or database `{n}` in this stack") };
-            return Err(Error::usage(why, format!("choose from: {}", choices.join(", "))));
+            let why = if stack.service(n).is_some() {
+                format!("service `{n}` has no database")
+            } else {
+                format!("no service or database `{n}` in this stack")
+            };
+            return Err(Error::usage(
+                why,
+                format!("choose from: {}", choices.join(", ")),
+            ));
         };
         if !v.iter().any(|x| x.instance() == part.instance()) {
             v.push(part);
@@ -303,8 +413,18 @@ fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
 
 fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
     match part {
-        Part::Postgres(p) => stack.services.iter().filter(|s| s.postgres.as_deref() == Some(p.name.as_str())).map(|s| s.name.clone()).collect(),
-        Part::Redis(_) => stack.services.iter().filter(|s| s.redis).map(|s| s.name.clone()).collect(),
+        Part::Postgres(p) => stack
+            .services
+            .iter()
+            .filter(|s| s.postgres.as_deref() == Some(p.name.as_str()))
+            .map(|s| s.name.clone())
+            .collect(),
+        Part::Redis(_) => stack
+            .services
+            .iter()
+            .filter(|s| s.redis)
+            .map(|s| s.name.clone())
+            .collect(),
     }
 }
 
@@ -321,10 +441,32 @@ pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &U
     let now = chrono::Utc::now();
     let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
     // Dumps hold password hashes and tokens: only root reads them.
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).map_err(|source| Error::Write { path: base.clone(), source })?;
-    let (dir, name) =
-        (0..).map(|i| if i == 0 { stamp.clone() } else { format!("{stamp}-{i}") }).map(|n| (base.join(&n), n)).find(|(d, _)| !d.exists()).expect("a free name");
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .map_err(|source| Error::Write {
+            path: base.clone(),
+            source,
+        })?;
+    let (dir, name) = (0..)
+        .map(|i| {
+            if i == 0 {
+                stamp.clone()
+            } else {
+                format!("{stamp}-{i}")
+            }
+        })
+        .map(|n| (base.join(&n), n))
+        .find(|(d, _)| !d.exists())
+        .expect("a free name");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
     let result = write_parts(stack, &env, &parts, &containers, &dir, ui).await;
     let files = match result {
         Ok(f) => f,
@@ -346,8 +488,14 @@ pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &U
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.into()))?;
     let tmp = dir.join(format!("{MANIFEST}.part"));
-    std::fs::write(&tmp, json).map_err(|source| Error::Write { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(|source| Error::Write { path: dir.join(MANIFEST), source })?;
+    std::fs::write(&tmp, json).map_err(|source| Error::Write {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(|source| Error::Write {
+        path: dir.join(MANIFEST),
+        source,
+    })?;
     let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     let seconds = t0.elapsed().as_secs_f64();
     let deleted = match keep {
@@ -364,12 +512,24 @@ pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &U
             "manifest": manifest,
         }));
     } else {
-        ui.ok(format!("backup {name}: {} files, {:.1} MB in {seconds:.1}s at {}", manifest.files.len(), total as f64 / 1e6, dir.display()));
+        ui.ok(format!(
+            "backup {name}: {} files, {:.1} MB in {seconds:.1}s at {}",
+            manifest.files.len(),
+            total as f64 / 1e6,
+            dir.display()
+        ));
     }
     Ok(0)
 }
 
-async fn write_parts(stack: &Stack, env: &StackEnv<'_>, parts: &[Part<'_>], containers: &[String], dir: &Path, ui: &Ui) -> Result<Vec<Entry>> {
+async fn write_parts(
+    stack: &Stack,
+    env: &StackEnv<'_>,
+    parts: &[Part<'_>],
+    containers: &[String],
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Vec<Entry>> {
     let mut files = Vec::new();
     for (part, container) in parts.iter().zip(containers) {
         let t = Instant::now();
@@ -391,9 +551,26 @@ async fn write_parts(stack: &Stack, env: &StackEnv<'_>, parts: &[Part<'_>], cont
         if kind == "redis" {
             check_rdb(&tmp)?;
         }
-        std::fs::rename(&tmp, dir.join(&file)).map_err(|source| Error::Write { path: dir.join(&file), source })?;
-        ui.ok(format!("{file}: {} ({:.1} MB) in {:.1}s", database.as_deref().unwrap_or("snapshot"), size as f64 / 1e6, t.elapsed().as_secs_f64()));
-        files.push(Entry { file, kind: kind.into(), instance: part.instance().to_string(), database, user, services: services_of(stack, part), size, sha256 });
+        std::fs::rename(&tmp, dir.join(&file)).map_err(|source| Error::Write {
+            path: dir.join(&file),
+            source,
+        })?;
+        ui.ok(format!(
+            "{file}: {} ({:.1} MB) in {:.1}s",
+            database.as_deref().unwrap_or("snapshot"),
+            size as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        ));
+        files.push(Entry {
+            file,
+            kind: kind.into(),
+            instance: part.instance().to_string(),
+            database,
+            user,
+            services: services_of(stack, part),
+            size,
+            sha256,
+        });
     }
     Ok(files)
 }
@@ -401,25 +578,38 @@ async fn write_parts(stack: &Stack, env: &StackEnv<'_>, parts: &[Part<'_>], cont
 /// A Redis snapshot starts with the RDB magic.
 fn check_rdb(path: &Path) -> Result<()> {
     let mut head = [0u8; 5];
-    let ok = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && &head == b"REDIS";
+    let ok = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && &head == b"REDIS";
     if ok {
         Ok(())
     } else {
-        Err(Error::DataCommand { what: "redis-cli --rdb".into(), code: 0, message: format!("{} is not an RDB snapshot", path.display()) })
+        Err(Error::DataCommand {
+            what: "redis-cli --rdb".into(),
+            code: 0,
+            message: format!("{} is not an RDB snapshot", path.display()),
+        })
     }
 }
 
 /// Complete backups (with a manifest) in `base`, oldest first.
 pub fn list(base: &Path) -> Vec<(String, Manifest)> {
     let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir(base) else { return v };
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return v;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if !p.is_dir() {
             continue;
         }
-        let Ok(bytes) = std::fs::read(p.join(MANIFEST)) else { continue };
-        let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
+        let Ok(bytes) = std::fs::read(p.join(MANIFEST)) else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else {
+            continue;
+        };
         v.push((e.file_name().to_string_lossy().into_owned(), m));
     }
     v.sort_by(|a, b| a.1.created.cmp(&b.1.created).then_with(|| a.0.cmp(&b.0)));
@@ -433,7 +623,10 @@ fn retain(base: &Path, keep: usize, ui: &Ui) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     for (name, _) in all.into_iter().take(excess) {
         let p = base.join(&name);
-        std::fs::remove_dir_all(&p).map_err(|source| Error::Write { path: p.clone(), source })?;
+        std::fs::remove_dir_all(&p).map_err(|source| Error::Write {
+            path: p.clone(),
+            source,
+        })?;
         ui.ok(format!("deleted old backup {name} (--keep {keep})"));
         deleted.push(name);
     }
@@ -441,7 +634,10 @@ fn retain(base: &Path, keep: usize, ui: &Ui) -> Result<Vec<String>> {
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BackupInvalid { path: path.to_path_buf(), reason: reason.into() }
+    Error::BackupInvalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// The backup directory a command-line argument names: a path, or a
@@ -455,10 +651,20 @@ fn resolve_dir(stack: &Stack, arg: &str) -> Result<PathBuf> {
     if !arg.contains('/') && named.is_dir() {
         return Ok(named);
     }
-    let have: Vec<String> = list(&project_dir(stack)).into_iter().map(|(n, _)| n).collect();
+    let have: Vec<String> = list(&project_dir(stack))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     Err(Error::usage(
-        format!("no backup `{arg}` (neither a directory nor a backup in {})", project_dir(stack).display()),
-        if have.is_empty() { "run `stackctl backup` first".to_string() } else { format!("backups of this project: {}", have.join(", ")) },
+        format!(
+            "no backup `{arg}` (neither a directory nor a backup in {})",
+            project_dir(stack).display()
+        ),
+        if have.is_empty() {
+            "run `stackctl backup` first".to_string()
+        } else {
+            format!("backups of this project: {}", have.join(", "))
+        },
     ))
 }
 
@@ -484,24 +690,54 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
     let mpath = dir.join(MANIFEST);
     let bytes = std::fs::read(&mpath)
         .map_err(|_| invalid(dir, format!("no {MANIFEST}: the backup is incomplete (it was interrupted, or is not a stackctl backup)")))?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(&mpath, format!("not a valid manifest: {e}")))?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(&mpath, format!("not a valid manifest: {e}")))?;
     if m.format != FORMAT {
-        return Err(invalid(&mpath, format!("manifest format {} (this stackctl reads format {FORMAT})", m.format)));
+        return Err(invalid(
+            &mpath,
+            format!(
+                "manifest format {} (this stackctl reads format {FORMAT})",
+                m.format
+            ),
+        ));
     }
     if m.files.is_empty() {
         return Err(invalid(&mpath, "the manifest lists no files"));
     }
     for f in &m.files {
         if f.file.is_empty() || f.file.contains('/') || f.file.starts_with('.') {
-            return Err(invalid(&mpath, format!("file name `{}` is not a plain name in the backup directory", f.file)));
+            return Err(invalid(
+                &mpath,
+                format!(
+                    "file name `{}` is not a plain name in the backup directory",
+                    f.file
+                ),
+            ));
         }
         let p = dir.join(&f.file);
-        let (size, sha) = sha256_file(&p).map_err(|e| invalid(&p, format!("cannot be read: {e} (the backup is incomplete)")))?;
+        let (size, sha) = sha256_file(&p).map_err(|e| {
+            invalid(
+                &p,
+                format!("cannot be read: {e} (the backup is incomplete)"),
+            )
+        })?;
         if size != f.size {
-            return Err(invalid(&p, format!("{size} bytes, the manifest says {} (truncated or changed)", f.size)));
+            return Err(invalid(
+                &p,
+                format!(
+                    "{size} bytes, the manifest says {} (truncated or changed)",
+                    f.size
+                ),
+            ));
         }
         if sha != f.sha256 {
-            return Err(invalid(&p, format!("sha256 {sha} does not match the manifest's {} (the file is corrupt)", f.sha256)));
+            return Err(invalid(
+                &p,
+                format!(
+                    "sha256 {sha} does not match the manifest's {} (the file is corrupt)",
+                    f.sha256
+                ),
+            ));
         }
     }
     Ok(m)
@@ -510,7 +746,10 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
 fn confirm(question: &str) -> Result<bool> {
     use std::io::IsTerminal;
     if !std::io::stdin().is_terminal() || !console::Term::stderr().is_term() {
-        return Err(Error::usage(format!("{question}: not confirmed (no terminal to ask on)"), "add --yes to confirm"));
+        return Err(Error::usage(
+            format!("{question}: not confirmed (no terminal to ask on)"),
+            "add --yes to confirm",
+        ));
     }
     eprint!("{question}? type `yes`: ");
     let mut answer = String::new();
@@ -522,9 +761,19 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     let t0 = Instant::now();
     let dir = resolve_dir(stack, arg)?;
     let manifest = verify(&dir)?;
-    ui.ok(format!("{}: {} files, sizes and sha256 match the manifest", dir.display(), manifest.files.len()));
+    ui.ok(format!(
+        "{}: {} files, sizes and sha256 match the manifest",
+        dir.display(),
+        manifest.files.len()
+    ));
     if manifest.stack != stack.name {
-        return Err(invalid(&dir, format!("it is a backup of stack `{}`, not `{}`", manifest.stack, stack.name)));
+        return Err(invalid(
+            &dir,
+            format!(
+                "it is a backup of stack `{}`, not `{}`",
+                manifest.stack, stack.name
+            ),
+        ));
     }
     // Every file must map onto this stack, and its container must run.
     let env = StackEnv::connect(stack).await?;
@@ -534,14 +783,26 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
         match f.kind.as_str() {
             "postgres" => {
                 let Some(p) = stack.postgres.iter().find(|p| p.name == f.instance) else {
-                    return Err(invalid(&dir, format!("{} is the database of `{}`, which this stack does not have", f.file, f.instance)));
+                    return Err(invalid(
+                        &dir,
+                        format!(
+                            "{} is the database of `{}`, which this stack does not have",
+                            f.file, f.instance
+                        ),
+                    ));
                 };
                 let container = running_container(&env, &p.name).await?;
                 plan.push((f, p, container));
             }
             "redis" => {
                 let Some(r) = stack.redis.as_ref().filter(|r| r.name == f.instance) else {
-                    return Err(invalid(&dir, format!("{} is the snapshot of `{}`, which this stack does not have", f.file, f.instance)));
+                    return Err(invalid(
+                        &dir,
+                        format!(
+                            "{} is the snapshot of `{}`, which this stack does not have",
+                            f.file, f.instance
+                        ),
+                    ));
                 };
                 redis_file = Some((f, r));
             }
@@ -551,11 +812,25 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     if plan.is_empty() && redis_file.is_none() {
         return Err(invalid(&dir, "it holds no database to restore"));
     }
-    let mut dbs: Vec<String> = plan.iter().map(|(f, p, _)| format!("{} on {}", f.database.as_deref().unwrap_or(&p.database), p.name)).collect();
+    let mut dbs: Vec<String> = plan
+        .iter()
+        .map(|(f, p, _)| {
+            format!(
+                "{} on {}",
+                f.database.as_deref().unwrap_or(&p.database),
+                p.name
+            )
+        })
+        .collect();
     if let Some((_, r)) = redis_file {
         dbs.push(format!("Redis ({})", r.name));
     }
-    let question = format!("replace the data of {} with backup {} (taken {})", dbs.join(", "), dir.display(), manifest.created);
+    let question = format!(
+        "replace the data of {} with backup {} (taken {})",
+        dbs.join(", "),
+        dir.display(),
+        manifest.created
+    );
     if !yes && !confirm(&question)? {
         ui.info("nothing restored");
         return Ok(1);
@@ -564,7 +839,9 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     // stopped for the restore, started again afterwards.
     let mut users: Vec<String> = Vec::new();
     for s in &stack.services {
-        let uses_pg = plan.iter().any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
+        let uses_pg = plan
+            .iter()
+            .any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
         if uses_pg || (s.redis && redis_file.is_some()) {
             users.push(s.name.clone());
         }
@@ -572,7 +849,13 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     let mut up_now = std::collections::HashSet::new();
     for c in env.running().await? {
         if c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running") {
-            up_now.insert(c.labels.unwrap_or_default().get(crate::model::containers::LABEL_SERVICE).cloned().unwrap_or_default());
+            up_now.insert(
+                c.labels
+                    .unwrap_or_default()
+                    .get(crate::model::containers::LABEL_SERVICE)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         }
     }
     // In stack order, so messages are stable.
@@ -581,20 +864,39 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     let t_stop = Instant::now();
     if !running.is_empty() {
         super::up::stop(stack, &running, &quiet).await?;
-        ui.ok(format!("stopped {} in {:.1}s", running.join(", "), t_stop.elapsed().as_secs_f64()));
+        ui.ok(format!(
+            "stopped {} in {:.1}s",
+            running.join(", "),
+            t_stop.elapsed().as_secs_f64()
+        ));
     }
     let mut timings = Vec::new();
     let mut failure = None;
     for (f, p, container) in &plan {
         let t = Instant::now();
         let pb = progress(ui, Some(f.size), f.file.clone());
-        let r =
-            exec_from_file(&env, container, pg_cmd("pg_restore --clean --if-exists --single-transaction", &p.user, &p.database), &dir.join(&f.file), &pb).await;
+        let r = exec_from_file(
+            &env,
+            container,
+            pg_cmd(
+                "pg_restore --clean --if-exists --single-transaction",
+                &p.user,
+                &p.database,
+            ),
+            &dir.join(&f.file),
+            &pb,
+        )
+        .await;
         pb.finish_and_clear();
         match r {
             Ok(()) => {
                 let secs = t.elapsed().as_secs_f64();
-                ui.ok(format!("{} restored from {} ({:.1} MB) in {secs:.1}s", p.database, f.file, f.size as f64 / 1e6));
+                ui.ok(format!(
+                    "{} restored from {} ({:.1} MB) in {secs:.1}s",
+                    p.database,
+                    f.file,
+                    f.size as f64 / 1e6
+                ));
                 timings.push(serde_json::json!({"database": p.database, "instance": p.name, "file": f.file, "seconds": secs}));
             }
             Err(e) => {
@@ -610,8 +912,13 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
         match restore_redis(&env, stack, r, &dir, f, &quiet).await {
             Ok(()) => {
                 let secs = t.elapsed().as_secs_f64();
-                ui.ok(format!("Redis restored from {} ({:.1} MB) in {secs:.1}s", f.file, f.size as f64 / 1e6));
-                timings.push(serde_json::json!({"instance": r.name, "file": f.file, "seconds": secs}));
+                ui.ok(format!(
+                    "Redis restored from {} ({:.1} MB) in {secs:.1}s",
+                    f.file,
+                    f.size as f64 / 1e6
+                ));
+                timings
+                    .push(serde_json::json!({"instance": r.name, "file": f.file, "seconds": secs}));
             }
             Err(e) => failure = Some(e),
         }
@@ -619,16 +926,27 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     // Start what was stopped, also after a failed restore (each database is
     // restored in one transaction: a failure leaves it as it was).
     let t_start = Instant::now();
-    let started = if running.is_empty() { Ok(0) } else { super::up::start(stack, &running, 300, &quiet).await };
+    let started = if running.is_empty() {
+        Ok(0)
+    } else {
+        super::up::start(stack, &running, 300, &quiet).await
+    };
     if let Some(e) = failure {
         if let Err(s) = started {
-            ui.warn(format!("starting {} again failed too: {s}", running.join(", ")));
+            ui.warn(format!(
+                "starting {} again failed too: {s}",
+                running.join(", ")
+            ));
         }
         return Err(e);
     }
     started?;
     if !running.is_empty() {
-        ui.ok(format!("started {} again in {:.1}s", running.join(", "), t_start.elapsed().as_secs_f64()));
+        ui.ok(format!(
+            "started {} again in {:.1}s",
+            running.join(", "),
+            t_start.elapsed().as_secs_f64()
+        ));
     }
     let seconds = t0.elapsed().as_secs_f64();
     if ui.json {
@@ -639,7 +957,10 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
             "seconds": seconds,
         }));
     } else {
-        ui.ok(format!("restore of {} done in {seconds:.1}s", dir.display()));
+        ui.ok(format!(
+            "restore of {} done in {seconds:.1}s",
+            dir.display()
+        ));
     }
     Ok(0)
 }
@@ -650,13 +971,31 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
 /// `appendonly`, as the base of a fresh multi-part append-only file (Redis 7
 /// loads only the AOF when it is on), swapped in whole. The caller starts
 /// Redis again.
-async fn restore_redis(env: &StackEnv<'_>, stack: &Stack, r: &crate::model::Redis, dir: &Path, f: &Entry, quiet: &Ui) -> Result<()> {
+async fn restore_redis(
+    env: &StackEnv<'_>,
+    stack: &Stack,
+    r: &crate::model::Redis,
+    dir: &Path,
+    f: &Entry,
+    quiet: &Ui,
+) -> Result<()> {
     use bollard::models::{ContainerCreateBody, HostConfig};
     use bollard::query_parameters as qp;
     let docker = &env.engine.docker;
-    let spec = env.containers.iter().find(|c| c.name == r.name).ok_or_else(|| invalid(dir, format!("no container `{}` in this stack", r.name)))?;
-    let volume = spec.volumes().next().map(|v| crate::engine::volume_name(&env.project, v)).ok_or_else(|| invalid(dir, "Redis has no data volume"))?;
-    let dir = std::fs::canonicalize(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    let spec = env
+        .containers
+        .iter()
+        .find(|c| c.name == r.name)
+        .ok_or_else(|| invalid(dir, format!("no container `{}` in this stack", r.name)))?;
+    let volume = spec
+        .volumes()
+        .next()
+        .map(|v| crate::engine::volume_name(&env.project, v))
+        .ok_or_else(|| invalid(dir, "Redis has no data volume"))?;
+    let dir = std::fs::canonicalize(dir).map_err(|source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     super::up::stop(stack, std::slice::from_ref(&r.name), quiet).await?;
     let aof = if r.appendonly {
         "rm -rf /data/appendonlydir.new; mkdir /data/appendonlydir.new; \
@@ -671,31 +1010,68 @@ async fn restore_redis(env: &StackEnv<'_>, stack: &Stack, r: &crate::model::Redi
         "set -e; owner=$(stat -c %u:%g /data); cp \"/backup/$1\" /data/dump.rdb.new; chown \"$owner\" /data/dump.rdb.new; {aof}mv /data/dump.rdb.new /data/dump.rdb; sync"
     );
     let name = format!("{}-restore-{}", env.project, r.name);
-    let _ = docker.remove_container(&name, Some(qp::RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(qp::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
     let mut labels = std::collections::HashMap::new();
-    labels.insert(crate::model::containers::LABEL_STACK.to_string(), stack.name.clone());
-    labels.insert(crate::engine::LABEL_PROJECT.to_string(), env.project.clone());
+    labels.insert(
+        crate::model::containers::LABEL_STACK.to_string(),
+        stack.name.clone(),
+    );
+    labels.insert(
+        crate::engine::LABEL_PROJECT.to_string(),
+        env.project.clone(),
+    );
     let body = ContainerCreateBody {
         image: Some(r.image.image().to_string()),
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), script, "sh".into(), f.file.clone()]),
+        entrypoint: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            script,
+            "sh".into(),
+            f.file.clone(),
+        ]),
         user: Some("0:0".into()),
         labels: Some(labels),
         host_config: Some(HostConfig {
-            binds: Some(vec![format!("{volume}:/data"), format!("{}:/backup:ro", dir.display())]),
+            binds: Some(vec![
+                format!("{volume}:/data"),
+                format!("{}:/backup:ro", dir.display()),
+            ]),
             network_mode: Some("none".into()),
             ..Default::default()
         }),
         ..Default::default()
     };
     docker
-        .create_container(Some(qp::CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+        .create_container(
+            Some(qp::CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
         .await
         .map_err(|e| Error::engine(format!("create {name}"), e))?;
     let result = async {
-        docker.start_container(&name, None).await.map_err(|e| Error::engine(format!("start {name}"), e))?;
+        docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| Error::engine(format!("start {name}"), e))?;
         let deadline = Instant::now() + std::time::Duration::from_secs(600);
         loop {
-            let state = docker.inspect_container(&name, None).await.map_err(|e| Error::engine(format!("inspect {name}"), e))?.state.unwrap_or_default();
+            let state = docker
+                .inspect_container(&name, None)
+                .await
+                .map_err(|e| Error::engine(format!("inspect {name}"), e))?
+                .state
+                .unwrap_or_default();
             if state.running != Some(true) {
                 let code = state.exit_code.unwrap_or(-1);
                 if code == 0 {
@@ -708,13 +1084,25 @@ async fn restore_redis(env: &StackEnv<'_>, stack: &Stack, r: &crate::model::Redi
                 });
             }
             if Instant::now() > deadline {
-                return Err(Error::DataCommand { what: format!("writing {} into {volume}", f.file), code: -1, message: "not done after 600 s".into() });
+                return Err(Error::DataCommand {
+                    what: format!("writing {} into {volume}", f.file),
+                    code: -1,
+                    message: "not done after 600 s".into(),
+                });
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
     .await;
-    let _ = docker.remove_container(&name, Some(qp::RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(qp::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
     result
 }
 
@@ -759,17 +1147,29 @@ mod tests {
         b[3] ^= 1;
         std::fs::write(&p, &b).unwrap();
         let e = verify(d.path()).unwrap_err();
-        assert!(e.to_string().contains("postgres-user.dump") && e.to_string().contains("corrupt"), "{e}");
+        assert!(
+            e.to_string().contains("postgres-user.dump") && e.to_string().contains("corrupt"),
+            "{e}"
+        );
         assert_eq!(e.exit_code(), 37);
         // Truncated.
         std::fs::write(&p, &b[..5]).unwrap();
-        assert!(verify(d.path()).unwrap_err().to_string().contains("truncated"));
+        assert!(verify(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         // Missing file.
         std::fs::remove_file(&p).unwrap();
-        assert!(verify(d.path()).unwrap_err().to_string().contains("incomplete"));
+        assert!(verify(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("incomplete"));
         // No manifest.
         std::fs::remove_file(d.path().join(MANIFEST)).unwrap();
-        assert!(verify(d.path()).unwrap_err().to_string().contains("no manifest.json"));
+        assert!(verify(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("no manifest.json"));
     }
 
     #[test]
@@ -778,7 +1178,10 @@ mod tests {
         let mut m = write_backup(d.path());
         m.files[0].file = "../etc/passwd".into();
         std::fs::write(d.path().join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
-        assert!(verify(d.path()).unwrap_err().to_string().contains("not a plain name"));
+        assert!(verify(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not a plain name"));
     }
 
     #[test]
@@ -798,6 +1201,9 @@ mod tests {
 
     #[test]
     fn the_tool_of_a_shell_line_names_errors() {
-        assert_eq!(cmd_name(&pg_cmd("pg_dump --format=custom", "u", "d")), "pg_dump");
+        assert_eq!(
+            cmd_name(&pg_cmd("pg_dump --format=custom", "u", "d")),
+            "pg_dump"
+        );
     }
 }

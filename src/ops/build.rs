@@ -35,7 +35,15 @@ pub fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<&'s Service>
             stack.service(n).ok_or_else(|| {
                 Error::usage(
                     format!("no service `{n}` in this stack"),
-                    format!("choose from: {}", stack.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "choose from: {}",
+                        stack
+                            .services
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 )
             })
         })
@@ -43,7 +51,16 @@ pub fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<&'s Service>
 }
 
 pub fn target_dir(stack: &Stack) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).map(|p| if p.is_absolute() { p } else { stack.root.join(p) }).unwrap_or_else(|| stack.root.join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                stack.root.join(p)
+            }
+        })
+        .unwrap_or_else(|| stack.root.join("target"))
 }
 
 /// `cargo build --release` of the packages, static, for the scratch images.
@@ -51,18 +68,31 @@ pub fn cargo_build(stack: &Stack, services: &[&Service], ui: &Ui) -> Result<()> 
     let mut packages: Vec<&str> = services.iter().map(|s| s.package.as_str()).collect();
     packages.sort();
     packages.dedup();
-    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&stack.root).args(["build", "--release", "--target", TARGET]);
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&stack.root)
+        .args(["build", "--release", "--target", TARGET]);
     for p in &packages {
         cmd.args(["-p", p]);
     }
     let flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    cmd.env("RUSTFLAGS", format!("{flags} -C target-feature=+crt-static").trim());
+    cmd.env(
+        "RUSTFLAGS",
+        format!("{flags} -C target-feature=+crt-static").trim(),
+    );
     if ui.quiet || ui.json {
         cmd.arg("--quiet");
     }
-    ui.info(format!("cargo build --release --target {TARGET} ({} packages, static)", packages.len()));
-    let status = cmd.status().map_err(|e| Error::usage(format!("cannot run cargo: {e}"), "install the Rust toolchain (rustup) and put cargo on PATH"))?;
+    ui.info(format!(
+        "cargo build --release --target {TARGET} ({} packages, static)",
+        packages.len()
+    ));
+    let status = cmd.status().map_err(|e| {
+        Error::usage(
+            format!("cannot run cargo: {e}"),
+            "install the Rust toolchain (rustup) and put cargo on PATH",
+        )
+    })?;
     if !status.success() {
         return Err(Error::Build {
             service: packages.join(", "),
@@ -75,8 +105,15 @@ pub fn cargo_build(stack: &Stack, services: &[&Service], ui: &Ui) -> Result<()> 
 }
 
 fn git(stack: &Stack, args: &[&str]) -> Option<String> {
-    let o = std::process::Command::new("git").args(args).current_dir(&stack.root).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    let o = std::process::Command::new("git")
+        .args(args)
+        .current_dir(&stack.root)
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The tag of a service image: git short commit (+"-dirty"), the inputs' hash, or the literal.
@@ -93,7 +130,13 @@ pub fn tag_for(stack: &Stack, inputs_hash: &str) -> String {
     }
 }
 
-pub async fn build(stack: &Stack, names: &[String], push: bool, no_cargo: bool, ui: &Ui) -> Result<i32> {
+pub async fn build(
+    stack: &Stack,
+    names: &[String],
+    push: bool,
+    no_cargo: bool,
+    ui: &Ui,
+) -> Result<i32> {
     let services = select(stack, names)?;
     let started = Instant::now();
     if !no_cargo {
@@ -103,20 +146,31 @@ pub async fn build(stack: &Stack, names: &[String], push: bool, no_cargo: bool, 
     let env = StackEnv::connect(stack).await?;
     let artifacts = env.render()?;
     let target = target_dir(stack).join(TARGET).join("release");
-    let ca = artifacts.files.get("certs/ca-certificates.crt").cloned().unwrap_or_default();
-    let layout_out = crate::render::Layout::new(stack, Some(&env.paths.out), String::new()).out_from_root;
+    let ca = artifacts
+        .files
+        .get("certs/ca-certificates.crt")
+        .cloned()
+        .unwrap_or_default();
+    let layout_out =
+        crate::render::Layout::new(stack, Some(&env.paths.out), String::new()).out_from_root;
     let revision = git(stack, &["rev-parse", "HEAD"]).unwrap_or_default();
-    let source = git(stack, &["remote", "get-url", "origin"]).unwrap_or_else(|| stack.root.display().to_string());
+    let source = git(stack, &["remote", "get-url", "origin"])
+        .unwrap_or_else(|| stack.root.display().to_string());
 
     let mp = indicatif::MultiProgress::with_draw_target(if ui.quiet || ui.json || !ui.colors() {
         indicatif::ProgressDrawTarget::hidden()
     } else {
         indicatif::ProgressDrawTarget::stderr()
     });
-    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<18} {wide_msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<18} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
 
     let jobs = services.iter().map(|s| {
-        let bar = mp.add(indicatif::ProgressBar::new_spinner().with_style(style.clone()).with_prefix(s.name.clone()));
+        let bar = mp.add(
+            indicatif::ProgressBar::new_spinner()
+                .with_style(style.clone())
+                .with_prefix(s.name.clone()),
+        );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         let env = &env;
         let artifacts = &artifacts;
@@ -134,11 +188,23 @@ pub async fn build(stack: &Stack, names: &[String], push: bool, no_cargo: bool, 
                 message: format!("cannot read {}: {e}", bin_path.display()),
                 hint: "run `stackctl build` without --no-cargo, or check CARGO_TARGET_DIR".into(),
             })?;
-            let dockerfile = artifacts.files.get(&format!("services/{}/Dockerfile", s.name)).cloned().unwrap_or_default();
+            let dockerfile = artifacts
+                .files
+                .get(&format!("services/{}/Dockerfile", s.name))
+                .cloned()
+                .unwrap_or_default();
             let mut ctx = Context::default();
             ctx.add("Dockerfile", 0o644, dockerfile);
-            ctx.add(&format!("target/{TARGET}/release/{}", s.binary), 0o755, binary);
-            ctx.add(&format!("{layout_out}/certs/ca-certificates.crt"), 0o644, ca.clone());
+            ctx.add(
+                &format!("target/{TARGET}/release/{}", s.binary),
+                0o755,
+                binary,
+            );
+            ctx.add(
+                &format!("{layout_out}/certs/ca-certificates.crt"),
+                0o644,
+                ca.clone(),
+            );
             let inputs = ctx.hash();
             let tag = tag_for(env.stack, &inputs);
             let repo = env.stack.image_repo(&s.name);
@@ -149,12 +215,19 @@ pub async fn build(stack: &Stack, names: &[String], push: bool, no_cargo: bool, 
             // Cached: an image of this service with exactly these inputs exists.
             let filters = HashMap::from([(
                 "label".to_string(),
-                vec![format!("{LABEL_INPUTS}={inputs}"), format!("{LABEL_SERVICE}={}", s.name), format!("{LABEL_STACK}={}", env.stack.name)],
+                vec![
+                    format!("{LABEL_INPUTS}={inputs}"),
+                    format!("{LABEL_SERVICE}={}", s.name),
+                    format!("{LABEL_STACK}={}", env.stack.name),
+                ],
             )]);
             let existing = env
                 .engine
                 .docker
-                .list_images(Some(bollard::query_parameters::ListImagesOptions { filters: Some(filters), ..Default::default() }))
+                .list_images(Some(bollard::query_parameters::ListImagesOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
                 .await
                 .map_err(|e| Error::engine("list images", e))?;
             let (id, built) = if let Some(img) = existing.first() {
@@ -168,21 +241,48 @@ pub async fn build(stack: &Stack, names: &[String], push: bool, no_cargo: bool, 
                     (LABEL_INPUTS.to_string(), inputs.clone()),
                     (LABEL_SERVICE.to_string(), s.name.clone()),
                     (LABEL_STACK.to_string(), env.stack.name.clone()),
-                    ("org.opencontainers.image.source".to_string(), source.clone()),
-                    ("org.opencontainers.image.revision".to_string(), revision.clone()),
-                    ("org.opencontainers.image.created".to_string(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                    ("org.opencontainers.image.version".to_string(), env.stack.version.clone()),
+                    (
+                        "org.opencontainers.image.source".to_string(),
+                        source.clone(),
+                    ),
+                    (
+                        "org.opencontainers.image.revision".to_string(),
+                        revision.clone(),
+                    ),
+                    (
+                        "org.opencontainers.image.created".to_string(),
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    ),
+                    (
+                        "org.opencontainers.image.version".to_string(),
+                        env.stack.version.clone(),
+                    ),
                 ]);
                 let step = |m: &str| bar.set_message(m.to_string());
                 let id = ebuild::build(&env.engine, &s.name, &ctx, &refs, labels, &step).await?;
                 (id, true)
             };
-            let size = env.engine.image(&id).await?.and_then(|i| i.size).unwrap_or(0) as u64;
+            let size = env
+                .engine
+                .image(&id)
+                .await?
+                .and_then(|i| i.size)
+                .unwrap_or(0) as u64;
             bar.finish_with_message(if built { "built" } else { "cached" });
-            Ok::<Built, Error>(Built { service: s.name.clone(), reference: refs[0].clone(), id, size, built, seconds: t0.elapsed().as_secs_f64() })
+            Ok::<Built, Error>(Built {
+                service: s.name.clone(),
+                reference: refs[0].clone(),
+                id,
+                size,
+                built,
+                seconds: t0.elapsed().as_secs_f64(),
+            })
         }
     });
-    let results: Vec<Result<Built>> = futures::stream::iter(jobs).buffer_unordered(4).collect().await;
+    let results: Vec<Result<Built>> = futures::stream::iter(jobs)
+        .buffer_unordered(4)
+        .collect()
+        .await;
     let _ = mp.clear();
     let mut done = Vec::new();
     for r in results {
@@ -210,8 +310,16 @@ fn report(done: &[Built], cargo_secs: f64, total: f64, ui: &Ui) {
     if ui.quiet {
         return;
     }
-    let w = done.iter().map(|b| b.reference.len()).max().unwrap_or(5).max(5);
-    println!("{:<18} {:<w$} {:>8} {:>7} {:>7}", "SERVICE", "IMAGE", "SIZE", "STATUS", "TIME");
+    let w = done
+        .iter()
+        .map(|b| b.reference.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<18} {:<w$} {:>8} {:>7} {:>7}",
+        "SERVICE", "IMAGE", "SIZE", "STATUS", "TIME"
+    );
     for b in done {
         println!(
             "{:<18} {:<w$} {:>6.1}MB {:>7} {:>6.2}s",
@@ -222,5 +330,12 @@ fn report(done: &[Built], cargo_secs: f64, total: f64, ui: &Ui) {
             b.seconds
         );
     }
-    println!("{} images ({} built, {} cached); cargo {:.1}s, total {:.1}s", done.len(), done.iter().filter(|b| b.built).count(), done.iter().filter(|b| !b.built).count(), cargo_secs, total);
+    println!(
+        "{} images ({} built, {} cached); cargo {:.1}s, total {:.1}s",
+        done.len(),
+        done.iter().filter(|b| b.built).count(),
+        done.iter().filter(|b| !b.built).count(),
+        cargo_secs,
+        total
+    );
 }

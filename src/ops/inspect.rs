@@ -24,14 +24,20 @@ pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> Option<(u16,
         s.take(1 << 20).read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((status, dechunk(&text, body)))
     };
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
 
 fn dechunk(head: &str, body: String) -> String {
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body;
     }
     let mut out = String::new();
@@ -49,18 +55,30 @@ fn dechunk(head: &str, body: String) -> String {
 
 /// The container's addresses on its networks.
 async fn addresses(engine: &Engine, name: &str) -> Vec<String> {
-    let Ok(info) = engine.docker.inspect_container(name, None).await else { return vec![] };
+    let Ok(info) = engine.docker.inspect_container(name, None).await else {
+        return vec![];
+    };
     info.network_settings
         .and_then(|n| n.networks)
-        .map(|nets| nets.values().filter_map(|e| e.ip_address.clone()).filter(|ip| !ip.is_empty()).collect())
+        .map(|nets| {
+            nets.values()
+                .filter_map(|e| e.ip_address.clone())
+                .filter(|ip| !ip.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// A service's own ready report, fetched from one of its addresses.
 async fn ready_report(engine: &Engine, d: &Desired, port: u16, path: &str) -> Option<(u16, Value)> {
     for ip in addresses(engine, &d.name).await {
-        if let Some((status, body)) = http_get(&format!("{ip}:{port}"), path, Duration::from_secs(3)).await {
-            return Some((status, serde_json::from_str(&body).unwrap_or(Value::String(body))));
+        if let Some((status, body)) =
+            http_get(&format!("{ip}:{port}"), path, Duration::from_secs(3)).await
+        {
+            return Some((
+                status,
+                serde_json::from_str(&body).unwrap_or(Value::String(body)),
+            ));
         }
     }
     None
@@ -70,16 +88,29 @@ fn summarize(report: &Value) -> String {
     match report.get("checks").and_then(Value::as_object) {
         Some(checks) if !checks.is_empty() => checks
             .iter()
-            .map(|(k, v)| format!("{k} {}", v.get("status").and_then(Value::as_str).unwrap_or("?")))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {}",
+                    v.get("status").and_then(Value::as_str).unwrap_or("?")
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
-        _ => report.get("status").and_then(Value::as_str).unwrap_or("-").to_string(),
+        _ => report
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string(),
     }
 }
 
 fn uptime(started: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(started) else { return "-".into() };
-    let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(started) else {
+        return "-".into();
+    };
+    let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
@@ -102,12 +133,24 @@ async fn health_rows(env: &StackEnv<'_>, desired: &[Desired]) -> Vec<Row> {
     let mut rows = Vec::new();
     for d in desired {
         let Ok(info) = env.engine.docker.inspect_container(&d.name, None).await else {
-            rows.push(Row { container: d.name.clone(), state: "missing".into(), health: "-".into(), restarts: 0, uptime: "-".into(), ready: "-".into(), ok: false });
+            rows.push(Row {
+                container: d.name.clone(),
+                state: "missing".into(),
+                health: "-".into(),
+                restarts: 0,
+                uptime: "-".into(),
+                ready: "-".into(),
+                ok: false,
+            });
             continue;
         };
         let st = info.state.clone().unwrap_or_default();
         let state = st.status.map(|s| s.to_string()).unwrap_or_default();
-        let mut health = st.health.and_then(|h| h.status).map(|s| s.to_string()).unwrap_or_else(|| "none".into());
+        let mut health = st
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into());
         let running = state == "running";
         // Docker checks only every interval: until then stackctl probes itself.
         if running && health == "starting" {
@@ -136,7 +179,11 @@ async fn health_rows(env: &StackEnv<'_>, desired: &[Desired]) -> Vec<Row> {
             state,
             health,
             restarts: info.restart_count.unwrap_or(0),
-            uptime: st.started_at.as_deref().map(uptime).unwrap_or_else(|| "-".into()),
+            uptime: st
+                .started_at
+                .as_deref()
+                .map(uptime)
+                .unwrap_or_else(|| "-".into()),
             ready,
             ok,
         });
@@ -146,7 +193,10 @@ async fn health_rows(env: &StackEnv<'_>, desired: &[Desired]) -> Vec<Row> {
 
 pub async fn health(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    let artifacts = crate::render::render(stack, &crate::render::Layout::new(stack, Some(&env.paths.out), super::image_tag(stack)))?;
+    let artifacts = crate::render::render(
+        stack,
+        &crate::render::Layout::new(stack, Some(&env.paths.out), super::image_tag(stack)),
+    )?;
     let desired = env.desired(&artifacts, &ui.clone_quiet()).await?;
     loop {
         let rows = health_rows(&env, &desired).await;
@@ -163,16 +213,38 @@ pub async fn health(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
-            let w = rows.iter().map(|r| r.container.len()).max().unwrap_or(9).max(9);
-            println!("{:<w$}  {:<8} {:<16} {:>8} {:>6}  READY", "CONTAINER", "STATE", "HEALTH", "RESTARTS", "UP");
+            let w = rows
+                .iter()
+                .map(|r| r.container.len())
+                .max()
+                .unwrap_or(9)
+                .max(9);
+            println!(
+                "{:<w$}  {:<8} {:<16} {:>8} {:>6}  READY",
+                "CONTAINER", "STATE", "HEALTH", "RESTARTS", "UP"
+            );
             for r in &rows {
-                let mark = if r.ok { console::style("✓").green() } else { console::style("✗").red() };
-                println!("{:<w$}  {:<8} {:<16} {:>8} {:>6}  {} {}", r.container, r.state, r.health, r.restarts, r.uptime, mark, r.ready);
+                let mark = if r.ok {
+                    console::style("✓").green()
+                } else {
+                    console::style("✗").red()
+                };
+                println!(
+                    "{:<w$}  {:<8} {:<16} {:>8} {:>6}  {} {}",
+                    r.container, r.state, r.health, r.restarts, r.uptime, mark, r.ready
+                );
             }
             println!("{} of {} healthy", rows.len() - bad, rows.len());
         }
         if !watch {
-            return if bad == 0 { Ok(0) } else { Err(Error::Unhealthy { unhealthy: bad, total: rows.len() }) };
+            return if bad == 0 {
+                Ok(0)
+            } else {
+                Err(Error::Unhealthy {
+                    unhealthy: bad,
+                    total: rows.len(),
+                })
+            };
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -181,12 +253,19 @@ pub async fn health(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
 /// Desired (stack.toml) against running: missing, outdated, extra.
 pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    let artifacts = crate::render::render(stack, &crate::render::Layout::new(stack, Some(&env.paths.out), super::image_tag(stack)))?;
+    let artifacts = crate::render::render(
+        stack,
+        &crate::render::Layout::new(stack, Some(&env.paths.out), super::image_tag(stack)),
+    )?;
     let desired = env.desired(&artifacts, &ui.clone_quiet()).await?;
     let running = env.running().await?;
     let mut rows = Vec::new();
     for d in &desired {
-        let found = running.iter().find(|c| c.names.as_ref().is_some_and(|n| n.iter().any(|x| x.trim_start_matches('/') == d.name)));
+        let found = running.iter().find(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|x| x.trim_start_matches('/') == d.name))
+        });
         let (state, verdict) = match found {
             None => ("-".to_string(), "missing".to_string()),
             Some(c) => {
@@ -194,7 +273,14 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
                 let state = c.state.map(|s| s.to_string()).unwrap_or_default();
                 let verdict = if labels.get(LABEL_CONFIG_HASH) != Some(&d.hash) {
                     if labels.get("io.stackctl.image") != Some(&d.image) {
-                        format!("outdated (image {} -> {})", labels.get("io.stackctl.image").map(String::as_str).unwrap_or("?"), d.image)
+                        format!(
+                            "outdated (image {} -> {})",
+                            labels
+                                .get("io.stackctl.image")
+                                .map(String::as_str)
+                                .unwrap_or("?"),
+                            d.image
+                        )
                     } else {
                         "outdated (config or image content)".to_string()
                     }
@@ -209,9 +295,19 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
         rows.push((d.name.clone(), state, verdict));
     }
     for c in &running {
-        let name = c.names.clone().unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
+        let name = c
+            .names
+            .clone()
+            .unwrap_or_default()
+            .first()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default();
         if !desired.iter().any(|d| d.name == name) {
-            rows.push((name, c.state.map(|s| s.to_string()).unwrap_or_default(), "extra (not in stack.toml)".into()));
+            rows.push((
+                name,
+                c.state.map(|s| s.to_string()).unwrap_or_default(),
+                "extra (not in stack.toml)".into(),
+            ));
         }
     }
     let drift = rows.iter().filter(|r| r.2 != "up to date").count();
@@ -239,47 +335,100 @@ pub async fn resources(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
             if c.state.map(|s| s.to_string()).as_deref() != Some("running") {
                 continue;
             }
-            let name = c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
-            let mut s = env.engine.docker.stats(&name, Some(qp::StatsOptions { stream: false, one_shot: false }));
-            let Some(Ok(st)) = s.next().await else { continue };
+            let name = c
+                .names
+                .unwrap_or_default()
+                .first()
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let mut s = env.engine.docker.stats(
+                &name,
+                Some(qp::StatsOptions {
+                    stream: false,
+                    one_shot: false,
+                }),
+            );
+            let Some(Ok(st)) = s.next().await else {
+                continue;
+            };
             let cpu = st.cpu_stats.clone().unwrap_or_default();
             let pre = st.precpu_stats.clone().unwrap_or_default();
-            let cpu_delta = cpu.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0) as f64 - pre.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0) as f64;
-            let sys_delta = cpu.system_cpu_usage.unwrap_or(0) as f64 - pre.system_cpu_usage.unwrap_or(0) as f64;
+            let cpu_delta = cpu
+                .cpu_usage
+                .as_ref()
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0) as f64
+                - pre
+                    .cpu_usage
+                    .as_ref()
+                    .and_then(|u| u.total_usage)
+                    .unwrap_or(0) as f64;
+            let sys_delta =
+                cpu.system_cpu_usage.unwrap_or(0) as f64 - pre.system_cpu_usage.unwrap_or(0) as f64;
             let ncpu = cpu.online_cpus.unwrap_or(1) as f64;
-            let cpu_pct = if sys_delta > 0.0 { cpu_delta / sys_delta * ncpu * 100.0 } else { 0.0 };
+            let cpu_pct = if sys_delta > 0.0 {
+                cpu_delta / sys_delta * ncpu * 100.0
+            } else {
+                0.0
+            };
             let mem = st.memory_stats.clone().unwrap_or_default();
-            let cache = mem.stats.as_ref().and_then(|m| m.get("inactive_file").or_else(|| m.get("cache")).copied()).unwrap_or(0);
+            let cache = mem
+                .stats
+                .as_ref()
+                .and_then(|m| m.get("inactive_file").or_else(|| m.get("cache")).copied())
+                .unwrap_or(0);
             let used = mem.usage.unwrap_or(0).saturating_sub(cache);
             let limit = mem.limit.unwrap_or(0);
-            let (rx, tx) = st.networks.as_ref().map(|n| n.values().fold((0u64, 0u64), |a, v| (a.0 + v.rx_bytes.unwrap_or(0), a.1 + v.tx_bytes.unwrap_or(0)))).unwrap_or((0, 0));
+            let (rx, tx) = st
+                .networks
+                .as_ref()
+                .map(|n| {
+                    n.values().fold((0u64, 0u64), |a, v| {
+                        (a.0 + v.rx_bytes.unwrap_or(0), a.1 + v.tx_bytes.unwrap_or(0))
+                    })
+                })
+                .unwrap_or((0, 0));
             let (rd, wr) = st
                 .blkio_stats
                 .as_ref()
                 .and_then(|b| b.io_service_bytes_recursive.as_ref())
-                .map(|v| v.iter().fold((0u64, 0u64), |a, e| match e.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
-                    Some("read") => (a.0 + e.value.unwrap_or(0), a.1),
-                    Some("write") => (a.0, a.1 + e.value.unwrap_or(0)),
-                    _ => a,
-                }))
+                .map(|v| {
+                    v.iter().fold((0u64, 0u64), |a, e| {
+                        match e.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                            Some("read") => (a.0 + e.value.unwrap_or(0), a.1),
+                            Some("write") => (a.0, a.1 + e.value.unwrap_or(0)),
+                            _ => a,
+                        }
+                    })
+                })
                 .unwrap_or((0, 0));
             rows.push((name, cpu_pct, used, limit, rx, tx, rd, wr));
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
         if ui.json {
-            ui.print_json(&json!(rows.iter().map(|r| json!({
-                "container": r.0, "cpu_percent": r.1, "memory": r.2, "memory_limit": r.3,
-                "net_rx": r.4, "net_tx": r.5, "block_read": r.6, "block_write": r.7,
-            })).collect::<Vec<_>>()));
+            ui.print_json(&json!(rows
+                .iter()
+                .map(|r| json!({
+                    "container": r.0, "cpu_percent": r.1, "memory": r.2, "memory_limit": r.3,
+                    "net_rx": r.4, "net_tx": r.5, "block_read": r.6, "block_write": r.7,
+                }))
+                .collect::<Vec<_>>()));
         } else {
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
             let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(9).max(9);
-            println!("{:<w$} {:>7} {:>21} {:>6} {:>17} {:>17}", "CONTAINER", "CPU %", "MEMORY / LIMIT", "MEM %", "NET RX / TX", "BLOCK R / W");
+            println!(
+                "{:<w$} {:>7} {:>21} {:>6} {:>17} {:>17}",
+                "CONTAINER", "CPU %", "MEMORY / LIMIT", "MEM %", "NET RX / TX", "BLOCK R / W"
+            );
             for r in &rows {
-                let pct = if r.3 > 0 { r.2 as f64 / r.3 as f64 * 100.0 } else { 0.0 };
+                let pct = if r.3 > 0 {
+                    r.2 as f64 / r.3 as f64 * 100.0
+                } else {
+                    0.0
+                };
                 println!(
                     "{:<w$} {:>6.1}% {:>9.1}M / {:>8.1}M {:>5.1}% {:>7.1}M / {:>6.1}M {:>7.1}M / {:>6.1}M",
                     r.0, r.1, mb(r.2), mb(r.3), pct, mb(r.4), mb(r.5), mb(r.6), mb(r.7)
@@ -324,7 +473,10 @@ pub async fn monitor(stack: &Stack, open: bool, ui: &Ui) -> Result<i32> {
         rows.push((name, url, state));
     }
     if ui.json {
-        ui.print_json(&json!(rows.iter().map(|r| json!({"name": r.0, "url": r.1, "state": r.2})).collect::<Vec<_>>()));
+        ui.print_json(&json!(rows
+            .iter()
+            .map(|r| json!({"name": r.0, "url": r.1, "state": r.2}))
+            .collect::<Vec<_>>()));
     } else {
         for (n, u, s) in &rows {
             println!("{n:<14} {u:<28} {s}");
@@ -340,7 +492,10 @@ pub async fn test_service(stack: &Stack, service: &str, ui: &Ui) -> Result<i32> 
     let name = crate::engine::container_name(&env.project, &s.name, 1);
     let ips = addresses(&env.engine, &name).await;
     let Some(ip) = ips.first() else {
-        return Err(Error::usage(format!("{name} is not running"), format!("start it: stackctl start {}", s.name)));
+        return Err(Error::usage(
+            format!("{name} is not running"),
+            format!("start it: stackctl start {}", s.name),
+        ));
     };
     let mut failed = 0;
     let mut results = Vec::new();
@@ -352,7 +507,10 @@ pub async fn test_service(stack: &Stack, service: &str, ui: &Ui) -> Result<i32> 
         let r = http_get(&format!("{ip}:{}", s.port), path, Duration::from_secs(5)).await;
         let (ok, detail) = match &r {
             Some((200, body)) if body.contains(want) => (true, "200".to_string()),
-            Some((code, body)) => (false, format!("{code}: {}", body.chars().take(120).collect::<String>())),
+            Some((code, body)) => (
+                false,
+                format!("{code}: {}", body.chars().take(120).collect::<String>()),
+            ),
             None => (false, "no answer".into()),
         };
         if !ok {
@@ -360,19 +518,38 @@ pub async fn test_service(stack: &Stack, service: &str, ui: &Ui) -> Result<i32> 
         }
         results.push((check, path.to_string(), ok, detail));
     }
-    let (code, out) = env.engine.exec(&name, &[format!("/app/{}", s.binary), "healthcheck".into()], None).await?;
-    results.push(("healthcheck command", format!("/app/{} healthcheck", s.binary), code == 0, format!("exit {code} {}", out.trim())));
+    let (code, out) = env
+        .engine
+        .exec(
+            &name,
+            &[format!("/app/{}", s.binary), "healthcheck".into()],
+            None,
+        )
+        .await?;
+    results.push((
+        "healthcheck command",
+        format!("/app/{} healthcheck", s.binary),
+        code == 0,
+        format!("exit {code} {}", out.trim()),
+    ));
     if code != 0 {
         failed += 1;
     }
     for (check, path, ok, detail) in &results {
-        let mark = if *ok { console::style("✓").green() } else { console::style("✗").red() };
+        let mark = if *ok {
+            console::style("✓").green()
+        } else {
+            console::style("✗").red()
+        };
         ui.info(format!("{mark} {check:<20} {path:<28} {detail}"));
     }
     if failed == 0 {
         ui.ok(format!("{}: all {} checks passed", s.name, results.len()));
         Ok(0)
     } else {
-        Err(Error::Unhealthy { unhealthy: failed, total: results.len() })
+        Err(Error::Unhealthy {
+            unhealthy: failed,
+            total: results.len(),
+        })
     }
 }

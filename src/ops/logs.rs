@@ -19,7 +19,14 @@ const COLOURS: [console::Color; 6] = [
 
 /// Logs of the named services (all when none), interleaved by time, each
 /// line prefixed with its container in a colour of its own.
-pub async fn logs(stack: &Stack, names: &[String], follow: bool, since: Option<&str>, tail: Option<usize>, ui: &Ui) -> Result<i32> {
+pub async fn logs(
+    stack: &Stack,
+    names: &[String],
+    follow: bool,
+    since: Option<&str>,
+    tail: Option<usize>,
+    ui: &Ui,
+) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
     if !names.is_empty() {
         super::up::closure(&env.containers, names)?;
@@ -27,7 +34,8 @@ pub async fn logs(stack: &Stack, names: &[String], follow: bool, since: Option<&
     let since = match since {
         None => 0,
         Some(s) => {
-            let d = crate::model::Duration::parse(s).map_err(|e| Error::usage(e, "e.g. --since 10m"))?;
+            let d = crate::model::Duration::parse(s)
+                .map_err(|e| Error::usage(e, "e.g. --since 10m"))?;
             (chrono::Utc::now().timestamp() - (d.millis() / 1000) as i64) as i32
         }
     };
@@ -35,8 +43,17 @@ pub async fn logs(stack: &Stack, names: &[String], follow: bool, since: Option<&
         .running()
         .await?
         .into_iter()
-        .filter(|c| names.is_empty() || c.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE)).is_some_and(|s| names.contains(s)))
-        .filter_map(|c| c.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())))
+        .filter(|c| {
+            names.is_empty()
+                || c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_SERVICE))
+                    .is_some_and(|s| names.contains(s))
+        })
+        .filter_map(|c| {
+            c.names
+                .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string()))
+        })
         .collect();
     containers.sort();
     if containers.is_empty() {
@@ -45,7 +62,9 @@ pub async fn logs(stack: &Stack, names: &[String], follow: bool, since: Option<&
     }
     let width = containers.iter().map(String::len).max().unwrap_or(0);
     let streams = containers.iter().enumerate().map(|(i, name)| {
-        let prefix = console::style(format!("{name:<width$} |")).fg(COLOURS[i % COLOURS.len()]).to_string();
+        let prefix = console::style(format!("{name:<width$} |"))
+            .fg(COLOURS[i % COLOURS.len()])
+            .to_string();
         env.engine
             .docker
             .logs(
@@ -93,7 +112,10 @@ pub async fn exec(stack: &Stack, service: &str, cmd: &[String], ui: &Ui) -> Resu
     super::up::closure(&env.containers, &[service.to_string()])?;
     let name = crate::engine::container_name(&env.project, service, 1);
     if cmd.is_empty() {
-        return Err(Error::usage("no command given", format!("e.g. stackctl exec {service} -- ls /")));
+        return Err(Error::usage(
+            "no command given",
+            format!("e.g. stackctl exec {service} -- ls /"),
+        ));
     }
     let attach_stdin = !std::io::stdin().is_terminal();
     let created = env
@@ -101,12 +123,30 @@ pub async fn exec(stack: &Stack, service: &str, cmd: &[String], ui: &Ui) -> Resu
         .docker
         .create_exec(
             &name,
-            CreateExecOptions { cmd: Some(cmd.to_vec()), attach_stdin: Some(attach_stdin), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() },
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdin: Some(attach_stdin),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
         )
         .await
-        .map_err(|e| Error::engine(format!("exec in {name} (is it running? stackctl start {service})"), e))?;
-    if let StartExecResults::Attached { mut output, mut input } =
-        env.engine.docker.start_exec(&created.id, None).await.map_err(|e| Error::engine(format!("exec in {name}"), e))?
+        .map_err(|e| {
+            Error::engine(
+                format!("exec in {name} (is it running? stackctl start {service})"),
+                e,
+            )
+        })?;
+    if let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = env
+        .engine
+        .docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| Error::engine(format!("exec in {name}"), e))?
     {
         if attach_stdin {
             tokio::spawn(async move {
@@ -129,7 +169,14 @@ pub async fn exec(stack: &Stack, service: &str, cmd: &[String], ui: &Ui) -> Resu
         }
         let _ = out.flush().await;
     }
-    let code = env.engine.docker.inspect_exec(&created.id).await.map_err(|e| Error::engine("exec result", e))?.exit_code.unwrap_or(1);
+    let code = env
+        .engine
+        .docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| Error::engine("exec result", e))?
+        .exit_code
+        .unwrap_or(1);
     ui.detail(format!("exit code {code}"));
     Ok(code as i32)
 }
@@ -139,10 +186,16 @@ pub async fn exec(stack: &Stack, service: &str, cmd: &[String], ui: &Ui) -> Resu
 pub async fn shell(stack: &Stack, service: &str, ui: &Ui) -> Result<i32> {
     let specs = crate::model::containers(stack);
     let Some(spec) = specs.iter().find(|c| c.name == service) else {
-        return Err(Error::usage(format!("no container `{service}` in this stack"), "see `stackctl architecture`"));
+        return Err(Error::usage(
+            format!("no container `{service}` in this stack"),
+            "see `stackctl architecture`",
+        ));
     };
     if spec.kind == Kind::App {
-        let bin = stack.service(service).map(|s| s.binary.clone()).unwrap_or_default();
+        let bin = stack
+            .service(service)
+            .map(|s| s.binary.clone())
+            .unwrap_or_default();
         return Err(Error::usage(
             format!("{service} runs FROM scratch: it has no shell, only its binary /app/{bin}"),
             format!(
@@ -150,6 +203,8 @@ pub async fn shell(stack: &Stack, service: &str, ui: &Ui) -> Result<i32> {
             ),
         ));
     }
-    ui.info(format!("{service}: /bin/sh (no TTY: commands run line by line; `exit` to leave)"));
+    ui.info(format!(
+        "{service}: /bin/sh (no TTY: commands run line by line; `exit` to leave)"
+    ));
     exec(stack, service, &["/bin/sh".to_string()], ui).await
 }

@@ -14,13 +14,29 @@ pub fn credentials(registry: &str) -> Option<DockerCredentials> {
     let host = registry.split('/').next().unwrap_or(registry);
     let dir = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker"));
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker")
+        });
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let auths = v.get("auths")?.as_object()?;
-    let entry = auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").split('/').next() == Some(host))?.1;
+    let entry = auths
+        .iter()
+        .find(|(k, _)| {
+            k.trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                == Some(host)
+        })?
+        .1;
     let auth = entry.get("auth")?.as_str()?;
-    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(auth).ok()?).ok()?;
+    let decoded = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(auth)
+            .ok()?,
+    )
+    .ok()?;
     let (user, pass) = decoded.split_once(':')?;
     Some(DockerCredentials {
         username: Some(user.to_string()),
@@ -32,15 +48,24 @@ pub fn credentials(registry: &str) -> Option<DockerCredentials> {
 
 pub async fn push(env: &StackEnv<'_>, images: &[Built], ui: &Ui) -> Result<()> {
     let Some(registry) = env.stack.registry.clone() else {
-        return Err(Error::usage("stack.toml names no registry to push to", "set registry = \"host:port/path\" in [stack]"));
+        return Err(Error::usage(
+            "stack.toml names no registry to push to",
+            "set registry = \"host:port/path\" in [stack]",
+        ));
     };
     let creds = credentials(&registry);
     for b in images {
-        let (repo, tag) = b.reference.rsplit_once(':').unwrap_or((&b.reference, "latest"));
+        let (repo, tag) = b
+            .reference
+            .rsplit_once(':')
+            .unwrap_or((&b.reference, "latest"));
         ui.info(format!("pushing {}", b.reference));
         let mut stream = env.engine.docker.push_image(
             repo,
-            Some(bollard::query_parameters::PushImageOptions { tag: Some(tag.to_string()), ..Default::default() }),
+            Some(bollard::query_parameters::PushImageOptions {
+                tag: Some(tag.to_string()),
+                ..Default::default()
+            }),
             creds.clone(),
         );
         let mut last = String::new();
@@ -63,4 +88,24 @@ pub async fn push(env: &StackEnv<'_>, images: &[Built], ui: &Ui) -> Result<()> {
         ui.ok(format!("pushed {}", b.reference));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_come_from_the_docker_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths": {"https://registry.example.com": {"auth": "YWxpY2U6czNjcjN0"}, "other.example.com": {"auth": "Ym9iOng="}}}"#,
+        )
+        .unwrap();
+        std::env::set_var("DOCKER_CONFIG", dir.path());
+        let c = super::credentials("registry.example.com/ai1c").expect("found by host");
+        assert_eq!(c.username.as_deref(), Some("alice"));
+        assert_eq!(c.password.as_deref(), Some("s3cr3t"));
+        assert_eq!(c.serveraddress.as_deref(), Some("registry.example.com"));
+        assert!(super::credentials("127.0.0.1:5000/x").is_none());
+        std::env::remove_var("DOCKER_CONFIG");
+    }
 }

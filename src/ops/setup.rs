@@ -18,22 +18,45 @@ fn random_password(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut r = rand::thread_rng();
-    (0..len).map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
+/// Write a new secret file atomically, never replacing one that exists: a
+/// second `setup` racing this one keeps whichever file landed first.
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("secret")));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret"),
+        std::process::id()
+    ));
+    let err = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| Error::Write { path: path.to_path_buf(), source })
+        .map_err(err)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Create every missing secret; never overwrite one. Returns the names created.
 pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
     let dir = secrets_dir(stack);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     let mut created = Vec::new();
     // Plain values first; the ACL and certificate derive from others.
@@ -59,20 +82,36 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
             SecretKind::TlsCert => {
                 let key_name = s.from.clone().unwrap_or_else(|| format!("{}-key", s.name));
                 let key_path = dir.join(&key_name);
-                let pem = std::fs::read_to_string(&key_path).map_err(|source| Error::Read { path: key_path.clone(), source })?;
-                let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| Error::Other(anyhow::anyhow!("TLS key {key_name}: {e}")))?;
-                let host = stack.nginx.as_ref().map(|n| n.server_name.clone()).unwrap_or_else(|| "localhost".into());
+                let pem = std::fs::read_to_string(&key_path).map_err(|source| Error::Read {
+                    path: key_path.clone(),
+                    source,
+                })?;
+                let key = rcgen::KeyPair::from_pem(&pem)
+                    .map_err(|e| Error::Other(anyhow::anyhow!("TLS key {key_name}: {e}")))?;
+                let host = stack
+                    .nginx
+                    .as_ref()
+                    .map(|n| n.server_name.clone())
+                    .unwrap_or_else(|| "localhost".into());
                 let mut names = vec![host.clone()];
                 if host != "localhost" {
                     names.push("localhost".into());
                 }
-                let params = rcgen::CertificateParams::new(names).map_err(|e| Error::Other(anyhow::anyhow!("certificate for {host}: {e}")))?;
-                params.self_signed(&key).map_err(|e| Error::Other(anyhow::anyhow!("self-sign certificate: {e}")))?.pem().into_bytes()
+                let params = rcgen::CertificateParams::new(names)
+                    .map_err(|e| Error::Other(anyhow::anyhow!("certificate for {host}: {e}")))?;
+                params
+                    .self_signed(&key)
+                    .map_err(|e| Error::Other(anyhow::anyhow!("self-sign certificate: {e}")))?
+                    .pem()
+                    .into_bytes()
             }
             SecretKind::RedisAcl => {
                 let from = s.from.clone().unwrap_or_default();
                 let pw_path = dir.join(&from);
-                let pw = std::fs::read_to_string(&pw_path).map_err(|source| Error::Read { path: pw_path.clone(), source })?;
+                let pw = std::fs::read_to_string(&pw_path).map_err(|source| Error::Read {
+                    path: pw_path.clone(),
+                    source,
+                })?;
                 let digest = {
                     use sha2::{Digest, Sha256};
                     hex::encode(Sha256::digest(pw.trim().as_bytes()))
@@ -81,14 +120,60 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
                 format!("user default on #{digest} ~* &* +@all\n").into_bytes()
             }
             SecretKind::File => {
-                ui.warn(format!("secret `{}` must be provided by you: put it in {}", s.name, path.display()));
+                ui.warn(format!(
+                    "secret `{}` must be provided by you: put it in {}",
+                    s.name,
+                    path.display()
+                ));
                 continue;
             }
         };
         write_secret(&path, &bytes)?;
         created.push(s.name.clone());
     }
+    set_owners(stack, &dir)?;
     Ok(created)
+}
+
+/// Who may read each secret file when it is bind-mounted as is (docker-compose
+/// does that): a secret an app reads belongs to the app's uid, group root,
+/// mode 0640, so both the service (uid 1001) and root-started entrypoints
+/// without capabilities (Redis, PostgreSQL) can read it; any other stays
+/// root's, 0600. stackctl's own containers get private 0444 copies instead.
+pub fn set_owners(stack: &Stack, dir: &Path) -> Result<()> {
+    let containers = crate::model::containers(stack);
+    for s in &stack.secrets {
+        let path = dir.join(&s.name);
+        if !path.exists() {
+            continue;
+        }
+        let uid = containers
+            .iter()
+            .filter(|c| c.secrets.contains(&s.name))
+            .filter_map(|c| c.user.as_deref())
+            .filter_map(|u| u.split(':').next().and_then(|x| x.parse::<u32>().ok()))
+            .find(|uid| *uid != 0);
+        let (owner, mode) = match uid {
+            Some(u) => (u, 0o640),
+            None => (0, 0o600),
+        };
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|e| Error::Other(e.into()))?;
+        // SAFETY: a valid NUL-terminated path; chown has no other preconditions.
+        if unsafe { libc::chown(c.as_ptr(), owner, 0) } != 0 {
+            return Err(Error::Write {
+                path: path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| Error::Write {
+                path: path.clone(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Free space of the file system holding `path`, in bytes.
@@ -102,14 +187,26 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 
 pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    ui.ok(format!("Docker Engine {} (API {}) at {}", env.engine.server_version, env.engine.api_version, env.engine.host));
-    let info = env.engine.docker.info().await.map_err(|e| Error::engine("daemon info", e))?;
-    let root = info.docker_root_dir.unwrap_or_else(|| "/var/lib/docker".into());
+    ui.ok(format!(
+        "Docker Engine {} (API {}) at {}",
+        env.engine.server_version, env.engine.api_version, env.engine.host
+    ));
+    let info = env
+        .engine
+        .docker
+        .info()
+        .await
+        .map_err(|e| Error::engine("daemon info", e))?;
+    let root = info
+        .docker_root_dir
+        .unwrap_or_else(|| "/var/lib/docker".into());
     if let Some(free) = free_bytes(Path::new(&root)).or_else(|| free_bytes(Path::new("/"))) {
         let gb = free / (1 << 30);
         if gb < MIN_FREE_GB {
             return Err(Error::usage(
-                format!("only {gb} GiB free under {root}; the stack needs at least {MIN_FREE_GB} GiB"),
+                format!(
+                    "only {gb} GiB free under {root}; the stack needs at least {MIN_FREE_GB} GiB"
+                ),
                 "free disk space (`stackctl clean`, docker image prune) and run setup again",
             ));
         }
@@ -121,7 +218,11 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let built = env.ensure_infra_images(ui, true).await?;
     let mut changes = Vec::new();
     if !secrets.is_empty() {
-        changes.push(format!("{} secrets ({})", secrets.len(), secrets.join(", ")));
+        changes.push(format!(
+            "{} secrets ({})",
+            secrets.len(),
+            secrets.join(", ")
+        ));
     }
     if !nets.is_empty() {
         changes.push(format!("{} networks", nets.len()));
@@ -173,13 +274,25 @@ pub async fn images(stack: &Stack, ui: &Ui) -> Result<i32> {
         let found = env.engine.image(&image).await?;
         let state = match &found {
             Some(i) => format!("present, {:.1} MB", i.size.unwrap_or(0) as f64 / 1e6),
-            None if source == "registry" => "missing: not packaged by Debian; load it or reach a registry".to_string(),
-            None => format!("missing: run `{}`", if source == "stackctl build" { "stackctl build" } else { "stackctl images" }),
+            None if source == "registry" => {
+                "missing: not packaged by Debian; load it or reach a registry".to_string()
+            }
+            None => format!(
+                "missing: run `{}`",
+                if source == "stackctl build" {
+                    "stackctl build"
+                } else {
+                    "stackctl images"
+                }
+            ),
         };
         rows.push((image, source, state, found.is_some()));
     }
     if ui.json {
-        ui.print_json(&serde_json::json!(rows.iter().map(|r| serde_json::json!({"image": r.0, "source": r.1, "state": r.2, "present": r.3})).collect::<Vec<_>>()));
+        ui.print_json(&serde_json::json!(rows
+            .iter()
+            .map(|r| serde_json::json!({"image": r.0, "source": r.1, "state": r.2, "present": r.3}))
+            .collect::<Vec<_>>()));
     } else {
         let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5);
         for (image, source, state, _) in &rows {

@@ -26,19 +26,29 @@ impl<'a> StackEnv<'a> {
         Ok(StackEnv {
             stack,
             engine,
-            paths: Paths { out: stack.root.join("deploy"), run: stack.root.join(".stackctl").join("run").join(&project) },
+            paths: Paths {
+                out: stack.root.join("deploy"),
+                run: stack.root.join(".stackctl").join("run").join(&project),
+            },
             project,
             containers: crate::model::containers(stack),
         })
     }
 
     fn labels(&self) -> HashMap<String, String> {
-        HashMap::from([(LABEL_STACK.to_string(), self.stack.name.clone()), (LABEL_PROJECT.to_string(), self.project.clone())])
+        HashMap::from([
+            (LABEL_STACK.to_string(), self.stack.name.clone()),
+            (LABEL_PROJECT.to_string(), self.project.clone()),
+        ])
     }
 
     /// Render the artifacts the containers mount (deploy/), unchanged files untouched.
     pub fn render(&self) -> Result<Artifacts> {
-        let layout = Layout::new(self.stack, Some(&self.paths.out), super::image_tag(self.stack));
+        let layout = Layout::new(
+            self.stack,
+            Some(&self.paths.out),
+            super::image_tag(self.stack),
+        );
         let a = render::render(self.stack, &layout)?;
         a.write(&self.paths.out)?;
         Ok(a)
@@ -52,7 +62,13 @@ impl<'a> StackEnv<'a> {
                 continue;
             }
             let name = network_name(&self.project, &n.name);
-            if self.engine.docker.inspect_network(&name, None).await.is_ok() {
+            if self
+                .engine
+                .docker
+                .inspect_network(&name, None)
+                .await
+                .is_ok()
+            {
                 continue;
             }
             self.engine
@@ -72,7 +88,11 @@ impl<'a> StackEnv<'a> {
     }
 
     pub fn volume_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.containers.iter().flat_map(|c| c.volumes().map(|v| volume_name(&self.project, v))).collect();
+        let mut v: Vec<String> = self
+            .containers
+            .iter()
+            .flat_map(|c| c.volumes().map(|v| volume_name(&self.project, v)))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -86,7 +106,11 @@ impl<'a> StackEnv<'a> {
             }
             self.engine
                 .docker
-                .create_volume(VolumeCreateRequest { name: Some(name.clone()), labels: Some(self.labels()), ..Default::default() })
+                .create_volume(VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    labels: Some(self.labels()),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| Error::engine(format!("create volume {name}"), e))?;
             created.push(name);
@@ -99,7 +123,9 @@ impl<'a> StackEnv<'a> {
         let mut built = Vec::new();
         let mut seen = Vec::new();
         for c in &self.containers {
-            let Image::Infra { image, local: true } = &c.image else { continue };
+            let Image::Infra { image, local: true } = &c.image else {
+                continue;
+            };
             if seen.contains(image) {
                 continue;
             }
@@ -113,10 +139,18 @@ impl<'a> StackEnv<'a> {
             let progress = |m: &str| ui.detail(format!("{image}: {m}"));
             let e = crate::images::ensure(&self.engine.docker, kind, &progress)
                 .await
-                .map_err(|e| Error::Engine { what: format!("build {image}"), message: format!("{e:#}"), hint: "see the message; `stackctl images -v` shows each step".into() })?;
+                .map_err(|e| Error::Engine {
+                    what: format!("build {image}"),
+                    message: format!("{e:#}"),
+                    hint: "see the message; `stackctl images -v` shows each step".into(),
+                })?;
             if e.built {
                 if report {
-                    ui.ok(format!("built {image} ({:.0} MB) in {:.0} s", e.size as f64 / 1e6, e.seconds));
+                    ui.ok(format!(
+                        "built {image} ({:.0} MB) in {:.0} s",
+                        e.size as f64 / 1e6,
+                        e.seconds
+                    ));
                 }
                 built.push(image.clone());
             }
@@ -128,7 +162,11 @@ impl<'a> StackEnv<'a> {
     pub async fn missing_optional(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for c in &self.containers {
-            if let Image::Infra { image, local: false } = &c.image {
+            if let Image::Infra {
+                image,
+                local: false,
+            } = &c.image
+            {
                 if self.engine.image(image).await?.is_none() {
                     out.push((c.name.clone(), image.clone()));
                 }
@@ -140,12 +178,28 @@ impl<'a> StackEnv<'a> {
     /// The containers to run, skipping (with a warning) optional parts whose
     /// images are absent and everything that depends on them.
     pub async fn desired(&self, artifacts: &Artifacts, ui: &Ui) -> Result<Vec<Desired>> {
+        self.desired_for(artifacts, None, ui).await
+    }
+
+    /// [`Self::desired`] for only the containers in `only` (all when None).
+    pub async fn desired_for(
+        &self,
+        artifacts: &Artifacts,
+        only: Option<&std::collections::HashSet<String>>,
+        ui: &Ui,
+    ) -> Result<Vec<Desired>> {
         let tag = super::image_tag(self.stack);
         let mut skipped: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for c in &self.containers {
+            if only.is_some_and(|o| !o.contains(&c.name)) {
+                continue;
+            }
             if let Some(d) = c.depends_on.iter().find(|d| skipped.contains(d)) {
-                ui.warn(format!("skipping {}: it needs {d}, which is skipped", c.name));
+                ui.warn(format!(
+                    "skipping {}: it needs {d}, which is skipped",
+                    c.name
+                ));
                 skipped.push(c.name.clone());
                 continue;
             }
@@ -154,27 +208,44 @@ impl<'a> StackEnv<'a> {
                 Some(i) => i.id.unwrap_or_default(),
                 None => match &c.image {
                     Image::App { .. } => {
-                        return Err(Error::MissingImage { image, hint: "run `stackctl build` first".into() })
+                        return Err(Error::MissingImage {
+                            image,
+                            hint: "run `stackctl build` first".into(),
+                        })
                     }
                     Image::Infra { local: true, .. } => {
-                        return Err(Error::MissingImage { image, hint: "run `stackctl setup` (it builds the Debian-based images)".into() })
+                        return Err(Error::MissingImage {
+                            image,
+                            hint: "run `stackctl setup` (it builds the Debian-based images)".into(),
+                        })
                     }
-                    Image::Infra { local: false, .. } if matches!(c.kind.group(), "monitoring" | "logging") => {
+                    Image::Infra { local: false, .. }
+                        if matches!(c.kind.group(), "monitoring" | "logging") =>
+                    {
                         ui.warn(format!("skipping {}: image {image} is not on this host (no registry is reachable to pull it)", c.name));
                         skipped.push(c.name.clone());
                         continue;
                     }
-                    Image::Infra { local: false, .. } => {
-                        return Err(Error::MissingImage {
-                            image,
-                            hint: format!("load it (docker load), or set build = \"debian\" for {} in stack.toml", c.name),
-                        })
-                    }
+                    Image::Infra { local: false, .. } => return Err(Error::MissingImage {
+                        image,
+                        hint: format!(
+                            "load it (docker load), or set build = \"debian\" for {} in stack.toml",
+                            c.name
+                        ),
+                    }),
                 },
             };
             let inputs = mounted_inputs(c, artifacts);
             for r in 1..=c.replicas {
-                out.push(create::desired(c, &self.project, r, &image, &id, &self.paths, &inputs));
+                out.push(create::desired(
+                    c,
+                    &self.project,
+                    r,
+                    &image,
+                    &id,
+                    &self.paths,
+                    &inputs,
+                ));
             }
         }
         Ok(out)
@@ -182,7 +253,9 @@ impl<'a> StackEnv<'a> {
 
     /// Every container of this project on the host, running or not.
     pub async fn running(&self) -> Result<Vec<ContainerSummary>> {
-        self.engine.containers(&[(LABEL_PROJECT, &self.project)]).await
+        self.engine
+            .containers(&[(LABEL_PROJECT, &self.project)])
+            .await
     }
 }
 
@@ -192,7 +265,11 @@ fn mounted_inputs(c: &ContainerSpec, a: &Artifacts) -> Vec<u8> {
     for m in &c.mounts {
         if let crate::model::containers::Source::Rendered { path } = &m.source {
             let dir = format!("{path}/");
-            for (p, bytes) in a.files.iter().filter(|(p, _)| *p == path || p.starts_with(&dir)) {
+            for (p, bytes) in a
+                .files
+                .iter()
+                .filter(|(p, _)| *p == path || p.starts_with(&dir))
+            {
                 v.extend_from_slice(p.as_bytes());
                 v.extend_from_slice(bytes);
             }

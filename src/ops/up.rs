@@ -26,7 +26,14 @@ pub fn closure(specs: &[ContainerSpec], names: &[String]) -> Result<HashSet<Stri
         let Some(c) = specs.iter().find(|c| c.name == n) else {
             return Err(Error::usage(
                 format!("no container `{n}` in this stack"),
-                format!("choose from: {}", specs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "choose from: {}",
+                    specs
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         };
         if set.insert(n.clone()) {
@@ -57,17 +64,32 @@ pub fn probe_cmd(spec: &ContainerSpec) -> Option<Vec<String>> {
 /// Wait until the container is ready: Docker says healthy, or stackctl's own
 /// probe (the same test, run through exec, every 500 ms) passes, so readiness
 /// does not wait for the health-check interval.
-pub async fn wait_ready(engine: &Engine, d: &Desired, timeout: Duration) -> std::result::Result<f64, String> {
+pub async fn wait_ready(
+    engine: &Engine,
+    d: &Desired,
+    timeout: Duration,
+) -> std::result::Result<f64, String> {
     let t0 = Instant::now();
     let probe = probe_cmd(&d.spec);
     loop {
-        let info = engine.docker.inspect_container(&d.name, None).await.map_err(|e| e.to_string())?;
+        let info = engine
+            .docker
+            .inspect_container(&d.name, None)
+            .await
+            .map_err(|e| e.to_string())?;
         let state = info.state.unwrap_or_default();
         let status = state.status.map(|s| s.to_string()).unwrap_or_default();
         if status == "exited" || status == "dead" {
-            return Err(format!("it exited with code {}", state.exit_code.unwrap_or(-1)));
+            return Err(format!(
+                "it exited with code {}",
+                state.exit_code.unwrap_or(-1)
+            ));
         }
-        let health = state.health.and_then(|h| h.status).map(|s| s.to_string()).unwrap_or_default();
+        let health = state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         if health == "healthy" || (health.is_empty() && status == "running" && probe.is_none()) {
             return Ok(t0.elapsed().as_secs_f64());
         }
@@ -79,7 +101,11 @@ pub async fn wait_ready(engine: &Engine, d: &Desired, timeout: Duration) -> std:
             }
         }
         if t0.elapsed() > timeout {
-            return Err(format!("not ready after {} s (state {status}, health {})", timeout.as_secs(), if health.is_empty() { "none" } else { &health }));
+            return Err(format!(
+                "not ready after {} s (state {status}, health {})",
+                timeout.as_secs(),
+                if health.is_empty() { "none" } else { &health }
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -90,23 +116,47 @@ async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
     let docker = &env.engine.docker;
     let mut action = "created";
     if let Ok(existing) = docker.inspect_container(&d.name, None).await {
-        let same = existing.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_CONFIG_HASH)) == Some(&d.hash);
-        let running = existing.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let same = existing
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_CONFIG_HASH))
+            == Some(&d.hash);
+        let running = existing
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
         if same && running {
             return Ok("running");
         }
         if same {
-            docker.start_container(&d.name, None).await.map_err(|e| Error::engine(format!("start {}", d.name), e))?;
+            docker
+                .start_container(&d.name, None)
+                .await
+                .map_err(|e| Error::engine(format!("start {}", d.name), e))?;
             return Ok("started");
         }
         docker
-            .remove_container(&d.name, Some(qp::RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &d.name,
+                Some(qp::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await
             .map_err(|e| Error::engine(format!("replace {}", d.name), e))?;
         action = "recreated";
     }
     docker
-        .create_container(Some(qp::CreateContainerOptions { name: Some(d.name.clone()), ..Default::default() }), d.body.clone())
+        .create_container(
+            Some(qp::CreateContainerOptions {
+                name: Some(d.name.clone()),
+                ..Default::default()
+            }),
+            d.body.clone(),
+        )
         .await
         .map_err(|e| Error::engine(format!("create {}", d.name), e))?;
     for net in d.spec.networks.iter().skip(1) {
@@ -115,13 +165,19 @@ async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
                 &crate::engine::network_name(&env.project, net),
                 bollard::models::NetworkConnectRequest {
                     container: d.name.clone(),
-                    endpoint_config: Some(bollard::models::EndpointSettings { aliases: Some(vec![d.spec.name.clone()]), ..Default::default() }),
+                    endpoint_config: Some(bollard::models::EndpointSettings {
+                        aliases: Some(vec![d.spec.name.clone()]),
+                        ..Default::default()
+                    }),
                 },
             )
             .await
             .map_err(|e| Error::engine(format!("connect {} to {net}", d.name), e))?;
     }
-    docker.start_container(&d.name, None).await.map_err(|e| Error::engine(format!("start {}", d.name), e))?;
+    docker
+        .start_container(&d.name, None)
+        .await
+        .map_err(|e| Error::engine(format!("start {}", d.name), e))?;
     Ok(action)
 }
 
@@ -133,7 +189,7 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
     env.ensure_networks().await?;
     env.ensure_volumes().await?;
     env.ensure_infra_images(ui, true).await?;
-    let desired: Vec<Desired> = env.desired(&artifacts, ui).await?.into_iter().filter(|d| want.contains(&d.spec.name)).collect();
+    let desired: Vec<Desired> = env.desired_for(&artifacts, Some(&want), ui).await?;
     let secrets = super::setup::secrets_dir(stack);
     for d in &desired {
         create::stage_secrets(&secrets, &env.paths, d)?;
@@ -162,13 +218,26 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
     let env_ref = &env;
     let tasks = by_service.into_iter().map(|(name, replicas)| {
         let tx = senders.remove(&name).expect("sender");
-        let deps: Vec<watch::Receiver<Ready>> = replicas[0].spec.depends_on.iter().filter_map(|d| receivers.get(d).cloned()).collect();
+        let deps: Vec<watch::Receiver<Ready>> = replicas[0]
+            .spec
+            .depends_on
+            .iter()
+            .filter_map(|d| receivers.get(d).cloned())
+            .collect();
         async move {
             for mut rx in deps {
-                let dep = rx.wait_for(|r| *r != Ready::Waiting).await.map(|r| r.clone()).unwrap_or(Ready::Failed("gone".into()));
+                let dep = rx
+                    .wait_for(|r| *r != Ready::Waiting)
+                    .await
+                    .map(|r| r.clone())
+                    .unwrap_or(Ready::Failed("gone".into()));
                 if let Ready::Failed(why) = dep {
                     let _ = tx.send(Ready::Failed(format!("a dependency failed: {why}")));
-                    return Err((name, format!("not started: a dependency failed ({why})"), String::new()));
+                    return Err((
+                        name,
+                        format!("not started: a dependency failed ({why})"),
+                        String::new(),
+                    ));
                 }
             }
             let mut line = Vec::new();
@@ -207,7 +276,12 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
         ui.ok(format!("{name} {action}, ready in {secs:.1}s"));
     }
     // Report the root cause: a failure that is not "a dependency failed".
-    if let Some((container, reason, logs)) = failures.iter().find(|f| !f.1.starts_with("not started")).or(failures.first()).cloned() {
+    if let Some((container, reason, logs)) = failures
+        .iter()
+        .find(|f| !f.1.starts_with("not started"))
+        .or(failures.first())
+        .cloned()
+    {
         return Err(Error::NotReady {
             container,
             reason,
@@ -215,37 +289,65 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
             hint: "fix the cause above, then run `stackctl start` again (containers already up are kept)".into(),
         });
     }
-    ui.ok(format!("{} containers ready in {:.1}s", rows.len(), t0.elapsed().as_secs_f64()));
+    ui.ok(format!(
+        "{} containers ready in {:.1}s",
+        rows.len(),
+        t0.elapsed().as_secs_f64()
+    ));
     Ok(0)
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Containers of this project for the named services, dependents first.
-async fn project_containers(env: &StackEnv<'_>, names: &[String]) -> Result<Vec<(String, String, u64)>> {
+async fn project_containers(
+    env: &StackEnv<'_>,
+    names: &[String],
+) -> Result<Vec<(String, String, u64)>> {
     let order: Vec<&str> = env.containers.iter().map(|c| c.name.as_str()).collect();
     if !names.is_empty() {
         closure(&env.containers, &[])?;
         for n in names {
             if !order.contains(&n.as_str()) {
-                return Err(Error::usage(format!("no container `{n}` in this stack"), format!("choose from: {}", order.join(", "))));
+                return Err(Error::usage(
+                    format!("no container `{n}` in this stack"),
+                    format!("choose from: {}", order.join(", ")),
+                ));
             }
         }
     }
     let mut out = Vec::new();
     for c in env.running().await? {
         let labels = c.labels.unwrap_or_default();
-        let svc = labels.get(crate::model::containers::LABEL_SERVICE).cloned().unwrap_or_default();
+        let svc = labels
+            .get(crate::model::containers::LABEL_SERVICE)
+            .cloned()
+            .unwrap_or_default();
         if !names.is_empty() && !names.contains(&svc) {
             continue;
         }
-        let name = c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
-        let grace = env.containers.iter().find(|s| s.name == svc).map(|s| s.stop_grace_period.millis() / 1000).unwrap_or(10);
+        let name = c
+            .names
+            .unwrap_or_default()
+            .first()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        let grace = env
+            .containers
+            .iter()
+            .find(|s| s.name == svc)
+            .map(|s| s.stop_grace_period.millis() / 1000)
+            .unwrap_or(10);
         out.push((svc, name, grace));
     }
-    out.sort_by_key(|(svc, _, _)| std::cmp::Reverse(order.iter().position(|o| o == svc).unwrap_or(usize::MAX)));
+    out.sort_by_key(|(svc, _, _)| {
+        std::cmp::Reverse(order.iter().position(|o| o == svc).unwrap_or(usize::MAX))
+    });
     Ok(out)
 }
 
@@ -253,8 +355,22 @@ pub async fn stop(stack: &Stack, names: &[String], ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
     let list = project_containers(&env, names).await?;
     for (_, name, grace) in &list {
-        match env.engine.docker.stop_container(name, Some(qp::StopContainerOptions { t: Some(*grace as i32), ..Default::default() })).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => ui.ok(format!("{name} stopped")),
+        match env
+            .engine
+            .docker
+            .stop_container(
+                name,
+                Some(qp::StopContainerOptions {
+                    t: Some(*grace as i32),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => ui.ok(format!("{name} stopped")),
             Err(e) => return Err(Error::engine(format!("stop {name}"), e)),
         }
     }
@@ -270,11 +386,19 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
         let vols = env.volume_names();
         if !console::Term::stderr().is_term() {
             return Err(Error::usage(
-                format!("--volumes deletes {} volumes with all their data ({})", vols.len(), vols.join(", ")),
+                format!(
+                    "--volumes deletes {} volumes with all their data ({})",
+                    vols.len(),
+                    vols.join(", ")
+                ),
                 "add --yes to confirm, or drop --volumes to keep the data",
             ));
         }
-        eprint!("delete {} volumes and all their data ({})? type `yes`: ", vols.len(), vols.join(", "));
+        eprint!(
+            "delete {} volumes and all their data ({})? type `yes`: ",
+            vols.len(),
+            vols.join(", ")
+        );
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
         if answer.trim() != "yes" {
@@ -284,10 +408,26 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     }
     let list = project_containers(&env, &[]).await?;
     for (_, name, grace) in &list {
-        let _ = env.engine.docker.stop_container(name, Some(qp::StopContainerOptions { t: Some(*grace as i32), ..Default::default() })).await;
+        let _ = env
+            .engine
+            .docker
+            .stop_container(
+                name,
+                Some(qp::StopContainerOptions {
+                    t: Some(*grace as i32),
+                    ..Default::default()
+                }),
+            )
+            .await;
         env.engine
             .docker
-            .remove_container(name, Some(qp::RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                name,
+                Some(qp::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await
             .map_err(|e| Error::engine(format!("remove {name}"), e))?;
         ui.ok(format!("{name} removed"));
@@ -300,14 +440,24 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     }
     if volumes {
         for v in env.volume_names() {
-            match env.engine.docker.remove_volume(&v, None::<qp::RemoveVolumeOptions>).await {
+            match env
+                .engine
+                .docker
+                .remove_volume(&v, None::<qp::RemoveVolumeOptions>)
+                .await
+            {
                 Ok(()) => ui.ok(format!("volume {v} removed")),
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
                 Err(e) => return Err(Error::engine(format!("remove volume {v}"), e)),
             }
         }
     } else {
-        ui.info(format!("volumes kept ({}); `down --volumes --yes` deletes them", env.volume_names().len()));
+        ui.info(format!(
+            "volumes kept ({}); `down --volumes --yes` deletes them",
+            env.volume_names().len()
+        ));
     }
     Ok(0)
 }
@@ -330,19 +480,35 @@ pub async fn clean(stack: &Stack, ui: &Ui) -> Result<i32> {
     }
     let filters = HashMap::from([
         ("dangling".to_string(), vec!["true".to_string()]),
-        ("label".to_string(), vec![format!("{}={}", crate::model::containers::LABEL_STACK, stack.name)]),
+        (
+            "label".to_string(),
+            vec![format!(
+                "{}={}",
+                crate::model::containers::LABEL_STACK,
+                stack.name
+            )],
+        ),
     ]);
     let images = env
         .engine
         .docker
-        .list_images(Some(qp::ListImagesOptions { filters: Some(filters), ..Default::default() }))
+        .list_images(Some(qp::ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
         .await
         .map_err(|e| Error::engine("list images", e))?;
     let mut freed = 0i64;
     let mut removed_images = 0;
     for i in images {
         // An image a container still uses is in use: the engine refuses, and so do we.
-        if env.engine.docker.remove_image(&i.id, None::<qp::RemoveImageOptions>, None).await.is_ok() {
+        if env
+            .engine
+            .docker
+            .remove_image(&i.id, None::<qp::RemoveImageOptions>, None)
+            .await
+            .is_ok()
+        {
             freed += i.size;
             removed_images += 1;
         }
