@@ -226,13 +226,15 @@ impl<'a> StackEnv<'a> {
                         skipped.push(c.name.clone());
                         continue;
                     }
-                    Image::Infra { local: false, .. } => return Err(Error::MissingImage {
-                        image,
-                        hint: format!(
+                    Image::Infra { local: false, .. } => {
+                        return Err(Error::MissingImage {
+                            image,
+                            hint: format!(
                             "load it (docker load), or set build = \"debian\" for {} in stack.toml",
                             c.name
                         ),
-                    }),
+                        })
+                    }
                 },
             };
             let inputs = mounted_inputs(c, artifacts);
