@@ -193,11 +193,7 @@ async fn health_rows(env: &StackEnv<'_>, desired: &[Desired]) -> Vec<Row> {
 
 pub async fn health(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    let artifacts = crate::render::render(
-        stack,
-        &crate::render::Layout::new(stack, Some(&env.paths.out), super::image_tag(stack)),
-    )?;
-    let desired = env.desired(&artifacts, &ui.clone_quiet()).await?;
+    let desired = env.desired_quietly(ui).await?;
     loop {
         let rows = health_rows(&env, &desired).await;
         let bad = rows.iter().filter(|r| !r.ok).count();
@@ -253,11 +249,7 @@ pub async fn health(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
 /// Desired (stack.toml) against running: missing, outdated, extra.
 pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    let artifacts = crate::render::render(
-        stack,
-        &crate::render::Layout::new(stack, Some(&env.paths.out), super::image_tag(stack)),
-    )?;
-    let desired = env.desired(&artifacts, &ui.clone_quiet()).await?;
+    let desired = env.desired_quietly(ui).await?;
     let running = env.running().await?;
     let mut rows = Vec::new();
     for d in &desired {

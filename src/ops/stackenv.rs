@@ -42,16 +42,28 @@ impl<'a> StackEnv<'a> {
         ])
     }
 
-    /// Render the artifacts the containers mount (deploy/), unchanged files untouched.
-    pub fn render(&self) -> Result<Artifacts> {
+    /// The artifacts the containers mount, rendered in memory.
+    pub fn artifacts(&self) -> Result<Artifacts> {
         let layout = Layout::new(
             self.stack,
             Some(&self.paths.out),
             super::image_tag(self.stack),
         );
-        let a = render::render(self.stack, &layout)?;
+        render::render(self.stack, &layout)
+    }
+
+    /// Render the artifacts the containers mount (deploy/), unchanged files untouched.
+    pub fn render(&self) -> Result<Artifacts> {
+        let a = self.artifacts()?;
         a.write(&self.paths.out)?;
         Ok(a)
+    }
+
+    /// The desired containers as they would be started now, without notes
+    /// (for commands that only compare or report).
+    pub async fn desired_quietly(&self, ui: &Ui) -> Result<Vec<Desired>> {
+        let artifacts = self.artifacts()?;
+        self.desired(&artifacts, &ui.clone_quiet()).await
     }
 
     /// Create the stack's networks that are missing; their names.

@@ -311,7 +311,6 @@ async fn project_containers(
 ) -> Result<Vec<(String, String, u64)>> {
     let order: Vec<&str> = env.containers.iter().map(|c| c.name.as_str()).collect();
     if !names.is_empty() {
-        closure(&env.containers, &[])?;
         for n in names {
             if !order.contains(&n.as_str()) {
                 return Err(Error::usage(
