@@ -30,6 +30,16 @@ pub struct Desired {
     pub hash: String,
 }
 
+/// The host port a container port is published on: `PORT_<CONTAINER>_<port>`
+/// from the environment when set (the variable the compose file reads too),
+/// else stack.toml's.
+pub fn host_port(container: &str, host: u16, port: u16) -> u16 {
+    std::env::var(crate::render::compose::port_var(container, port))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(host)
+}
+
 /// The image reference a spec runs, given the app image tag.
 pub fn image_ref(spec: &ContainerSpec, tag: &str) -> String {
     match &spec.image {
@@ -83,10 +93,13 @@ pub fn desired(
     }
     let mut port_bindings = HashMap::new();
     let mut exposed = Vec::new();
+    let mut published = Vec::new();
     for p in &spec.expose {
         exposed.push(format!("{p}/tcp"));
     }
     for (h, c) in &spec.ports {
+        let h = host_port(&spec.name, *h, *c);
+        published.push((h, *c));
         exposed.push(format!("{c}/tcp"));
         port_bindings.insert(
             format!("{c}/tcp"),
@@ -166,6 +179,7 @@ pub fn desired(
     h.update(serde_json::to_vec(spec).unwrap_or_default());
     h.update(image_id.as_bytes());
     h.update(inputs);
+    h.update(format!("{published:?}").as_bytes());
     let hash = hex::encode(h.finalize());
     if let Some(l) = body.labels.as_mut() {
         l.insert(LABEL_CONFIG_HASH.into(), hash.clone());
