@@ -39,7 +39,8 @@ pub use api::{router, AppState, AuthMode};
 pub const DEFAULT_PORT: u16 = 8000;
 pub const SERVICE_NAME: &str = "ai-assistant";
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// This service's migrations (run at startup and by `ai-assistant migrate`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Runs the migrations of this service on `pool`.
 pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {

@@ -26,31 +26,9 @@ pub async fn connect_pg(
     let max: u32 = crate::config::Env::process()
         .parse_or("DATABASE_MAX_CONNECTIONS", 10)
         .unwrap_or(10);
-    let deadline = Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(200);
-    // Wait until the server accepts a connection (single attempts, so the
-    // retry window is honoured), then open the pool.
-    loop {
-        let budget = deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let res = match tokio::time::timeout(budget, PgConnection::connect_with(&opts)).await {
-            Ok(r) => r.map_err(anyhow::Error::from),
-            Err(_) => Err(anyhow::anyhow!("connect timed out")),
-        };
-        match res {
-            Ok(conn) => {
-                let _ = conn.close().await;
-                break;
-            }
-            Err(e) if Instant::now() + delay < deadline => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres not ready");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context("cannot connect to PostgreSQL"),
-        }
-    }
+    // Wait until the server accepts a connection, then open the pool.
+    let conn = wait_for_pg(&opts, retry_for).await?;
+    let _ = conn.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)
@@ -65,6 +43,35 @@ pub async fn connect_pg(
         tracing::info!(count = m.iter().count(), "migrations applied");
     }
     Ok(pool)
+}
+
+/// Open one PostgreSQL connection, retrying with backoff (200 ms doubling up
+/// to 5 s, single attempts of at most 5 s each) for up to `retry_for`: the
+/// same wait [`connect_pg`] does before opening its pool.
+pub async fn wait_for_pg(
+    opts: &PgConnectOptions,
+    retry_for: Duration,
+) -> anyhow::Result<PgConnection> {
+    let deadline = Instant::now() + retry_for;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let res = match tokio::time::timeout(budget, PgConnection::connect_with(opts)).await {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("connect timed out")),
+        };
+        match res {
+            Ok(conn) => return Ok(conn),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgres not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("cannot connect to PostgreSQL"),
+        }
+    }
 }
 
 /// Open a Redis `ConnectionManager` (auto-reconnecting), retrying the first

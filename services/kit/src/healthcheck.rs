@@ -77,7 +77,9 @@ pub fn is_healthcheck_invocation() -> bool {
 /// ```
 ///
 /// With `healthcheck` as first argument it only probes `/health/ready` (on a
-/// small current-thread runtime). Otherwise it installs JSON logging, starts
+/// small current-thread runtime). With `migrate` (not handled by the service
+/// with [`crate::migrate::run_if_requested`] first) it exits 2 with a JSON
+/// error: the binary has no migrations. Otherwise it installs JSON logging, starts
 /// a multi-thread runtime and runs `run`; an error is logged and exits 1.
 pub fn main_with<F, Fut>(default_port: u16, run: F) -> ExitCode
 where
@@ -90,6 +92,11 @@ where
             .build()
             .expect("tokio runtime");
         return rt.block_on(self::run(default_port));
+    }
+    if crate::migrate::is_migrate_invocation() {
+        // Services with a database handle `migrate` before calling us
+        // (`kit::migrate::run_if_requested`); never start the server instead.
+        return crate::migrate::not_supported();
     }
     crate::telemetry::init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()

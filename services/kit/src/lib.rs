@@ -8,13 +8,17 @@
 //! ```ignore
 //! // main.rs
 //! fn main() -> std::process::ExitCode {
+//!     // `<bin> migrate`: apply pending migrations, one JSON line, exit 0/1/2/3.
+//!     if let Some(code) = kit::migrate::run_if_requested("my-service", &my_service::MIGRATOR) {
+//!         return code;
+//!     }
 //!     // `<bin> healthcheck` probes 127.0.0.1:$PORT/health/ready and exits 0/1;
 //!     // otherwise: JSON logs + multi-thread runtime + your run().
 //!     kit::main_with(8002, my_service::run)
 //! }
 //!
 //! // lib.rs
-//! static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+//! pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 //! pub async fn run() -> anyhow::Result<()> {
 //!     let cfg = kit::Config::from_env("my-service", 8002)?;      // env + *_FILE secrets
 //!     let pool = kit::db::connect_pg(cfg.require_database_url()?, Some(&MIGRATOR),
@@ -57,6 +61,12 @@
 //! * [`healthcheck`] — [`main_with`], `healthcheck::check(port, timeout)`.
 //! * [`db`] — `db::connect_pg(url, Some(&MIGRATOR), retry_for)` → `PgPool` (retry loop,
 //!   then migrations); `db::connect_redis(url, retry_for)` → Redis `ConnectionManager`.
+//! * [`migrate`] — `migrate::run_if_requested(default_name, &MIGRATOR)`: `<bin> migrate`
+//!   reads the database settings as at startup, retries the connection for
+//!   `DB_CONNECT_TIMEOUT`, applies the pending migrations under the migrator's advisory
+//!   lock, prints one JSON line (`status` `applied`/`up_to_date`/`failed`, `applied`
+//!   versions, `database` host:port/db) and exits 0, or 1 (migration failed), 2 (config),
+//!   3 (database unreachable/refused). Starts no server or background task.
 //! * [`auth`] — `auth::Verifier::from_url(jwks_url)` (keys cached by `kid`, refetched on an
 //!   unknown `kid` at most every 5 s, `verifier.spawn_refresh(period)` for periodic refresh;
 //!   `Verifier::from_jwks(&set)` / `set_jwks` for local keys). Only EdDSA (Ed25519) tokens
@@ -85,6 +95,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod migrate;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

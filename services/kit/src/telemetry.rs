@@ -5,7 +5,22 @@ use tracing_subscriber::EnvFilter;
 
 /// Install the JSON subscriber once; later calls are no-ops (handy in tests).
 pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_tracing_with_default("info");
+}
+
+/// Like [`init_tracing`], with `default_filter` when `RUST_LOG` is unset.
+pub fn init_tracing_with_default(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    init_with(filter);
+}
+
+/// Like [`init_tracing`], with exactly this filter (ignores `RUST_LOG`).
+pub fn init_tracing_with_filter(filter: &str) {
+    init_with(EnvFilter::new(filter));
+}
+
+fn init_with(filter: EnvFilter) {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
