@@ -49,7 +49,11 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check stack.toml: syntax, unknown keys, references, cycles, ports, crate paths.
-    Validate,
+    Validate {
+        /// Also check the Docker Engine can run the plan: images present or buildable, host ports free, volumes.
+        #[arg(long)]
+        against_engine: bool,
+    },
     /// Write every artifact (Dockerfiles, compose files, configs) to a directory.
     Render(RenderArgs),
     /// Print the resolved stack (defaults applied, environment overlaid).
@@ -143,11 +147,68 @@ pub enum Command {
         #[arg(short, long)]
         yes: bool,
     },
+    /// Roll out what changed (jobs first, then each service beside its old container, health-gated), recorded as a revision.
+    Deploy(DeployArgs),
+    /// Put the previous (or a named) revision back, the same rolling way, by image id; no rebuild.
+    Rollback {
+        /// The revision to go back to (default: the one before the live one).
+        #[arg(long, value_name = "REV")]
+        to: Option<String>,
+    },
+    /// The revisions deployed on this host, the live one marked.
+    History,
+    /// What a deploy would change (against what runs), or the changes since a revision.
+    Diff {
+        /// Compare the current stack.toml and images with this revision.
+        revision: Option<String>,
+    },
+    /// The deploy lock on the Docker host.
+    Lock {
+        #[command(subcommand)]
+        command: LockCommand,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the lock, and whether it is stale.
+    Status,
+    /// Remove the lock (asks first, or needs --yes): for a deploy that died on another host.
+    Release {
+        #[arg(short, long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Back up every database and Redis first.
+    #[arg(long)]
+    pub backup: bool,
+    /// Fail instead of building images that are missing.
+    #[arg(long)]
+    pub no_build: bool,
+    /// How long to watch health after cutover (e.g. 30s; 0 turns it off; default: stack.toml's deploy.watch).
+    #[arg(long, value_parser = parse_duration)]
+    pub watch: Option<std::time::Duration>,
+    /// How long each new container may take to become ready (default: deploy.ready_timeout).
+    #[arg(long, value_parser = parse_duration)]
+    pub ready_timeout: Option<std::time::Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    crate::model::Duration::parse(s).map(|d| d.as_std())
 }
 
 #[derive(Debug, Args)]

@@ -184,6 +184,35 @@ pub enum Error {
         code: i64,
         message: String,
     },
+    #[error("deploy failed: {reason}{logs}\n  {outcome}\n  hint: {hint}")]
+    DeployFailed {
+        reason: String,
+        logs: String,
+        /// What now runs: rolled back, or the previous revision kept serving.
+        outcome: String,
+        hint: String,
+    },
+    #[error("another deploy holds the lock of {project}: {holder}\n  hint: {hint}")]
+    Locked {
+        project: String,
+        holder: String,
+        hint: String,
+    },
+    #[error("revision {revision}: {reason}\n  hint: {hint}")]
+    Revision {
+        revision: String,
+        reason: String,
+        hint: String,
+    },
+    #[error("job {job} failed: {reason}{logs}\n  hint: {hint}")]
+    JobFailed {
+        job: String,
+        reason: String,
+        logs: String,
+        hint: String,
+    },
+    #[error("the engine cannot run this plan: {problems}\n  hint: {hint}")]
+    Preflight { problems: String, hint: String },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -213,6 +242,11 @@ impl Error {
             Error::BackupInvalid { .. } => 37,
             Error::NotRunning { .. } => 38,
             Error::DataCommand { .. } => 39,
+            Error::DeployFailed { .. } => 40,
+            Error::Locked { .. } => 41,
+            Error::Revision { .. } => 42,
+            Error::JobFailed { .. } => 43,
+            Error::Preflight { .. } => 44,
             Error::Other(_) => 1,
         }
     }

@@ -38,7 +38,9 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
             );
             Ok(0)
         }
-        C::Validate => ops::validate(&ops::load(g)?, ui),
+        C::Validate {
+            against_engine: false,
+        } => ops::validate(&ops::load(g)?, ui),
         C::Render(args) => ops::render(&ops::load(g)?, args.out.as_deref(), args.target, ui),
         C::Config(args) => ops::config(&ops::load(g)?, args.format, ui),
         C::Architecture(args) => ops::architecture(&ops::load(g)?, args.format, ui),
@@ -84,7 +86,32 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                         backup::backup(&stack, &services, keep.map(|k| k as usize), ui).await
                     }
                     C::Restore { backup, yes } => backup::restore(&stack, &backup, yes, ui).await,
-                    C::Validate
+                    C::Validate {
+                        against_engine: true,
+                    } => {
+                        ops::validate(&stack, ui)?;
+                        preflight::preflight(&stack, ui).await
+                    }
+                    C::Deploy(a) => {
+                        let opts = deploy::DeployOpts {
+                            dry_run: a.dry_run,
+                            backup: a.backup,
+                            no_build: a.no_build,
+                            watch: a.watch,
+                            ready_timeout: a.ready_timeout,
+                        };
+                        deploy::deploy(&stack, &opts, ui).await
+                    }
+                    C::Rollback { to } => deploy::rollback(&stack, to.as_deref(), ui).await,
+                    C::History => deploy::history(&stack, ui).await,
+                    C::Diff { revision } => deploy::diff(&stack, revision.as_deref(), ui).await,
+                    C::Lock { command } => match command {
+                        cli::LockCommand::Release { yes } => {
+                            lock::release_cmd(&stack, yes, ui).await
+                        }
+                        cli::LockCommand::Status => lock::status_cmd(&stack, ui).await,
+                    },
+                    C::Validate { .. }
                     | C::Render(_)
                     | C::Config(_)
                     | C::Architecture(_)

@@ -10,9 +10,13 @@ use std::path::Path;
 pub mod architecture;
 pub mod backup;
 pub mod build;
+pub mod deploy;
 pub mod inspect;
+pub mod lock;
 pub mod logs;
+pub mod preflight;
 pub mod push;
+pub mod revision;
 pub mod setup;
 pub mod stackenv;
 pub mod up;
@@ -86,7 +90,7 @@ pub fn image_tag(stack: &Stack) -> String {
     }
 }
 
-fn git_short_sha(root: &Path) -> Option<String> {
+pub(crate) fn git_short_sha(root: &Path) -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(root)

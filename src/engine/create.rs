@@ -197,9 +197,14 @@ pub fn desired(
 /// The secret files a container reads, copied where only it mounts them:
 /// the directory is root-only, the files readable inside the container
 /// whatever user it runs as (as Swarm secrets are: 0444).
-pub fn stage_secrets(secrets_src: &Path, paths: &Paths, d: &Desired) -> crate::Result<()> {
+pub fn stage_secrets(
+    secrets_src: &Path,
+    paths: &Paths,
+    container: &str,
+    secrets: &[String],
+) -> crate::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = secret_dir(paths, &d.name);
+    let dir = secret_dir(paths, container);
     std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Write {
         path: dir.clone(),
         source,
@@ -207,7 +212,7 @@ pub fn stage_secrets(secrets_src: &Path, paths: &Paths, d: &Desired) -> crate::R
     for base in [&paths.run, &dir] {
         let _ = std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700));
     }
-    for s in &d.spec.secrets {
+    for s in secrets {
         let src = secrets_src.join(s);
         let bytes = std::fs::read(&src).map_err(|_| {
             crate::Error::usage(

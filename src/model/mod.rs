@@ -55,6 +55,30 @@ pub struct Stack {
     pub monitoring: Option<Monitoring>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+    pub deploy: DeploySettings,
+    /// One-shot jobs, in stack.toml order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploySettings {
+    pub ready_timeout: Duration,
+    pub drain: Duration,
+    pub watch: Duration,
+    pub keep: u32,
+    pub lock_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub service: String,
+    pub command: Vec<String>,
+    pub before: Vec<String>,
+    pub timeout: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@ use super::schema::{self, Merge, StackFile};
 use super::units::{Duration, Memory, BAD_DURATION, BAD_MEMORY};
 use super::*;
 use crate::error::{Error, ModelError, ModelErrorKind as K};
+use indexmap::IndexMap;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use toml::Spanned;
@@ -1110,6 +1111,9 @@ impl Resolver<'_> {
             .map(|n| by_name.remove(n).expect("ordered"))
             .collect();
 
+        let deploy = self.deploy(&f.deploy)?;
+        let jobs = self.jobs(&f.jobs, &services)?;
+
         Ok(Stack {
             name,
             description: stack_sec.description.clone(),
@@ -1131,7 +1135,96 @@ impl Resolver<'_> {
             nginx,
             monitoring,
             logging,
+            deploy,
+            jobs,
         })
+    }
+
+    fn deploy(&self, d: &schema::DeployDef) -> Result<DeploySettings, ModelError> {
+        let keep = match &d.keep {
+            Some(k) if *k.get_ref() == 0 => {
+                return Err(self.err(
+                    K::InvalidValue,
+                    k.span().start,
+                    "deploy.keep = 0 would keep no revision to roll back to",
+                    "keep at least 1 (default 5)",
+                ))
+            }
+            Some(k) => *k.get_ref(),
+            None => 5,
+        };
+        Ok(DeploySettings {
+            ready_timeout: d.ready_timeout.unwrap_or(Duration::from_secs(120)),
+            drain: d.drain.unwrap_or(Duration::from_secs(2)),
+            watch: d.watch.unwrap_or(Duration::from_secs(30)),
+            keep,
+            lock_ttl: d.lock_ttl.unwrap_or(Duration::from_secs(30 * 60)),
+        })
+    }
+
+    fn jobs(
+        &self,
+        defs: &IndexMap<String, Spanned<schema::JobDef>>,
+        services: &[Service],
+    ) -> Result<Vec<Job>, ModelError> {
+        let svc_names = || names(services.iter().map(|s| &s.name));
+        let mut out = Vec::new();
+        for (name, def) in defs {
+            let at = def.span().start;
+            let j = def.get_ref();
+            if !valid_name(name) {
+                return Err(self.err(
+                    K::InvalidValue,
+                    at,
+                    format!("job name `{name}` is not valid"),
+                    "use lower-case letters, digits and '-'",
+                ));
+            }
+            let svc = j.service.get_ref();
+            if !services.iter().any(|s| &s.name == svc) {
+                return Err(self.err(
+                    K::UnknownDependency,
+                    j.service.span().start,
+                    format!("job `{name}` runs in service `{svc}`, which is not defined (or not enabled)"),
+                    format!("use one of: {}", svc_names()),
+                ));
+            }
+            if j.command.is_empty() {
+                return Err(self.err(
+                    K::MissingKey,
+                    at,
+                    format!("job `{name}` has an empty command"),
+                    "give the binary's arguments, e.g. command = [\"migrate\"]",
+                ));
+            }
+            let mut before = Vec::new();
+            for b in j.before.iter().flatten() {
+                if !services.iter().any(|s| &s.name == b.get_ref()) {
+                    return Err(self.err(
+                        K::UnknownDependency,
+                        b.span().start,
+                        format!(
+                            "job `{name}` must run before `{}`, which is not a service",
+                            b.get_ref()
+                        ),
+                        format!("use one of: {}", svc_names()),
+                    ));
+                }
+                before.push(b.get_ref().clone());
+            }
+            if before.is_empty() {
+                before.push(svc.clone());
+            }
+            out.push(Job {
+                name: name.clone(),
+                service: svc.clone(),
+                command: j.command.clone(),
+                before,
+                timeout: j.timeout.unwrap_or(Duration::from_secs(300)),
+                description: j.description.clone(),
+            });
+        }
+        Ok(out)
     }
 
     fn topo(&self, services: &[Resolved<'_>]) -> Result<Vec<String>, ModelError> {

@@ -32,6 +32,41 @@ pub struct StackFile {
     pub logging: LoggingDef,
     #[serde(default)]
     pub environments: IndexMap<String, EnvironmentDef>,
+    #[serde(default)]
+    pub deploy: DeployDef,
+    #[serde(default)]
+    pub jobs: IndexMap<String, Spanned<JobDef>>,
+}
+
+/// How `stackctl deploy` and `rollback` behave.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployDef {
+    /// How long a new container may take to become ready.
+    pub ready_timeout: Option<Duration>,
+    /// Both old and new serve this long before the old ones stop (DNS caches move on).
+    pub drain: Option<Duration>,
+    /// How long health stays watched after cutover; a failure inside it rolls back.
+    pub watch: Option<Duration>,
+    /// Revisions kept (their images are protected from `clean` and pruning).
+    pub keep: Option<Spanned<u32>>,
+    /// A deploy lock older than this is stale.
+    pub lock_ttl: Option<Duration>,
+}
+
+/// A one-shot job (a migration, a seed) run to completion before the
+/// services that need it roll.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDef {
+    /// The service whose image, environment, secrets and networks the job uses.
+    pub service: Spanned<String>,
+    /// Arguments to the service's binary, e.g. ["migrate"].
+    pub command: Vec<String>,
+    /// Services that roll only after this job succeeded (default: its service).
+    pub before: Option<Vec<Spanned<String>>>,
+    pub timeout: Option<Duration>,
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -36,6 +36,9 @@ pub struct Manifest {
     /// RFC 3339, UTC.
     pub created: String,
     pub git_commit: Option<String>,
+    /// The deploy revision live when the backup was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
     pub stackctl_version: String,
     pub files: Vec<Entry>,
 }
@@ -483,6 +486,10 @@ pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &U
         environment: stack.environment.clone(),
         created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         git_commit: git_commit(&stack.root),
+        revision: super::revision::list(&env.engine, &stack.root, &env.project)
+            .await
+            .ok()
+            .and_then(|h| h.last().map(|(r, _)| r.id)),
         stackctl_version: env!("CARGO_PKG_VERSION").to_string(),
         files,
     };
@@ -1120,6 +1127,7 @@ mod tests {
             environment: None,
             created: "2026-01-01T00:00:00Z".into(),
             git_commit: None,
+            revision: Some(3),
             stackctl_version: "0".into(),
             files: vec![Entry {
                 file: "postgres-user.dump".into(),

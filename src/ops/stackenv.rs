@@ -265,11 +265,19 @@ impl<'a> StackEnv<'a> {
         Ok(out)
     }
 
-    /// Every container of this project on the host, running or not.
+    /// Every container of this project's stack on the host, running or not
+    /// (not the revision records, the lock or one-shot jobs).
     pub async fn running(&self) -> Result<Vec<ContainerSummary>> {
-        self.engine
+        let mut all = self
+            .engine
             .containers(&[(LABEL_PROJECT, &self.project)])
-            .await
+            .await?;
+        all.retain(|c| {
+            !c.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(super::revision::LABEL_ROLE))
+        });
+        Ok(all)
     }
 }
 

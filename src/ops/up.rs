@@ -66,15 +66,15 @@ pub fn probe_cmd(spec: &ContainerSpec) -> Option<Vec<String>> {
 /// does not wait for the health-check interval.
 pub async fn wait_ready(
     engine: &Engine,
-    d: &Desired,
+    name: &str,
+    probe: Option<&[String]>,
     timeout: Duration,
 ) -> std::result::Result<f64, String> {
     let t0 = Instant::now();
-    let probe = probe_cmd(&d.spec);
     loop {
         let info = engine
             .docker
-            .inspect_container(&d.name, None)
+            .inspect_container(name, None)
             .await
             .map_err(|e| e.to_string())?;
         let state = info.state.unwrap_or_default();
@@ -94,8 +94,8 @@ pub async fn wait_ready(
             return Ok(t0.elapsed().as_secs_f64());
         }
         if status == "running" {
-            if let Some(cmd) = &probe {
-                if let Ok((0, _)) = engine.exec(&d.name, cmd, None).await {
+            if let Some(cmd) = probe {
+                if let Ok((0, _)) = engine.exec(name, cmd, None).await {
                     return Ok(t0.elapsed().as_secs_f64());
                 }
             }
@@ -112,7 +112,7 @@ pub async fn wait_ready(
 }
 
 /// Create (or keep, or replace) and start one container.
-async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
+pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
     let docker = &env.engine.docker;
     let mut action = "created";
     if let Ok(existing) = docker.inspect_container(&d.name, None).await {
@@ -192,7 +192,7 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
     let desired: Vec<Desired> = env.desired_for(&artifacts, Some(&want), ui).await?;
     let secrets = super::setup::secrets_dir(stack);
     for d in &desired {
-        create::stage_secrets(&secrets, &env.paths, d)?;
+        create::stage_secrets(&secrets, &env.paths, &d.name, &d.spec.secrets)?;
     }
     let started: HashSet<String> = desired.iter().map(|d| d.spec.name.clone()).collect();
 
@@ -249,7 +249,14 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
                         return Err((d.name.clone(), e.to_string(), String::new()));
                     }
                 };
-                match wait_ready(&env_ref.engine, d, timeout).await {
+                match wait_ready(
+                    &env_ref.engine,
+                    &d.name,
+                    probe_cmd(&d.spec).as_deref(),
+                    timeout,
+                )
+                .await
+                {
                     Ok(secs) => line.push((d.name.clone(), action, secs)),
                     Err(why) => {
                         let logs = env_ref.engine.tail(&d.name, 20).await;

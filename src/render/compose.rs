@@ -18,7 +18,7 @@ pub struct ComposeFile {
     pub secrets: IndexMap<String, ComposeSecret>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeService {
     pub image: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,18 +59,18 @@ pub struct ComposeService {
     pub logging: ComposeLogging,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeBuild {
     pub context: String,
     pub dockerfile: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DependsOn {
     pub condition: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeHealth {
     pub test: Vec<String>,
     pub interval: String,
@@ -79,25 +79,25 @@ pub struct ComposeHealth {
     pub start_period: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeDeploy {
     pub replicas: u32,
     pub resources: ComposeResources,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeResources {
     pub limits: ComposeLimit,
     pub reservations: ComposeLimit,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeLimit {
     pub cpus: String,
     pub memory: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ComposeLogging {
     pub driver: String,
     pub options: BTreeMap<String, String>,
@@ -272,6 +272,35 @@ pub fn compose(
             },
         );
     }
+    // One-shot jobs: their service's container with the job's command, run
+    // once; the services they gate wait for them to complete successfully.
+    for job in &stack.jobs {
+        let Some(base) = services.get(&job.service).cloned() else {
+            continue;
+        };
+        let name = format!("job-{}", job.name);
+        let mut j = base;
+        j.command = job.command.iter().map(|s| esc(s)).collect();
+        j.ports.clear();
+        j.restart = "no".into();
+        j.healthcheck = None;
+        j.build = None;
+        j.deploy.replicas = 1;
+        j.labels.insert("io.stackctl.role".into(), "job".into());
+        j.labels
+            .remove(super::super::model::containers::LABEL_SERVICE);
+        for b in &job.before {
+            if let Some(svc) = services.get_mut(b) {
+                svc.depends_on.insert(
+                    name.clone(),
+                    DependsOn {
+                        condition: "service_completed_successfully".into(),
+                    },
+                );
+            }
+        }
+        services.insert(name, j);
+    }
     let networks = stack
         .networks
         .iter()
@@ -343,7 +372,9 @@ fn quote_sexagesimal(yaml: &str) -> String {
                 None => (line, ""),
             },
         };
-        if is_sexagesimal(value) {
+        // YAML 1.1 booleans too: `restart: no` would read as false.
+        let yaml11_bool = matches!(value, "no" | "yes" | "on" | "off" | "y" | "n");
+        if is_sexagesimal(value) || yaml11_bool {
             out.push_str(prefix);
             out.push('\'');
             out.push_str(value);

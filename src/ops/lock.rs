@@ -1,0 +1,254 @@
+//! The deploy lock, on the Docker host: a created (never started) container
+//! named `<project>-lock`. The engine creates a name at most once, so two
+//! deploys from anywhere cannot both hold it; its labels name the holder.
+
+use super::revision::{hostname, now_rfc3339, operator, LABEL_ROLE};
+use crate::engine::{Engine, LABEL_PROJECT};
+use crate::error::{Error, Result};
+use crate::ui::Ui;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters as qp;
+use std::collections::HashMap;
+
+const LABEL_HOLDER: &str = "io.stackctl.lock.holder";
+const LABEL_HOST: &str = "io.stackctl.lock.host";
+const LABEL_PID: &str = "io.stackctl.lock.pid";
+const LABEL_SINCE: &str = "io.stackctl.lock.since";
+const LABEL_EXPIRES: &str = "io.stackctl.lock.expires";
+const LABEL_WHAT: &str = "io.stackctl.lock.what";
+
+pub fn lock_name(project: &str) -> String {
+    format!("{project}-lock")
+}
+
+/// Who holds a lock, and whether it is provably stale.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub who: String,
+    pub host: String,
+    pub pid: u32,
+    pub since: String,
+    pub what: String,
+    pub expires: u64,
+}
+
+impl Holder {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (pid {} on {}, {} since {})",
+            self.who, self.pid, self.host, self.what, self.since
+        )
+    }
+
+    /// Stale: its time is up, or its process on this host is gone.
+    pub fn stale(&self) -> Option<String> {
+        let now = epoch();
+        if now > self.expires {
+            return Some(format!("it expired {} s ago", now - self.expires));
+        }
+        if self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        {
+            return Some(format!("process {} on this host is gone", self.pid));
+        }
+        None
+    }
+}
+
+fn epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub async fn holder(engine: &Engine, project: &str) -> Result<Option<Holder>> {
+    match engine
+        .docker
+        .inspect_container(&lock_name(project), None)
+        .await
+    {
+        Ok(c) => {
+            let l = c.config.and_then(|c| c.labels).unwrap_or_default();
+            let get = |k: &str| l.get(k).cloned().unwrap_or_default();
+            Ok(Some(Holder {
+                who: get(LABEL_HOLDER),
+                host: get(LABEL_HOST),
+                pid: get(LABEL_PID).parse().unwrap_or(0),
+                since: get(LABEL_SINCE),
+                what: get(LABEL_WHAT),
+                expires: get(LABEL_EXPIRES).parse().unwrap_or(0),
+            }))
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(Error::engine("inspect the deploy lock", e)),
+    }
+}
+
+/// A held lock; release it with [`Lock::release`].
+pub struct Lock {
+    name: String,
+}
+
+impl Lock {
+    /// Take the lock for `what` (deploy, rollback), or say who holds it. A
+    /// provably stale lock (a killed deploy) is taken over with a warning.
+    /// `image` is any image on the host (the lock container is never started).
+    pub async fn acquire(
+        engine: &Engine,
+        project: &str,
+        what: &str,
+        image: &str,
+        ttl: std::time::Duration,
+        ui: &Ui,
+    ) -> Result<Lock> {
+        let name = lock_name(project);
+        for _ in 0..3 {
+            let labels = HashMap::from([
+                (LABEL_PROJECT.to_string(), project.to_string()),
+                (LABEL_ROLE.to_string(), "lock".to_string()),
+                (LABEL_HOLDER.to_string(), operator()),
+                (LABEL_HOST.to_string(), hostname()),
+                (LABEL_PID.to_string(), std::process::id().to_string()),
+                (LABEL_SINCE.to_string(), now_rfc3339()),
+                (
+                    LABEL_EXPIRES.to_string(),
+                    (epoch() + ttl.as_secs()).to_string(),
+                ),
+                (LABEL_WHAT.to_string(), what.to_string()),
+            ]);
+            let body = ContainerCreateBody {
+                image: Some(image.to_string()),
+                cmd: Some(vec!["stackctl-lock".into()]),
+                labels: Some(labels),
+                network_disabled: Some(true),
+                host_config: Some(HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match engine
+                .docker
+                .create_container(
+                    Some(qp::CreateContainerOptions {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    }),
+                    body,
+                )
+                .await
+            {
+                Ok(_) => return Ok(Lock { name }),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => {
+                    let Some(h) = holder(engine, project).await? else {
+                        continue; // released meanwhile: try again
+                    };
+                    if let Some(why) = h.stale() {
+                        ui.warn(format!(
+                            "taking over a stale deploy lock of {}: {why}; this run recovers what it left",
+                            h.describe()
+                        ));
+                        remove(engine, &name).await?;
+                        continue;
+                    }
+                    return Err(Error::Locked {
+                        project: project.to_string(),
+                        holder: h.describe(),
+                        hint: "wait for it to finish; if that deploy is dead on another host, `stackctl lock release` clears the lock".into(),
+                    });
+                }
+                Err(e) => return Err(Error::engine("take the deploy lock", e)),
+            }
+        }
+        Err(Error::engine(
+            "take the deploy lock",
+            "it changed hands three times while trying",
+        ))
+    }
+
+    pub async fn release(self, engine: &Engine) -> Result<()> {
+        remove(engine, &self.name).await
+    }
+}
+
+async fn remove(engine: &Engine, name: &str) -> Result<()> {
+    match engine
+        .docker
+        .remove_container(
+            name,
+            Some(qp::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(Error::engine(format!("remove {name}"), e)),
+    }
+}
+
+/// `stackctl lock release`: show the holder, ask, remove.
+pub async fn release_cmd(stack: &crate::model::Stack, yes: bool, ui: &Ui) -> Result<i32> {
+    let engine = Engine::connect().await?;
+    let project = crate::engine::project(stack);
+    let Some(h) = holder(&engine, &project).await? else {
+        ui.ok(format!("{project} is not locked"));
+        return Ok(0);
+    };
+    let state = match h.stale() {
+        Some(why) => format!("stale: {why}"),
+        None => "it may still be running".to_string(),
+    };
+    if !yes {
+        if !console::Term::stderr().is_term() {
+            return Err(Error::usage(
+                format!(
+                    "the lock of {project} is held by {} ({state})",
+                    h.describe()
+                ),
+                "add --yes to release it",
+            ));
+        }
+        eprint!(
+            "the lock of {project} is held by {} ({state}). Release it? type `yes`: ",
+            h.describe()
+        );
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if answer.trim() != "yes" {
+            ui.info("kept the lock");
+            return Ok(1);
+        }
+    }
+    remove(&engine, &lock_name(&project)).await?;
+    ui.ok(format!(
+        "released the lock of {project} held by {}",
+        h.describe()
+    ));
+    Ok(0)
+}
+
+/// `stackctl lock status`.
+pub async fn status_cmd(stack: &crate::model::Stack, ui: &Ui) -> Result<i32> {
+    let engine = Engine::connect().await?;
+    let project = crate::engine::project(stack);
+    match holder(&engine, &project).await? {
+        None => ui.ok(format!("{project} is not locked")),
+        Some(h) => match h.stale() {
+            Some(why) => ui.warn(format!(
+                "{project} is locked by {}: stale ({why}); the next deploy takes it over, or `stackctl lock release`",
+                h.describe()
+            )),
+            None => ui.info(format!("{project} is locked by {}", h.describe())),
+        },
+    }
+    Ok(0)
+}
