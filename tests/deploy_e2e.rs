@@ -271,16 +271,34 @@ fn wait_child(mut c: Child) -> (Option<i32>, String) {
     (c.wait().ok().and_then(|s| s.code()), o)
 }
 
+/// This project's revision records, lock and local history: a fresh start.
+fn forget_history() {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.stackctl.project={PROJECT}"),
+    ]);
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", id])
+            .output();
+    }
+    let _ = std::fs::remove_dir_all(repo().join(".stackctl/revisions").join(PROJECT));
+}
+
 struct Cleanup;
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = cmd(None, &["down", "--volumes", "--yes", "-q"]).output();
+        forget_history();
     }
 }
 
 #[test]
 fn deploys_rollbacks_and_backups_on_the_real_engine() {
     let _ = sc(None, &["down", "--volumes", "--yes"]);
+    forget_history();
     let _cleanup = Cleanup;
     ok(None, &["setup"]);
     // The built images, as this test's version 1.
@@ -524,9 +542,8 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
         "--filter",
         &format!("label=io.stackctl.stack={STACK}"),
     ]);
-    let h = ok(None, &["--json", "history"]);
-    let revs: serde_json::Value =
-        serde_json::from_str(h.lines().last().unwrap_or("[]")).unwrap_or_default();
+    let h = sc(None, &["--json", "history"]);
+    let revs: serde_json::Value = serde_json::from_slice(&h.stdout).expect("history as JSON");
     // The oldest kept revision that ran version 1 of both changed services.
     let oldest = revs
         .as_array()
@@ -563,7 +580,7 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
     let out = sc(None, &["--json", "backup"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     eprintln!("FIGURE backup: {:.1}s", t.elapsed().as_secs_f64());
-    let v: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("backup as JSON");
     let dir = std::path::PathBuf::from(v["dir"].as_str().unwrap());
     assert!(
         v["manifest"]["revision"].as_u64().is_some(),
