@@ -353,7 +353,7 @@ case_deploy() {
   [[ "$rh" == *--watch* ]] && rflags+=(--watch 0)
   case_def deploy "4. Rolling deploy of one changed service (api-gateway) and rollback, under load" "" \
     "stackctl" "-" "-" \
-    "Each round: every app image tagged anew, api-gateway's as a derived image (\`FROM\` it + a \`LABEL\`: a new image id, no recompile), then \`IMAGE_TAG=<new> stackctl deploy ${dflags[*]}\` and \`stackctl rollback ${rflags[*]}\`, each timed, while \`bench/loadloop.py\` sends GET $ROUTE through Nginx and the gateway (4 keep-alive clients, at most 100 req/s, bounded in time and count). A request fails when it errors or answers anything but 200. \`--watch 0\`: the post-cutover health watch (a wait, not part of the rollout) is not timed."
+    "Each round: every app image tagged anew, api-gateway's as a derived image (\`FROM\` it + a \`LABEL\`: a new image id, no recompile), then \`IMAGE_TAG=<new> stackctl deploy ${dflags[*]}\` and \`stackctl rollback${rflags[*]:+ ${rflags[*]}}\`, each timed, while \`bench/loadloop.py\` sends GET $ROUTE through Nginx and the gateway (4 keep-alive clients, at most 100 req/s, bounded in time and count). A request fails when it errors or answers anything but 200. \`--watch 0\`: the post-cutover health watch (a wait, not part of the rollout) is not timed."
   ensure_stack_up
   IMAGE_TAG=$TAG sctl deploy "${dflags[@]}" -q >>"$LOG" 2>&1 || die "baseline stackctl deploy failed (see $LOG)"
   local url="https://127.0.0.1:28443$ROUTE"
@@ -390,16 +390,9 @@ case_deploy() {
 }
 
 # 5 + 6. gateway vs Nginx direct; RSS idle and under load
-rss_mb() { # container id -> RSS in MB (cgroup v2 memory.stat anon, v1 total_rss)
-  local id; id=$(docker inspect -f '{{.Id}}' "$1")
-  local f
-  for f in /sys/fs/cgroup/system.slice/docker-$id.scope/memory.stat /sys/fs/cgroup/docker/$id/memory.stat; do
-    [ -f "$f" ] && { awk '$1=="anon"{printf "%.2f\n", $2/1e6}' "$f"; return; }
-  done
-  for f in /sys/fs/cgroup/memory/docker/$id/memory.stat /sys/fs/cgroup/memory/system.slice/docker-$id.scope/memory.stat; do
-    [ -f "$f" ] && { awk '$1=="total_rss"{printf "%.2f\n", $2/1e6}' "$f"; return; }
-  done
-  docker stats --no-stream --format '{{.MemUsage}}' "$1" | awk '{v=$1; u=v; gsub(/[0-9.]/,"",u); gsub(/[A-Za-z]/,"",v); m=(u=="GiB")?1073.74:(u=="MiB")?1.04858:(u=="KiB")?0.001024:1e-6; printf "%.2f\n", v*m}'
+rss_mb() { # container -> RSS in MB: VmRSS of its process (FROM scratch: one process)
+  local pid; pid=$(docker inspect -f '{{.State.Pid}}' "$1")
+  awk '/^VmRSS:/{printf "%.2f\n", $2/1024}' "/proc/$pid/status"
 }
 svc_container() { docker ps -q --filter "label=io.stackctl.project=$SP" --filter "label=io.stackctl.service=$1" | head -1; }
 rss_all() { # contender label
@@ -438,10 +431,10 @@ case_gateway() {
   local A="Nginx -> api-gateway -> user-management (the stack)" B="Nginx -> user-management (direct)"
   case_def gateway "5. Gateway throughput and latency through the stack against Nginx proxying directly" "" \
     "$A" "$B" "direct / stack" \
-    "wrk, 2 threads, 32 keep-alive HTTPS connections, ${BENCH_SECS} s per round, GET $ROUTE on 127.0.0.1 (the published port: docker-proxy, then Nginx with TLS). *Stack*: the stack's own Nginx (the rendered nginx.conf) -> api-gateway (JWT-free public route, rate limit off in the bench environment) -> user-management. *Direct*: a second container of the same Nginx image, same rendered nginx.conf except the upstream (user-management, path prefix stripped), same limits (0.25 CPU, 128 MB), on the same networks. Rounds alternate the two. The rendered Nginx resolves its upstream per request (rolling deploys) and so opens a connection per request, as in production."
-  case_def memory "6. Memory (RSS) of each service idle and under the gateway load" "MB" \
+    "wrk, 2 threads, 32 keep-alive HTTPS connections, ${BENCH_SECS} s per round, GET $ROUTE on 127.0.0.1 (the published port: docker-proxy, then Nginx with TLS). *Stack*: the stack's own Nginx (the rendered nginx.conf) -> api-gateway (JWT-free public route, rate limit off in the bench environment) -> user-management. *Direct*: a second container of the same Nginx image, same rendered nginx.conf except the upstream (user-management, path prefix stripped), same limits as the stack's Nginx (0.25 CPU, 128 MB; the gateway and user-management have 0.5 CPU each), on the same networks. Rounds alternate the two. The rendered Nginx resolves its upstream per request (rolling deploys) and so opens a connection per request, as in production."
+  case_def memory "6. Memory (RSS) of each service idle and under the gateway load" "MiB" \
     "idle" "under load" "load / idle" \
-    "RSS = the container cgroup's anonymous memory (memory.stat anon on cgroup v2, total_rss on v1), sampled ${RUNS} times idle (1 s apart, before the load) and once in the middle of each round of the stack load above. That load only goes through Nginx, api-gateway and user-management; the others serve health probes and metrics scrapes."
+    "RSS = VmRSS of the service's process (/proc/PID/status; the images are FROM scratch, one process each), in MiB, sampled ${RUNS} times idle (1 s apart, before the load) and once in the middle of each round of the stack load above. That load only goes through Nginx, api-gateway and user-management; the others serve health probes and metrics scrapes."
 
   # the direct Nginx: the rendered config, upstream replaced
   local conf=$W/nginx-direct.conf
