@@ -303,9 +303,14 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
         }
     }
     let drift = rows.iter().filter(|r| r.2 != "up to date").count();
+    let live = super::revision::list(&env.engine, &stack.root, &env.project)
+        .await?
+        .pop()
+        .map(|(r, _)| r);
     if ui.json {
         ui.print_json(&json!({
             "in_sync": drift == 0,
+            "revision": live.as_ref().map(|r| json!({"id": r.id, "kind": r.kind, "time": r.time, "by": r.by})),
             "containers": rows.iter().map(|(n, s, v)| json!({"container": n, "state": s, "status": v})).collect::<Vec<_>>(),
         }));
     } else {
@@ -315,6 +320,13 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
             println!("{n:<w$}  {s:<9} {v}");
         }
         println!("{} of {} match stack.toml", rows.len() - drift, rows.len());
+        match &live {
+            Some(r) => println!(
+                "revision {} is live ({} at {} by {}); `stackctl history` lists them",
+                r.id, r.kind, r.time, r.by
+            ),
+            None => println!("no deploy revision yet (`stackctl deploy` records one)"),
+        }
     }
     Ok(if drift == 0 { 0 } else { 1 })
 }
