@@ -44,6 +44,22 @@ pub struct Global {
     /// Print more detail.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Where the stack runs: the local engine's containers, or Docker Swarm services.
+    /// `render` also takes `kubernetes` (manifests in kubernetes/); `local` and
+    /// `swarm` render compose files and configs (`compose` is `local`).
+    #[arg(long, global = true, value_enum, default_value_t = Target::Local, env = "STACKCTL_TARGET")]
+    pub target: Target,
+}
+
+/// One `--target` for every command: a subcommand may not define its own
+/// `--target` beside a global one (clap would mix their values up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    #[value(alias = "compose")]
+    Local,
+    Swarm,
+    /// Render only: stackctl writes the manifests, kubectl applies them.
+    Kubernetes,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +159,22 @@ pub enum Command {
         #[arg(short, long)]
         yes: bool,
     },
+    /// Deploy the stack as a new revision (with --target swarm: create or update Swarm services and wait until they converge).
+    Deploy(DeployArgs),
+    /// Roll every service back to the previous revision (or --to REV).
+    Rollback {
+        /// The revision to return to (see `history`).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// The stack's revisions: when, what changed, and how each deploy ended.
+    History,
+    /// Set the number of replicas of services (Swarm target): stackctl --target swarm scale api-gateway=3
+    Scale {
+        /// SERVICE=N assignments.
+        #[arg(required = true, value_name = "SERVICE=N")]
+        assignments: Vec<String>,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -160,13 +192,15 @@ pub struct StartArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DeployArgs {}
+
+#[derive(Debug, Args)]
 pub struct RenderArgs {
     /// Output directory (default: deploy/ next to stack.toml).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
-    /// What to render: compose files and configs, or Kubernetes manifests (kubernetes/).
-    #[arg(long, value_enum, default_value_t = RenderTarget::Compose)]
-    pub target: RenderTarget,
+    // What to render comes from the global --target: compose files and
+    // configs (local, swarm), or Kubernetes manifests (kubernetes).
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

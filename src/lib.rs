@@ -7,6 +7,7 @@ pub mod images;
 pub mod model;
 pub mod ops;
 pub mod render;
+pub mod swarm;
 pub mod ui;
 
 use clap::{CommandFactory, Parser};
@@ -39,7 +40,13 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
             Ok(0)
         }
         C::Validate => ops::validate(&ops::load(g)?, ui),
-        C::Render(args) => ops::render(&ops::load(g)?, args.out.as_deref(), args.target, ui),
+        C::Render(args) => {
+            let what = match g.target {
+                cli::Target::Kubernetes => cli::RenderTarget::Kubernetes,
+                cli::Target::Local | cli::Target::Swarm => cli::RenderTarget::Compose,
+            };
+            ops::render(&ops::load(g)?, args.out.as_deref(), what, ui)
+        }
         C::Config(args) => ops::config(&ops::load(g)?, args.format, ui),
         C::Architecture(args) => ops::architecture(&ops::load(g)?, args.format, ui),
         engine_cmd => {
@@ -51,6 +58,30 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                 .map_err(|e| Error::Other(e.into()))?;
             rt.block_on(async {
                 use ops::*;
+                if g.target == cli::Target::Kubernetes {
+                    return Err(Error::usage(
+                        "--target kubernetes only renders manifests: stackctl does not drive a cluster",
+                        "run `stackctl render --target kubernetes`, then `kubectl apply -k kubernetes/overlays/ENV`",
+                    ));
+                }
+                if g.target == cli::Target::Swarm {
+                    return match engine_cmd {
+                        C::Deploy(_) => swarm::deploy(&stack, ui).await,
+                        C::Rollback { to } => swarm::rollback(&stack, to.as_deref(), ui).await,
+                        C::History => swarm::history(&stack, ui).await,
+                        C::Status => swarm::status(&stack, ui).await,
+                        C::Health { .. } => swarm::health(&stack, ui).await,
+                        C::Logs {
+                            services,
+                            follow,
+                            tail,
+                            ..
+                        } => swarm::logs(&stack, &services, follow, tail, ui).await,
+                        C::Scale { assignments } => swarm::scale(&stack, &assignments, ui).await,
+                        C::Down { volumes, yes } => swarm::down(&stack, volumes, yes, ui).await,
+                        other => Err(swarm::unsupported(&other)),
+                    };
+                }
                 match engine_cmd {
                     C::Setup => setup::setup(&stack, ui).await,
                     C::Images => setup::images(&stack, ui).await,
@@ -84,6 +115,14 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                         backup::backup(&stack, &services, keep.map(|k| k as usize), ui).await
                     }
                     C::Restore { backup, yes } => backup::restore(&stack, &backup, yes, ui).await,
+                    C::Deploy(_) | C::Rollback { .. } | C::History => Err(Error::usage(
+                        "deploy, rollback and history need --target swarm in this build",
+                        "run `stackctl --target swarm deploy` against a Swarm manager, or `stackctl start` for the local engine",
+                    )),
+                    C::Scale { .. } => Err(Error::usage(
+                        "scale works with --target swarm only",
+                        "on the local engine set `replicas` for the service in stack.toml and run `stackctl start`; or use `stackctl --target swarm scale SERVICE=N`",
+                    )),
                     C::Validate
                     | C::Render(_)
                     | C::Config(_)
