@@ -303,6 +303,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         secrets: &secrets,
         configs: &configs,
         reserve_cpus,
+        vip: endpoint_vip()?,
     };
     let tag = crate::ops::image_tag(env.stack);
     let mut out = Vec::new();
@@ -320,6 +321,21 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         });
     }
     Ok(out)
+}
+
+/// `STACKCTL_SWARM_ENDPOINT_MODE`: `dnsrr` (default) or `vip`. Swarm's
+/// virtual IPs and its ingress routing mesh need IPVS in the host kernel,
+/// which many kernels (containers, micro-VMs) lack; DNS round-robin and
+/// ports published on the task's node work on every kernel.
+fn endpoint_vip() -> Result<bool> {
+    match std::env::var("STACKCTL_SWARM_ENDPOINT_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("dnsrr") => Ok(false),
+        Ok("vip") => Ok(true),
+        Ok(other) => Err(Error::usage(
+            format!("STACKCTL_SWARM_ENDPOINT_MODE=`{other}` is not a Swarm endpoint mode"),
+            "use dnsrr (DNS round-robin, ports published on the node; works on every kernel) or vip (virtual IPs and the ingress routing mesh; needs IPVS)",
+        )),
+    }
 }
 
 /// CPU reservations are kept only when they fit the swarm's CPUs (with room
@@ -1037,7 +1053,7 @@ pub async fn history(stack: &Stack, ui: &Ui) -> Result<i32> {
         "REV", "CREATED", "STATUS", "SECONDS"
     );
     for r in &revs {
-        let mut changes: Vec<String> = r
+        let changes: Vec<String> = r
             .changed
             .iter()
             .map(|n| match r.services.iter().find(|p| &p.name == n) {
@@ -1045,11 +1061,12 @@ pub async fn history(stack: &Stack, ui: &Ui) -> Result<i32> {
                 None => format!("{n} (removed)"),
             })
             .collect();
-        if let Some(to) = r.rollback_of {
-            changes.insert(0, format!("rollback to {to}:"));
-        }
+        let prefix = r
+            .rollback_of
+            .map(|to| format!("rollback to {to}: "))
+            .unwrap_or_default();
         println!(
-            "{:>4}  {:<20}  {:<20}  {:>7.1}  {}",
+            "{:>4}  {:<20}  {:<20}  {:>7.1}  {prefix}{}",
             r.revision,
             r.created,
             r.status,

@@ -54,6 +54,10 @@ pub struct Ctx<'a> {
     pub configs: &'a HashMap<String, Vec<ConfigFile>>,
     /// Whether CPU reservations fit the swarm (else they are left out).
     pub reserve_cpus: bool,
+    /// Virtual-IP endpoints and the ingress routing mesh (both need IPVS in
+    /// the kernel); else DNS round-robin and ports published on the node
+    /// running the task.
+    pub vip: bool,
 }
 
 /// `<project>-<what>-<8 hex of sha256(content)>`, shortened to fit 64 characters.
@@ -225,7 +229,9 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
     } else {
         vec![]
     };
-    let stateful = c.kind.stateful();
+    // One data directory cannot have two writers; a port published on the
+    // node cannot be bound by two tasks there: those stop first.
+    let stop_first = c.kind.stateful() || (!ctx.vip && !c.ports.is_empty());
     let task = TaskSpec {
         container_spec: Some(container),
         resources: Some(TaskSpecResources {
@@ -280,7 +286,11 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             protocol: Some(EndpointPortConfigProtocolEnum::TCP),
             target_port: Some(*p as i64),
             published_port: Some(host_port(&c.name, *h, *p) as i64),
-            publish_mode: Some(EndpointPortConfigPublishModeEnum::INGRESS),
+            publish_mode: Some(if ctx.vip {
+                EndpointPortConfigPublishModeEnum::INGRESS
+            } else {
+                EndpointPortConfigPublishModeEnum::HOST
+            }),
             ..Default::default()
         })
         .collect();
@@ -300,8 +310,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
             monitor: Some(MONITOR_SECS * 1_000_000_000),
             max_failure_ratio: Some(0.0),
-            // One data directory cannot have two writers: stateful services stop first.
-            order: Some(if stateful {
+            order: Some(if stop_first {
                 ServiceSpecUpdateConfigOrderEnum::STOP_FIRST
             } else {
                 ServiceSpecUpdateConfigOrderEnum::START_FIRST
@@ -313,14 +322,18 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
             monitor: Some(MONITOR_SECS * 1_000_000_000),
             max_failure_ratio: Some(0.0),
-            order: Some(if stateful {
+            order: Some(if stop_first {
                 ServiceSpecRollbackConfigOrderEnum::STOP_FIRST
             } else {
                 ServiceSpecRollbackConfigOrderEnum::START_FIRST
             }),
         }),
         endpoint_spec: Some(EndpointSpec {
-            mode: Some(EndpointSpecModeEnum::VIP),
+            mode: Some(if ctx.vip {
+                EndpointSpecModeEnum::VIP
+            } else {
+                EndpointSpecModeEnum::DNSRR
+            }),
             ports: (!ports.is_empty()).then_some(ports),
         }),
         ..Default::default()
@@ -406,6 +419,7 @@ mod tests {
             secrets: &secrets,
             configs: &configs,
             reserve_cpus: false,
+            vip: false,
         };
         let pg = specs.iter().find(|c| c.name == "postgres-user").unwrap();
         let s = service_spec(pg, "sha256:abc", "stackctl/postgres:15-bookworm", &ctx);
@@ -446,8 +460,23 @@ mod tests {
         let ports = s.endpoint_spec.as_ref().unwrap().ports.clone().unwrap();
         assert_eq!(ports.len(), 2);
         assert_eq!(
+            ports[0].publish_mode,
+            Some(EndpointPortConfigPublishModeEnum::HOST)
+        );
+        // Published on the node: the old task frees the port first.
+        assert_eq!(
             s.update_config.as_ref().unwrap().order,
+            Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST)
+        );
+        let gw = specs.iter().find(|c| c.name == "api-gateway").unwrap();
+        let g = service_spec(gw, "sha256:1", "x:1", &ctx);
+        assert_eq!(
+            g.update_config.as_ref().unwrap().order,
             Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+        );
+        assert_eq!(
+            g.endpoint_spec.as_ref().unwrap().mode,
+            Some(EndpointSpecModeEnum::DNSRR)
         );
         // The same inputs give the same hash; a different image does not.
         let again = service_spec(nginx, "sha256:def", "stackctl/nginx:1.22-bookworm", &ctx);
