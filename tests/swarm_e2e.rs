@@ -123,6 +123,8 @@ fn swarm_state() -> String {
 /// Removes everything the test made, whatever happened.
 struct Guard {
     left_swarm: bool,
+    /// `swarm init` made docker_gwbridge; `swarm leave` keeps it.
+    remove_gwbridge: bool,
     tags: Vec<String>,
 }
 
@@ -136,6 +138,9 @@ impl Drop for Guard {
         if self.left_swarm {
             let o = docker(&["swarm", "leave", "--force"]);
             eprintln!("docker swarm leave --force: {}{}", stdout(&o), stderr(&o));
+        }
+        if self.remove_gwbridge {
+            let _ = docker(&["network", "rm", "docker_gwbridge"]);
         }
     }
 }
@@ -179,6 +184,7 @@ fn image_id(reference: &str) -> String {
 fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
     let mut guard = Guard {
         left_swarm: false,
+        remove_gwbridge: false,
         tags: vec![],
     };
     let state = swarm_state();
@@ -191,6 +197,9 @@ fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
             "{}",
             stderr(&o)
         );
+        guard.remove_gwbridge = !docker(&["network", "inspect", "docker_gwbridge"])
+            .status
+            .success();
         docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
         guard.left_swarm = true;
     }
@@ -285,36 +294,35 @@ fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
     let hv: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
     assert_eq!(service_tasks(&hv, "postgres-user"), "1/1", "{hv}");
 
-    // A real request: through the published Nginx port (routing mesh) to the
+    // A real request: through the published Nginx port (on this node) to the
     // gateway and user-management, which reads PostgreSQL and Redis with
     // passwords from Swarm secrets.
     let c = client();
+    let email = "swarm-e2e@example.com";
+    let pw = "correct horse battery staple 42";
+    let base_url = "https://127.0.0.1:18443/api/v1/user-management";
+    // The gateway answers as soon as Nginx reaches it; retried only while the
+    // path is not there yet (connection refused, 502, 503).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match c.get("https://127.0.0.1:18443/health/ready").send() {
-            Ok(r) if r.status().as_u16() == 200 => break,
+        let r = c
+            .post(format!("{base_url}/auth/register"))
+            .json(&serde_json::json!({"email": email, "password": pw}))
+            .send();
+        match r {
+            Ok(r) if matches!(r.status().as_u16(), 200 | 201) => break,
+            Ok(r) if !matches!(r.status().as_u16(), 502 | 503 | 504) => {
+                panic!("register through nginx: {} {:?}", r.status(), r.text())
+            }
             other => {
                 assert!(
                     Instant::now() < deadline,
-                    "gateway not ready through nginx: {other:?}"
+                    "no answer through nginx and the gateway: {other:?}"
                 );
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
-    let email = "swarm-e2e@example.com";
-    let pw = "correct horse battery staple 42";
-    let base_url = "https://127.0.0.1:18443/api/v1/user-management";
-    let r = c
-        .post(format!("{base_url}/auth/register"))
-        .json(&serde_json::json!({"email": email, "password": pw}))
-        .send()
-        .expect("register");
-    assert!(
-        matches!(r.status().as_u16(), 200 | 201),
-        "register: {}",
-        r.status()
-    );
     let r = c
         .post(format!("{base_url}/auth/login"))
         .json(&serde_json::json!({"email": email, "password": pw}))

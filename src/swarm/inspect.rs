@@ -48,7 +48,7 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
                     .and_then(|r| r.replicas)
                     .unwrap_or(1) as usize;
                 let verdict = if label(s, LABEL_CONFIG_HASH).as_deref() != Some(&p.hash) {
-                    match label(s, "io.stackctl.image") {
+                    match label(s, super::spec::LABEL_IMAGE) {
                         Some(i) if i != p.image => format!("outdated (image {i} -> {})", p.image),
                         _ => "outdated (spec, config, secret or image content)".to_string(),
                     }

@@ -189,7 +189,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
     let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
     labels.insert(LABEL_PROJECT.into(), project.into());
     let mut service_labels = labels.clone();
-    service_labels.insert("io.stackctl.image".into(), image_ref.into());
+    service_labels.insert(LABEL_IMAGE.into(), image_ref.into());
 
     let restart = match c.restart.as_str() {
         "no" => TaskSpecRestartPolicyConditionEnum::NONE,
@@ -354,9 +354,18 @@ fn canonical(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// The service label naming the image as stack.toml does (repo:tag).
+pub const LABEL_IMAGE: &str = "io.stackctl.image";
+
 /// sha256 of a service spec in canonical JSON: equal specs, equal hashes.
+/// The image's name (a tag) is left out: what runs is the pinned image, so a
+/// new tag on the same image changes nothing.
 pub fn spec_hash(spec: &ServiceSpec) -> String {
-    let v = canonical(serde_json::to_value(spec).unwrap_or_default());
+    let mut spec = spec.clone();
+    if let Some(l) = spec.labels.as_mut() {
+        l.remove(LABEL_IMAGE);
+    }
+    let v = canonical(serde_json::to_value(&spec).unwrap_or_default());
     hex::encode(Sha256::digest(
         serde_json::to_vec(&v).unwrap_or_default().as_slice(),
     ))
@@ -483,5 +492,8 @@ mod tests {
         assert_eq!(spec_hash(&s), spec_hash(&again));
         let other = service_spec(nginx, "sha256:000", "stackctl/nginx:1.22-bookworm", &ctx);
         assert_ne!(spec_hash(&s), spec_hash(&other));
+        // Another tag of the same image is the same spec.
+        let retagged = service_spec(nginx, "sha256:def", "stackctl/nginx:other", &ctx);
+        assert_eq!(spec_hash(&s), spec_hash(&retagged));
     }
 }
