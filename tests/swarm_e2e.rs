@@ -311,7 +311,7 @@ fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
             .send();
         match r {
             Ok(r) if matches!(r.status().as_u16(), 200 | 201) => break,
-            Ok(r) if !matches!(r.status().as_u16(), 502 | 503 | 504) => {
+            Ok(r) if !matches!(r.status().as_u16(), 502..=504) => {
                 panic!("register through nginx: {} {:?}", r.status(), r.text())
             }
             other => {
