@@ -44,6 +44,22 @@ pub struct Global {
     /// Print more detail.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Where the stack runs: the local engine's containers, or Docker Swarm services.
+    /// `render` also takes `kubernetes` (manifests in kubernetes/); `local` and
+    /// `swarm` render compose files and configs (`compose` is `local`).
+    #[arg(long, global = true, value_enum, default_value_t = Target::Local, env = "STACKCTL_TARGET")]
+    pub target: Target,
+}
+
+/// One `--target` for every command: a subcommand may not define its own
+/// `--target` beside a global one (clap would mix their values up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    #[value(alias = "compose")]
+    Local,
+    Swarm,
+    /// Render only: stackctl writes the manifests, kubectl applies them.
+    Kubernetes,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +183,12 @@ pub enum Command {
         #[command(subcommand)]
         command: LockCommand,
     },
+    /// Set the number of replicas of services (Swarm target): stackctl --target swarm scale api-gateway=3
+    Scale {
+        /// SERVICE=N assignments.
+        #[arg(required = true, value_name = "SERVICE=N")]
+        assignments: Vec<String>,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -225,9 +247,8 @@ pub struct RenderArgs {
     /// Output directory (default: deploy/ next to stack.toml).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
-    /// What to render: compose files and configs, or Kubernetes manifests (kubernetes/).
-    #[arg(long, value_enum, default_value_t = RenderTarget::Compose)]
-    pub target: RenderTarget,
+    // What to render comes from the global --target: compose files and
+    // configs (local, swarm), or Kubernetes manifests (kubernetes).
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,6 +7,7 @@ pub mod images;
 pub mod model;
 pub mod ops;
 pub mod render;
+pub mod swarm;
 pub mod ui;
 
 use clap::{CommandFactory, Parser};
@@ -41,7 +42,13 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
         C::Validate {
             against_engine: false,
         } => ops::validate(&ops::load(g)?, ui),
-        C::Render(args) => ops::render(&ops::load(g)?, args.out.as_deref(), args.target, ui),
+        C::Render(args) => {
+            let what = match g.target {
+                cli::Target::Kubernetes => cli::RenderTarget::Kubernetes,
+                cli::Target::Local | cli::Target::Swarm => cli::RenderTarget::Compose,
+            };
+            ops::render(&ops::load(g)?, args.out.as_deref(), what, ui)
+        }
         C::Config(args) => ops::config(&ops::load(g)?, args.format, ui),
         C::Architecture(args) => ops::architecture(&ops::load(g)?, args.format, ui),
         engine_cmd => {
@@ -53,6 +60,36 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                 .map_err(|e| Error::Other(e.into()))?;
             rt.block_on(async {
                 use ops::*;
+                if g.target == cli::Target::Kubernetes {
+                    return Err(Error::usage(
+                        "--target kubernetes only renders manifests: stackctl does not drive a cluster",
+                        "run `stackctl render --target kubernetes`, then `kubectl apply -k kubernetes/overlays/ENV`",
+                    ));
+                }
+                if g.target == cli::Target::Swarm {
+                    return match engine_cmd {
+                        C::Deploy(a) if a.dry_run || a.backup || a.watch.is_some() || a.ready_timeout.is_some() => {
+                            Err(Error::usage(
+                                "--dry-run, --backup, --watch and --ready-timeout apply to the local engine",
+                                "with --target swarm, Swarm's update_config watches and rolls back; drop those flags",
+                            ))
+                        }
+                        C::Deploy(_) => swarm::deploy(&stack, ui).await,
+                        C::Rollback { to } => swarm::rollback(&stack, to.as_deref(), ui).await,
+                        C::History => swarm::history(&stack, ui).await,
+                        C::Status => swarm::status(&stack, ui).await,
+                        C::Health { .. } => swarm::health(&stack, ui).await,
+                        C::Logs {
+                            services,
+                            follow,
+                            tail,
+                            ..
+                        } => swarm::logs(&stack, &services, follow, tail, ui).await,
+                        C::Scale { assignments } => swarm::scale(&stack, &assignments, ui).await,
+                        C::Down { volumes, yes } => swarm::down(&stack, volumes, yes, ui).await,
+                        other => Err(swarm::unsupported(&other)),
+                    };
+                }
                 match engine_cmd {
                     C::Setup => setup::setup(&stack, ui).await,
                     C::Images => setup::images(&stack, ui).await,
@@ -111,6 +148,10 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                         }
                         cli::LockCommand::Status => lock::status_cmd(&stack, ui).await,
                     },
+                    C::Scale { .. } => Err(Error::usage(
+                        "scale works with --target swarm only",
+                        "on the local engine set `replicas` for the service in stack.toml and run `stackctl start`; or use `stackctl --target swarm scale SERVICE=N`",
+                    )),
                     C::Validate { .. }
                     | C::Render(_)
                     | C::Config(_)
