@@ -280,7 +280,6 @@ TXT
     done
     say "  round $i done"
   done
-  unset IMAGE_TAG
   # Back to the unchanged binaries, and the tag the later cases run.
   say "  restoring the unchanged binaries"
   cargo_services || die "cargo build failed (see $LOG)"
