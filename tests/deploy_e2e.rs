@@ -323,12 +323,13 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
             image("api-gateway", "e2e-v1")
         ),
     );
-    // Passes its first checks, then its server stops 12 s after start.
+    // Passes its first checks, then its server stops 12 s after start (its
+    // migration job still runs the real `migrate`).
     make_tag("e2e-v2", "e2e-late", &[]);
     docker_build(
         &image("user-management", "e2e-late"),
         &format!(
-            "FROM {} AS app\nFROM stackctl/redis:7-bookworm\nCOPY --from=app /app /app\nENTRYPOINT [\"/bin/sh\", \"-c\", \"/app/user-management & sleep 12; kill $!; exec sleep 600\"]\n",
+            "FROM {} AS app\nFROM stackctl/redis:7-bookworm\nCOPY --from=app /app /app\nENTRYPOINT [\"/bin/sh\", \"-c\", \"if [ \\\"$1\\\" = migrate ]; then exec /app/user-management migrate; fi; /app/user-management & sleep 12; kill $!; exec sleep 600\", \"sh\"]\n",
             image("user-management", "e2e-v1")
         ),
     );

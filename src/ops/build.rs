@@ -15,6 +15,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Every label an image stackctl builds carries (the Dockerfile's and the build's).
+const OWN_LABELS: [&str; 9] = [
+    "org.opencontainers.image.title",
+    "org.opencontainers.image.description",
+    "org.opencontainers.image.version",
+    "org.opencontainers.image.source",
+    "org.opencontainers.image.revision",
+    "org.opencontainers.image.created",
+    LABEL_STACK,
+    LABEL_SERVICE,
+    LABEL_INPUTS,
+];
+
 pub struct Built {
     pub service: String,
     pub reference: String,
@@ -230,7 +243,26 @@ pub async fn build(
                 }))
                 .await
                 .map_err(|e| Error::engine("list images", e))?;
-            let (id, built) = if let Some(img) = existing.first() {
+            // Only an image stackctl built itself: one derived from it
+            // (`FROM` it, with another label or entrypoint) inherits the
+            // inputs label but is not this build.
+            let mut own: Vec<&bollard::models::ImageSummary> = Vec::new();
+            for img in &existing {
+                if !img.labels.keys().all(|k| OWN_LABELS.contains(&k.as_str())) {
+                    continue;
+                }
+                let entry = env
+                    .engine
+                    .image(&img.id)
+                    .await?
+                    .and_then(|i| i.config)
+                    .and_then(|c| c.entrypoint);
+                if entry == Some(vec![format!("{}/{}", crate::model::containers::APP_DIR, s.binary)]) {
+                    own.push(img);
+                }
+            }
+            own.sort_by_key(|i| i.created);
+            let (id, built) = if let Some(img) = own.first() {
                 bar.set_message("cached");
                 for r in &refs {
                     ebuild::tag(&env.engine, &img.id, r).await?;
