@@ -567,9 +567,10 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(running_image("api-gateway"), v1_gw);
-    // Tag version 1 again for the start below.
-    docker(&["tag", &v1_gw, &image("api-gateway", "e2e-v1")]);
-    docker(&["tag", &v1_um, &image("user-management", "e2e-v1")]);
+    // What runs now is version 1: tag it so for the start below.
+    for svc in APPS {
+        docker(&["tag", &running_image(svc), &image(svc, "e2e-v1")]);
+    }
 
     // --- Users created through the API survive down --volumes via backup/restore.
     let (code, _) = api("GET", "/me", Some(&token), serde_json::Value::Null);

@@ -257,7 +257,13 @@ pub async fn build(
                     .await?
                     .and_then(|i| i.config)
                     .and_then(|c| c.entrypoint);
-                if entry == Some(vec![format!("{}/{}", crate::model::containers::APP_DIR, s.binary)]) {
+                if entry
+                    == Some(vec![format!(
+                        "{}/{}",
+                        crate::model::containers::APP_DIR,
+                        s.binary
+                    )])
+                {
                     own.push(img);
                 }
             }
