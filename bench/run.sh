@@ -186,6 +186,11 @@ all_healthy() { # compose project, expected number of long-running containers
 stacks_down() {
   sctl down --volumes --yes -q >>"$LOG" 2>&1 || true
   dc down -v --remove-orphans >>"$LOG" 2>&1 || true
+  # and stackctl's deploy history of the bench project (revision holders, the
+  # lock): their images are removed by the build case
+  local ids; ids=$(docker ps -aq --filter "label=io.stackctl.project=$SP")
+  [ -z "$ids" ] || docker rm -f $ids >>"$LOG" 2>&1 || true
+  rm -rf "$ST/.stackctl/revisions/$SP"
   docker rm -f "$SP-nginx-direct" >>"$LOG" 2>&1 || true
 }
 
