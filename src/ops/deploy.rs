@@ -529,13 +529,21 @@ struct Rollout<'a> {
     jobs: Vec<(Job, Unit)>,
     /// Stateful containers to back up before they are recreated.
     backup_before_recreate: bool,
+    /// Every service in one level (rollback), instead of dependency order.
+    all_at_once: bool,
 }
 
 impl Rollout<'_> {
     /// Phases 1-3. On failure nothing was cut over; the new containers are gone.
     async fn run(&self, plan: &Plan, ui: &Ui) -> std::result::Result<Vec<String>, Failure> {
         let units: Vec<&Unit> = plan.steps.iter().map(|s| &s.unit).collect();
-        let levels = level_of(&units);
+        // A rollback starts every service at once: the running versions keep
+        // serving the new ones' dependencies until the cutover.
+        let levels = if self.all_at_once {
+            units.iter().map(|u| (u.service.clone(), 0)).collect()
+        } else {
+            level_of(&units)
+        };
         let max = levels.values().copied().max().unwrap_or(0);
         let changing: BTreeSet<&str> = plan
             .steps
@@ -1060,6 +1068,7 @@ async fn deploy_locked(
         drain: stack.deploy.drain.as_std(),
         jobs,
         backup_before_recreate: true,
+        all_at_once: false,
     };
     let t_roll = Instant::now();
     let touched = match rollout.run(&plan, ui).await {
@@ -1224,6 +1233,7 @@ async fn rollback_to(
         drain: env.stack.deploy.drain.as_std(),
         jobs: Vec::new(),
         backup_before_recreate: true,
+        all_at_once: true,
     };
     rollout
         .run(&plan, ui)
