@@ -70,6 +70,7 @@ ROUTE=/api/v1/user-management/.well-known/jwks.json
 TIMEOUT=${BENCH_TIMEOUT:-600}
 
 T_START=$(date +%s)
+BINS=()
 mkdir -p "$W" "$RESULTS"
 SAMPLES=$W/samples.tsv
 CASES=$W/cases.tsv
@@ -104,11 +105,13 @@ need_tools() {
 }
 
 stackctl_bin() {
+  local t0; t0=$(now)
   if [ -n "${STACKCTL:-}" ]; then S=$STACKCTL; else
     say "cargo build --release --bin stackctl"
     (cd "$REPO" && quiet cargo build --release --bin stackctl) || die "cargo build of stackctl failed (see $LOG)"
     S=$TGT/release/stackctl
   fi
+  STACKCTL_PREP_SECS=$(printf '%.0f' "$(since "$t0")")
   [ -x "$S" ] || die "no stackctl binary at $S"
 }
 
@@ -194,6 +197,25 @@ stacks_down() {
   docker rm -f "$SP-nginx-direct" >>"$LOG" 2>&1 || true
 }
 
+# The unchanged binaries, saved before a one-line change and put back after
+# it (also by the EXIT trap: a run stopped mid-change leaves no changed binary).
+save_bins() {
+  [ -d "$W/orig-bins" ] && return 0
+  mkdir -p "$W/orig-bins.tmp"
+  for b in "${BINS[@]}"; do cp -p "$BIN_DIR/$b" "$W/orig-bins.tmp/$b"; done
+  mv "$W/orig-bins.tmp" "$W/orig-bins"
+}
+restore_bins() {
+  [ -d "$W/orig-bins" ] || return 0
+  say "  restoring the unchanged binaries"
+  for b in "${BINS[@]}"; do
+    # a new file, not a write through the hard links of the scratch stack
+    cp -p "$W/orig-bins/$b" "$BIN_DIR/.$b.bench" && mv -f "$BIN_DIR/.$b.bench" "$BIN_DIR/$b"
+  done
+  rm -rf "$W/orig-bins"
+  sync_bins
+}
+
 # The one-line change, always removed again (by its marker line only, so a
 # concurrent edit of the file survives).
 revert_change() { [ -f "$CHANGE_FILE" ] && sed -i "\|$MARK|d" "$CHANGE_FILE" || true; }
@@ -203,6 +225,7 @@ apply_change() { # unique id
 }
 cleanup() {
   revert_change
+  [ ${#BINS[@]} -gt 0 ] && restore_bins >/dev/null 2>&1
   docker rm -f "$SP-nginx-direct" >/dev/null 2>&1 || true
   [ -n "${LOAD_PID:-}" ] && kill "$LOAD_PID" 2>/dev/null || true
 }
@@ -267,6 +290,7 @@ TXT
       fi
     done
     [ "$i" -le "$CHANGE_RUNS" ] || continue
+    save_bins
     apply_change "round$i-$(date +%s%N)"
     t0=$(now); cargo_services || { revert_change; die "cargo build after the one-line change failed (see $LOG)"; }
     local tc; tc=$(since "$t0")
@@ -285,10 +309,9 @@ TXT
     done
     say "  round $i done"
   done
-  # Back to the unchanged binaries, and the tag the later cases run.
-  say "  restoring the unchanged binaries"
-  cargo_services || die "cargo build failed (see $LOG)"
-  sync_bins
+  # Back to the unchanged binaries (the copies saved before the first change:
+  # the same bytes cargo would build again, without a third compile).
+  restore_bins
 }
 
 # 3. start to all-healthy
@@ -527,7 +550,11 @@ main() {
   local load0 m; load0=$(load_avg); m=$(machine)
   say "machine: $m; load average $load0"
   say "cargo build of the services (the command stackctl build runs; a no-op when up to date)"
+  local t_prep; t_prep=$(now)
   cargo_services || die "cargo build of the services failed (see $LOG)"
+  PREP_SECS=$(printf '%.0f' "$(since "$t_prep")")
+  say "  took ${PREP_SECS}s"
+  rm -rf "$W/orig-bins"   # a killed run's copies: these binaries are current
   export IMAGE_TAG=$TAG
   prepare_scratch
   sctl setup -q >>"$LOG" 2>&1 || die "stackctl setup of the scratch stack failed (see $LOG)"
@@ -545,7 +572,7 @@ main() {
   {
     echo "# Benchmark results"
     echo
-    echo "\`bash bench/run.sh\` (RUNS=$RUNS, BENCH_SECS=$BENCH_SECS, BENCH_COLD=$BENCH_COLD, cases: $BENCH_CASES) at commit $(git -C "$REPO" rev-parse --short=12 HEAD)$(git -C "$REPO" diff --quiet HEAD -- src services templates 2>/dev/null || echo ' (+ uncommitted changes)'), $(date -u '+%Y-%m-%d %H:%M UTC'); the whole run took $((secs / 60)) min $((secs % 60)) s."
+    echo "\`bash bench/run.sh\` (RUNS=$RUNS, BENCH_SECS=$BENCH_SECS, BENCH_COLD=$BENCH_COLD, cases: $BENCH_CASES) at commit $(git -C "$REPO" rev-parse --short=12 HEAD)$(git -C "$REPO" diff --quiet HEAD -- src services templates 2>/dev/null || echo ' (+ uncommitted changes)'), $(date -u '+%Y-%m-%d %H:%M UTC'); the whole run took $((secs / 60)) min $((secs % 60)) s, of which ${STACKCTL_PREP_SECS}s building stackctl and ${PREP_SECS}s the services' cargo build before the cases (no-ops when the checkout's \`stackctl build\` is up to date)."
     echo
     echo "Machine: $m."
     echo

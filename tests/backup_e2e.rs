@@ -12,32 +12,21 @@ use std::time::Instant;
 const PROJECT: &str = "stackctl-backup-e2e";
 
 fn sc(args: &[&str]) -> Output {
-    let o = bin()
-        .current_dir(repo())
-        .env_remove("IMAGE_TAG")
-        // `build --no-cargo` looks for the binaries in the stack's own target/.
-        .env_remove("CARGO_TARGET_DIR")
-        .env("STACKCTL_PROJECT", PROJECT)
-        .args(args)
-        .output()
-        .expect("run stackctl");
-    eprintln!(
-        "$ stackctl {}\n{}{}",
-        args.join(" "),
-        stdout(&o),
-        stderr(&o)
-    );
-    o
+    run_logged(
+        bin()
+            .current_dir(repo())
+            .env_remove("IMAGE_TAG")
+            // `build --no-cargo` looks for the binaries in the stack's own target/.
+            .env_remove("CARGO_TARGET_DIR")
+            .env("STACKCTL_PROJECT", PROJECT)
+            .args(args),
+        &args.join(" "),
+    )
 }
 
 fn ok(args: &[&str]) -> Output {
     let o = sc(args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stackctl {} failed",
-        args.join(" ")
-    );
+    succeeded(&o, &format!("stackctl {}", args.join(" ")));
     o
 }
 

@@ -47,62 +47,18 @@ fn cmd(tag: Option<&str>, args: &[&str]) -> std::process::Command {
 }
 
 fn sc(tag: Option<&str>, args: &[&str]) -> Output {
-    let t = Instant::now();
-    let o = cmd(tag, args).output().expect("run stackctl");
-    eprintln!(
-        "$ IMAGE_TAG={} stackctl {}  ({:.1}s, exit {:?})\n{}{}",
-        tag.unwrap_or("-"),
-        args.join(" "),
-        t.elapsed().as_secs_f64(),
-        o.status.code(),
-        stdout(&o),
-        stderr(&o)
-    );
-    o
+    run_logged(
+        &mut cmd(tag, args),
+        &format!("{} (IMAGE_TAG={})", args.join(" "), tag.unwrap_or("-")),
+    )
 }
 
 fn ok(tag: Option<&str>, args: &[&str]) -> String {
-    let o = sc(tag, args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stackctl {} failed",
-        args.join(" ")
-    );
-    format!("{}{}", stdout(&o), stderr(&o))
+    succeeded(&sc(tag, args), &format!("stackctl {}", args.join(" ")))
 }
 
 fn docker(args: &[&str]) -> String {
-    let o = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker");
-    assert!(
-        o.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        stderr(&o)
-    );
-    stdout(&o).trim().to_string()
-}
-
-/// Build `name` from a Dockerfile given as text (context: `dir`, or none).
-fn docker_build(tag: &str, dockerfile: &str) {
-    let mut c = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", tag, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("docker build");
-    use std::io::Write;
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(dockerfile.as_bytes())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "docker build {tag}: {}", stderr(&o));
+    docker_ok(args).trim().to_string()
 }
 
 fn image(svc: &str, tag: &str) -> String {
@@ -114,7 +70,7 @@ fn image(svc: &str, tag: &str) -> String {
 fn make_tag(from: &str, to: &str, changed: &[&str]) {
     for svc in APPS {
         if changed.contains(&svc) {
-            docker_build(
+            docker_build_text(
                 &image(svc, to),
                 &format!("FROM {}\nLABEL e2e.change=\"{to}\"\n", image(svc, from)),
             );
@@ -133,14 +89,6 @@ fn image_id(reference: &str) -> String {
     docker(&["image", "inspect", "-f", "{{.Id}}", reference])
 }
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 fn api(
     method: &str,
     path: &str,
@@ -148,7 +96,7 @@ fn api(
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
     let url = format!("https://127.0.0.1:{HTTPS}/api/v1/user-management{path}");
-    let c = client();
+    let c = https_client();
     let mut req = if method == "GET" {
         c.get(&url)
     } else {
@@ -316,7 +264,7 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
     make_tag("e2e-v1", "e2e-v2", &["api-gateway", "user-management"]);
     // Fails at once: the container runs the health probe instead of the server and exits.
     make_tag("e2e-v1", "e2e-bad", &[]);
-    docker_build(
+    docker_build_text(
         &image("api-gateway", "e2e-bad"),
         &format!(
             "FROM {}\nENTRYPOINT [\"/app/api-gateway\", \"healthcheck\"]\n",
@@ -326,7 +274,7 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
     // Passes its first checks, then its server stops 12 s after start (its
     // migration job still runs the real `migrate`).
     make_tag("e2e-v2", "e2e-late", &[]);
-    docker_build(
+    docker_build_text(
         &image("user-management", "e2e-late"),
         &format!(
             "FROM {} AS app\nFROM stackctl/redis:7-bookworm\nCOPY --from=app /app /app\nENTRYPOINT [\"/bin/sh\", \"-c\", \"if [ \\\"$1\\\" = migrate ]; then exec /app/user-management migrate; fi; /app/user-management & sleep 12; kill $!; exec sleep 600\", \"sh\"]\n",

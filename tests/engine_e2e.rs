@@ -12,39 +12,18 @@ use std::time::{Duration, Instant};
 const PROJECT: &str = "stackctl-e2e";
 
 fn sc(args: &[&str]) -> Output {
-    let o = bin()
-        .current_dir(repo())
-        .env_remove("IMAGE_TAG")
-        .env("STACKCTL_PROJECT", PROJECT)
-        .args(args)
-        .output()
-        .expect("run stackctl");
-    eprintln!(
-        "$ stackctl {}\n{}{}",
-        args.join(" "),
-        stdout(&o),
-        stderr(&o)
-    );
-    o
+    run_logged(
+        bin()
+            .current_dir(repo())
+            .env_remove("IMAGE_TAG")
+            .env("STACKCTL_PROJECT", PROJECT)
+            .args(args),
+        &args.join(" "),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
-    let o = sc(args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stackctl {} failed",
-        args.join(" ")
-    );
-    format!("{}{}", stdout(&o), stderr(&o))
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    succeeded(&sc(args), &format!("stackctl {}", args.join(" ")))
 }
 
 /// Through Nginx (TLS on 443) and the gateway to user-management.
@@ -54,7 +33,7 @@ fn api(
     token: Option<&str>,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let c = client();
+    let c = https_client();
     let url = format!("https://127.0.0.1:443/api/v1/user-management{path}");
     let mut req = if method == "GET" {
         c.get(&url)
@@ -190,7 +169,7 @@ fn day_one_path_on_the_real_engine() {
     assert_eq!(code, 200, "admin login: {login}");
     let admin = login["access_token"].as_str().unwrap().to_string();
     let ask = |q: &str| -> serde_json::Value {
-        let r = client()
+        let r = https_client()
             .post("https://127.0.0.1:443/api/v1/ai-assistant/chat")
             .bearer_auth(&admin)
             .json(&serde_json::json!({"message": q}))
@@ -215,7 +194,7 @@ fn day_one_path_on_the_real_engine() {
     // Every question reaches analytics (asynchronously).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r: serde_json::Value = client()
+        let r: serde_json::Value = https_client()
             .get("https://127.0.0.1:443/api/v1/analytics/usage/services")
             .bearer_auth(&admin)
             .send()

@@ -54,16 +54,15 @@ fn sc_env(args: &[&str], tag: Option<&str>, swarm: bool) -> Output {
     for (k, v) in PORTS {
         c.env(k, v);
     }
-    let o = c.output().expect("run stackctl");
-    eprintln!(
-        "$ stackctl {}{} {}\n{}{}",
-        if swarm { "--target swarm " } else { "" },
-        tag.map(|t| format!("(IMAGE_TAG={t})")).unwrap_or_default(),
-        args.join(" "),
-        stdout(&o),
-        stderr(&o)
-    );
-    o
+    run_logged(
+        &mut c,
+        &format!(
+            "{}{} {}",
+            if swarm { "--target swarm " } else { "" },
+            tag.map(|t| format!("(IMAGE_TAG={t})")).unwrap_or_default(),
+            args.join(" ")
+        ),
+    )
 }
 
 fn swarm(args: &[&str], tag: &str) -> Output {
@@ -71,8 +70,7 @@ fn swarm(args: &[&str], tag: &str) -> Output {
 }
 
 fn ok(o: Output, what: &str) -> String {
-    assert_eq!(o.status.code(), Some(0), "{what} failed");
-    format!("{}{}", stdout(&o), stderr(&o))
+    succeeded(&o, what)
 }
 
 fn docker(args: &[&str]) -> Output {
@@ -82,36 +80,9 @@ fn docker(args: &[&str]) -> Output {
         .expect("run docker")
 }
 
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(
-        o.status.success(),
-        "docker {}: {}{}",
-        args.join(" "),
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 /// Build `tag` FROM `from` with extra Dockerfile lines (no context).
 fn build_image(from: &str, tag: &str, extra: &str) {
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", tag, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("docker build");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("FROM {from}\n{extra}\n").as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "build {tag}: {}", stderr(&o));
+    docker_build_text(tag, &format!("FROM {from}\n{extra}\n"));
 }
 
 fn swarm_state() -> String {
@@ -151,14 +122,6 @@ fn service_tasks(v: &serde_json::Value, service: &str) -> String {
         .and_then(|a| a.iter().find(|s| s["service"] == service))
         .map(|s| s["tasks"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
 }
 
 /// The image a Swarm service runs (its pinned reference).
@@ -297,7 +260,7 @@ fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
     // A real request: through the published Nginx port (on this node) to the
     // gateway and user-management, which reads PostgreSQL and Redis with
     // passwords from Swarm secrets.
-    let c = client();
+    let c = https_client();
     let email = "swarm-e2e@example.com";
     let pw = "correct horse battery staple 42";
     let base_url = "https://127.0.0.1:18443/api/v1/user-management";

@@ -175,6 +175,83 @@ impl Engine {
         Ok((code, out))
     }
 
+    /// Remove a container whatever its state; one that is already gone is fine.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_container(
+                name,
+                Some(qp::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(Error::engine(format!("remove {name}"), e)),
+        }
+    }
+
+    /// Stop a container gracefully (SIGTERM, SIGKILL after `grace` seconds),
+    /// then remove it; one that is already gone is fine.
+    pub async fn stop_and_remove(&self, name: &str, grace: u64) -> Result<()> {
+        let _ = self
+            .docker
+            .stop_container(
+                name,
+                Some(qp::StopContainerOptions {
+                    t: Some(grace as i32),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        self.remove(name).await
+    }
+
+    /// Create a container that is never started: a record on the host (lock,
+    /// revision) that also keeps `image` from being pruned. `cmd` only names
+    /// it; it has no network. `Ok(false)`: a container of that name exists.
+    pub async fn create_holder(
+        &self,
+        name: &str,
+        image: &str,
+        cmd: &str,
+        labels: HashMap<String, String>,
+    ) -> std::result::Result<bool, bollard::errors::Error> {
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec![cmd.to_string()]),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self
+            .docker
+            .create_container(
+                Some(qp::CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The last `n` log lines of a container, for error reports.
     pub async fn tail(&self, container: &str, n: usize) -> String {
         let mut logs = self.docker.logs(
@@ -192,6 +269,15 @@ impl Engine {
         }
         out
     }
+}
+
+/// A listed container's name, without the engine's leading slash.
+pub fn name_of(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default()
 }
 
 /// The name prefix of everything one stack (in one environment) owns on a host.

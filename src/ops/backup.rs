@@ -1017,15 +1017,7 @@ async fn restore_redis(
         "set -e; owner=$(stat -c %u:%g /data); cp \"/backup/$1\" /data/dump.rdb.new; chown \"$owner\" /data/dump.rdb.new; {aof}mv /data/dump.rdb.new /data/dump.rdb; sync"
     );
     let name = format!("{}-restore-{}", env.project, r.name);
-    let _ = docker
-        .remove_container(
-            &name,
-            Some(qp::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
+    let _ = env.engine.remove(&name).await;
     let mut labels = std::collections::HashMap::new();
     labels.insert(
         crate::model::containers::LABEL_STACK.to_string(),
@@ -1101,15 +1093,7 @@ async fn restore_redis(
         }
     }
     .await;
-    let _ = docker
-        .remove_container(
-            &name,
-            Some(qp::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
+    let _ = env.engine.remove(&name).await;
     result
 }
 

@@ -118,12 +118,7 @@ pub fn config_hash(stack: &Stack, artifacts: &Artifacts) -> String {
 async fn current(env: &StackEnv<'_>) -> Result<HashMap<String, (String, String, bool)>> {
     let mut out = HashMap::new();
     for c in env.running().await? {
-        let name = c
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
+        let name = crate::engine::name_of(&c);
         let labels = c.labels.unwrap_or_default();
         out.insert(
             name,
@@ -171,12 +166,7 @@ async fn plan(
     for c in env.running().await? {
         let labels = c.labels.clone().unwrap_or_default();
         let svc = labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
-        let name = c
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
+        let name = crate::engine::name_of(&c);
         if wanted.contains(name.as_str()) || name.ends_with("-next") {
             continue;
         }
@@ -344,36 +334,6 @@ async fn create_unit(
     Ok(())
 }
 
-async fn remove_container(engine: &Engine, name: &str, grace: u64) -> Result<()> {
-    let _ = engine
-        .docker
-        .stop_container(
-            name,
-            Some(qp::StopContainerOptions {
-                t: Some(grace as i32),
-                ..Default::default()
-            }),
-        )
-        .await;
-    match engine
-        .docker
-        .remove_container(
-            name,
-            Some(qp::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await
-    {
-        Ok(())
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(e) => Err(Error::engine(format!("remove {name}"), e)),
-    }
-}
-
 fn next_name(name: &str) -> String {
     format!("{name}-next")
 }
@@ -386,7 +346,7 @@ async fn recover(env: &StackEnv<'_>, ui: &Ui) -> Result<()> {
     for (name, _) in now.iter().filter(|(n, _)| n.ends_with("-next")) {
         let canonical = name.trim_end_matches("-next");
         if now.contains_key(canonical) {
-            remove_container(&env.engine, name, 1).await?;
+            env.engine.stop_and_remove(name, 1).await?;
             ui.warn(format!(
                 "removed {name}, left by an interrupted deploy before its cutover"
             ));
@@ -415,7 +375,7 @@ async fn recover(env: &StackEnv<'_>, ui: &Ui) -> Result<()> {
         .await?
     {
         if let Some(id) = c.id {
-            remove_container(&env.engine, &id, 1).await?;
+            env.engine.stop_and_remove(&id, 1).await?;
         }
     }
     Ok(())
@@ -457,7 +417,7 @@ async fn run_job(
             ep.aliases = None;
         }
     }
-    remove_container(&env.engine, &name, 1).await?;
+    env.engine.stop_and_remove(&name, 1).await?;
     create_unit(&env.engine, &env.project, &u, &name, 0).await?;
     let mut wait = env
         .engine
@@ -471,7 +431,7 @@ async fn run_job(
         Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => Some(code),
         Ok(other) => {
             let logs = env.engine.tail(&name, 30).await;
-            remove_container(&env.engine, &name, 1).await?;
+            env.engine.stop_and_remove(&name, 1).await?;
             return Err(Error::JobFailed {
                 job: job.name.clone(),
                 reason: format!("waiting for it failed: {other:?}"),
@@ -481,7 +441,7 @@ async fn run_job(
         }
     };
     let logs = env.engine.tail(&name, 30).await;
-    remove_container(&env.engine, &name, 1).await?;
+    env.engine.stop_and_remove(&name, 1).await?;
     match code {
         Some(0) => {
             ui.ok(format!(
@@ -556,7 +516,7 @@ impl Rollout<'_> {
         let mut touched: Vec<String> = Vec::new();
         let fail = |started_next: Vec<String>, f: Failure| async move {
             for n in &started_next {
-                let _ = remove_container(&self.env.engine, n, 1).await;
+                let _ = self.env.engine.stop_and_remove(n, 1).await;
             }
             Err(f)
         };
@@ -639,7 +599,10 @@ impl Rollout<'_> {
             .collect();
         let cut = rolls.iter().map(|s| async move {
             let old = &s.unit.name;
-            remove_container(&self.env.engine, old, s.unit.grace_secs).await?;
+            self.env
+                .engine
+                .stop_and_remove(old, s.unit.grace_secs)
+                .await?;
             self.env
                 .engine
                 .docker
@@ -662,7 +625,7 @@ impl Rollout<'_> {
         let removals = plan
             .remove
             .iter()
-            .map(|(name, grace)| remove_container(&self.env.engine, name, *grace));
+            .map(|(name, grace)| self.env.engine.stop_and_remove(name, *grace));
         for r in join_all(removals).await {
             if let Err(e) = r {
                 ui.warn(format!("{e}"));
@@ -710,7 +673,8 @@ impl Rollout<'_> {
                         .await
                         .map_err(|e| err(&u.name, e))?;
                 }
-                remove_container(&env.engine, &u.name, u.grace_secs)
+                env.engine
+                    .stop_and_remove(&u.name, u.grace_secs)
                     .await
                     .map_err(|e| err(&u.name, e))?;
                 create_unit(&env.engine, &env.project, u, &u.name, self.revision)
@@ -720,7 +684,7 @@ impl Rollout<'_> {
             }
             Action::Roll => {
                 let n = next_name(&u.name);
-                let _ = remove_container(&env.engine, &n, 1).await;
+                let _ = env.engine.stop_and_remove(&n, 1).await;
                 create_unit(&env.engine, &env.project, u, &n, self.revision)
                     .await
                     .map_err(|e| err(&n, e))?;
@@ -748,7 +712,7 @@ impl Rollout<'_> {
             Err(why) => {
                 let logs = env.engine.tail(&target, 20).await;
                 if s.action == Action::Roll {
-                    let _ = remove_container(&env.engine, &target, 1).await;
+                    let _ = env.engine.stop_and_remove(&target, 1).await;
                 }
                 Err(Failure {
                     container: target,

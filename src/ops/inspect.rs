@@ -287,13 +287,7 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
         rows.push((d.name.clone(), state, verdict));
     }
     for c in &running {
-        let name = c
-            .names
-            .clone()
-            .unwrap_or_default()
-            .first()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
+        let name = crate::engine::name_of(c);
         if !desired.iter().any(|d| d.name == name) {
             rows.push((
                 name,
@@ -339,12 +333,7 @@ pub async fn resources(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
             if c.state.map(|s| s.to_string()).as_deref() != Some("running") {
                 continue;
             }
-            let name = c
-                .names
-                .unwrap_or_default()
-                .first()
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_default();
+            let name = crate::engine::name_of(&c);
             let mut s = env.engine.docker.stats(
                 &name,
                 Some(qp::StatsOptions {

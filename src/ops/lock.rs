@@ -6,8 +6,6 @@ use super::revision::{hostname, now_rfc3339, operator, LABEL_ROLE};
 use crate::engine::{Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::ui::Ui;
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters as qp;
 use std::collections::HashMap;
 
 const LABEL_HOLDER: &str = "io.stackctl.lock.holder";
@@ -118,32 +116,12 @@ impl Lock {
                 ),
                 (LABEL_WHAT.to_string(), what.to_string()),
             ]);
-            let body = ContainerCreateBody {
-                image: Some(image.to_string()),
-                cmd: Some(vec!["stackctl-lock".into()]),
-                labels: Some(labels),
-                network_disabled: Some(true),
-                host_config: Some(HostConfig {
-                    network_mode: Some("none".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
             match engine
-                .docker
-                .create_container(
-                    Some(qp::CreateContainerOptions {
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    }),
-                    body,
-                )
+                .create_holder(&name, image, "stackctl-lock", labels)
                 .await
             {
-                Ok(_) => return Ok(Lock { name }),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 409, ..
-                }) => {
+                Ok(true) => return Ok(Lock { name }),
+                Ok(false) => {
                     let Some(h) = holder(engine, project).await? else {
                         continue; // released meanwhile: try again
                     };
@@ -152,7 +130,7 @@ impl Lock {
                             "taking over a stale deploy lock of {}: {why}; this run recovers what it left",
                             h.describe()
                         ));
-                        remove(engine, &name).await?;
+                        engine.remove(&name).await?;
                         continue;
                     }
                     return Err(Error::Locked {
@@ -171,27 +149,7 @@ impl Lock {
     }
 
     pub async fn release(self, engine: &Engine) -> Result<()> {
-        remove(engine, &self.name).await
-    }
-}
-
-async fn remove(engine: &Engine, name: &str) -> Result<()> {
-    match engine
-        .docker
-        .remove_container(
-            name,
-            Some(qp::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await
-    {
-        Ok(())
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(e) => Err(Error::engine(format!("remove {name}"), e)),
+        engine.remove(&self.name).await
     }
 }
 
@@ -228,7 +186,7 @@ pub async fn release_cmd(stack: &crate::model::Stack, yes: bool, ui: &Ui) -> Res
             return Ok(1);
         }
     }
-    remove(&engine, &lock_name(&project)).await?;
+    engine.remove(&lock_name(&project)).await?;
     ui.ok(format!(
         "released the lock of {project} held by {}",
         h.describe()

@@ -50,24 +50,19 @@ pub async fn logs(
                     .and_then(|l| l.get(LABEL_SERVICE))
                     .is_some_and(|s| names.contains(s))
         })
-        .filter_map(|c| {
-            c.names
-                .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string()))
-        })
+        .map(|c| crate::engine::name_of(&c))
+        .filter(|n| !n.is_empty())
         .collect();
     containers.sort();
     if containers.is_empty() {
         ui.warn("no containers of this stack are on this host (stackctl start)");
         return Ok(0);
     }
-    let width = containers.iter().map(String::len).max().unwrap_or(0);
-    let streams = containers.iter().enumerate().map(|(i, name)| {
-        let prefix = console::style(format!("{name:<width$} |"))
-            .fg(COLOURS[i % COLOURS.len()])
-            .to_string();
-        env.engine
-            .docker
-            .logs(
+    let streams = prefixes(&containers)
+        .into_iter()
+        .zip(&containers)
+        .map(|(prefix, name)| {
+            let stream = env.engine.docker.logs(
                 name,
                 Some(qp::LogsOptions {
                     follow,
@@ -78,13 +73,53 @@ pub async fn logs(
                     tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
                     ..Default::default()
                 }),
-            )
-            .map(move |chunk| (prefix.clone(), chunk))
-    });
+            );
+            (prefix, stream)
+        })
+        .collect();
+    // A container removed while we read ends its stream; not an error.
+    print_interleaved(streams, follow, None).await?;
+    Ok(0)
+}
+
+/// `name |` prefixes padded to the longest name, each in a colour of its own.
+pub(crate) fn prefixes(names: &[String]) -> Vec<String> {
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            console::style(format!("{name:<width$} |"))
+                .fg(COLOURS[i % COLOURS.len()])
+                .to_string()
+        })
+        .collect()
+}
+
+/// Print log streams (read with timestamps), each line after its stream's
+/// prefix: as they come when following, else all of them merged by time.
+/// A read error fails with `fail_as` as its context, or is skipped (None).
+pub(crate) async fn print_interleaved<S>(
+    streams: Vec<(String, S)>,
+    follow: bool,
+    fail_as: Option<&str>,
+) -> Result<()>
+where
+    S: futures::Stream<
+            Item = std::result::Result<bollard::container::LogOutput, bollard::errors::Error>,
+        > + Unpin,
+{
+    let streams = streams
+        .into_iter()
+        .map(|(prefix, s)| s.map(move |chunk| (prefix.clone(), chunk)));
     let mut merged = futures::stream::select_all(streams);
     let mut buffered: Vec<(String, String, String)> = Vec::new();
     while let Some((prefix, chunk)) = merged.next().await {
-        let Ok(chunk) = chunk else { continue };
+        let chunk = match (chunk, fail_as) {
+            (Ok(c), _) => c,
+            (Err(e), Some(what)) => return Err(Error::engine(what, e)),
+            (Err(_), None) => continue,
+        };
         for line in String::from_utf8_lossy(&chunk.into_bytes()).lines() {
             let (ts, text) = line.split_once(' ').unwrap_or(("", line));
             if follow {
@@ -99,7 +134,7 @@ pub async fn logs(
     for (_, prefix, text) in buffered {
         println!("{prefix} {text}");
     }
-    Ok(0)
+    Ok(())
 }
 
 /// Run a command in a service's first container, streaming its output; the

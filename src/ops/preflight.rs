@@ -58,12 +58,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
         .await
         .map_err(|e| Error::engine("list containers", e))?
     {
-        let name = c
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
+        let name = crate::engine::name_of(&c);
         let project = c
             .labels
             .unwrap_or_default()

@@ -12,7 +12,7 @@ use crate::engine::create::Desired;
 use crate::engine::{Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters as qp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -313,40 +313,12 @@ pub async fn record(engine: &Engine, root: &std::path::Path, rev: &Revision) -> 
                 serde_json::to_string(&s.units).unwrap_or_default(),
             ),
         ]);
-        let body = ContainerCreateBody {
-            image: Some(s.image_id.clone()),
-            // Never started: a record, and what keeps the image on the host.
-            cmd: Some(vec!["stackctl-revision-record".into()]),
-            labels: Some(labels),
-            network_disabled: Some(true),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        match docker
-            .create_container(
-                Some(qp::CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
+        // Never started: a record, and what keeps the image on the host.
+        // Ok(false): already recorded (a recovery re-recording the same revision).
+        engine
+            .create_holder(&name, &s.image_id, "stackctl-revision-record", labels)
             .await
-        {
-            Ok(_) => {}
-            // Already recorded (a recovery re-recording the same revision).
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {}
-            Err(e) => {
-                return Err(Error::engine(
-                    format!("record revision {} ({name})", rev.id),
-                    e,
-                ))
-            }
-        }
+            .map_err(|e| Error::engine(format!("record revision {} ({name})", rev.id), e))?;
     }
     let dir = local_dir(root, &rev.project);
     std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
@@ -380,14 +352,7 @@ pub async fn prune(
         }
         for (service, s) in &r.services {
             let _ = engine
-                .docker
-                .remove_container(
-                    &revision_container(project, r.id, service),
-                    Some(qp::RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                )
+                .remove(&revision_container(project, r.id, service))
                 .await;
             // Untag only; the image stays while anything else uses it.
             let _ = engine

@@ -329,6 +329,7 @@ async fn project_containers(
     }
     let mut out = Vec::new();
     for c in env.running().await? {
+        let name = crate::engine::name_of(&c);
         let labels = c.labels.unwrap_or_default();
         let svc = labels
             .get(crate::model::containers::LABEL_SERVICE)
@@ -337,12 +338,6 @@ async fn project_containers(
         if !names.is_empty() && !names.contains(&svc) {
             continue;
         }
-        let name = c
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
         let grace = env
             .containers
             .iter()
@@ -414,28 +409,7 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     }
     let list = project_containers(&env, &[]).await?;
     for (_, name, grace) in &list {
-        let _ = env
-            .engine
-            .docker
-            .stop_container(
-                name,
-                Some(qp::StopContainerOptions {
-                    t: Some(*grace as i32),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        env.engine
-            .docker
-            .remove_container(
-                name,
-                Some(qp::RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| Error::engine(format!("remove {name}"), e))?;
+        env.engine.stop_and_remove(name, *grace).await?;
         ui.ok(format!("{name} removed"));
     }
     for n in &stack.networks {

@@ -9,7 +9,6 @@ use crate::model::Stack;
 use crate::ui::Ui;
 use bollard::models::Service;
 use bollard::query_parameters as qp;
-use futures::StreamExt;
 use serde_json::json;
 
 fn label(s: &Service, key: &str) -> Option<String> {
@@ -187,15 +186,6 @@ pub async fn health(stack: &Stack, ui: &Ui) -> Result<i32> {
     }
 }
 
-const COLOURS: [console::Color; 6] = [
-    console::Color::Cyan,
-    console::Color::Green,
-    console::Color::Yellow,
-    console::Color::Magenta,
-    console::Color::Blue,
-    console::Color::Red,
-];
-
 /// Service logs (all tasks of each service) through the service logs API,
 /// interleaved by time, each line prefixed with its service.
 pub async fn logs(
@@ -235,14 +225,12 @@ pub async fn logs(
         ui.warn("no services of this stack are on the swarm (stackctl --target swarm deploy)");
         return Ok(0);
     }
-    let width = chosen.iter().map(|c| c.0.len()).max().unwrap_or(0);
-    let streams = chosen.iter().enumerate().map(|(i, (short, id))| {
-        let prefix = console::style(format!("{short:<width$} |"))
-            .fg(COLOURS[i % COLOURS.len()])
-            .to_string();
-        env.engine
-            .docker
-            .service_logs(
+    let shorts: Vec<String> = chosen.iter().map(|c| c.0.clone()).collect();
+    let streams = crate::ops::logs::prefixes(&shorts)
+        .into_iter()
+        .zip(&chosen)
+        .map(|(prefix, (_, id))| {
+            let stream = env.engine.docker.service_logs(
                 id,
                 Some(qp::LogsOptions {
                     follow,
@@ -252,28 +240,10 @@ pub async fn logs(
                     tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
                     ..Default::default()
                 }),
-            )
-            .map(move |chunk| (prefix.clone(), chunk))
-    });
-    let mut merged = futures::stream::select_all(streams);
-    let mut buffered: Vec<(String, String, String)> = Vec::new();
-    while let Some((prefix, chunk)) = merged.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return Err(Error::engine("read service logs", e)),
-        };
-        for line in String::from_utf8_lossy(&chunk.into_bytes()).lines() {
-            let (ts, text) = line.split_once(' ').unwrap_or(("", line));
-            if follow {
-                println!("{prefix} {text}");
-            } else {
-                buffered.push((ts.to_string(), prefix.clone(), text.to_string()));
-            }
-        }
-    }
-    buffered.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, prefix, text) in buffered {
-        println!("{prefix} {text}");
-    }
+            );
+            (prefix, stream)
+        })
+        .collect();
+    crate::ops::logs::print_interleaved(streams, follow, Some("read service logs")).await?;
     Ok(0)
 }

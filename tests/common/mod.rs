@@ -98,6 +98,72 @@ pub fn check(cmd: &mut Command, what: &str) -> String {
     out
 }
 
+/// Run a stackctl command and echo it, its time, exit code and output into
+/// the test's log; `shown` is how the command line reads there.
+pub fn run_logged(c: &mut Command, shown: &str) -> Output {
+    let t = std::time::Instant::now();
+    let o = c.output().expect("run stackctl");
+    eprintln!(
+        "$ stackctl {shown}  ({:.1}s, exit {:?})\n{}{}",
+        t.elapsed().as_secs_f64(),
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Assert a run exited 0; its stdout and stderr together.
+pub fn succeeded(o: &Output, what: &str) -> String {
+    assert_eq!(o.status.code(), Some(0), "{what} failed");
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// An HTTPS client for a stack's Nginx on loopback (self-signed certificate).
+pub fn https_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// The docker CLI (for checks from outside stackctl); its stdout, or panic.
+pub fn docker_ok(args: &[&str]) -> String {
+    let o = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        o.status.success(),
+        "docker {}: {}{}",
+        args.join(" "),
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// `docker build` of a Dockerfile given as text, without a context.
+pub fn docker_build_text(tag: &str, dockerfile: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("write Dockerfile");
+    let o = c.wait_with_output().expect("docker build");
+    assert!(o.status.success(), "docker build {tag}: {}", stderr(&o));
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
