@@ -527,3 +527,108 @@ fn kubernetes_rendering_is_deterministic() {
     assert!(q.path().join("deploy/docker-compose.yml").is_file());
     assert!(!q.path().join("deploy/kubernetes").exists());
 }
+
+#[test]
+fn jobs_become_kubernetes_jobs_that_no_service_selects() {
+    let (p, out) = rendered(".", &[]);
+    let objects = base_objects(&out);
+    let jobs: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Job").collect();
+    // The repo stack's five migration jobs, each its service's pod running `migrate`.
+    assert_eq!(jobs.len(), 5, "{jobs:#?}");
+    let deployment = |svc: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == svc)
+            .unwrap_or_else(|| panic!("no Deployment {svc}"))
+    };
+    let services: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Service").collect();
+    for j in &jobs {
+        let name = j["metadata"]["name"].as_str().unwrap();
+        let job = j["metadata"]["annotations"]["stackctl.io/job"]
+            .as_str()
+            .unwrap();
+        let svc = j["metadata"]["annotations"]["stackctl.io/service"]
+            .as_str()
+            .unwrap();
+        assert_eq!(job, format!("migrate-{svc}"));
+        assert!(
+            name.starts_with(&format!("job-{job}-")) && name.len() <= 63,
+            "{name}"
+        );
+        assert_eq!(j["spec"]["backoffLimit"], 0, "{name}: a job is not retried");
+        assert!(
+            j["spec"]["activeDeadlineSeconds"].as_u64().unwrap() > 0,
+            "{name}"
+        );
+        let pod = &j["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never", "{name}");
+        let c = &pod["containers"][0];
+        assert_eq!(c["args"], serde_json::json!(["migrate"]), "{name}");
+        for k in ["readinessProbe", "livenessProbe", "ports"] {
+            assert!(c.get(k).is_none(), "{name}: {k}");
+        }
+        // The service's image, environment, secrets and limits.
+        let s = &deployment(svc)["spec"]["template"];
+        let sc = &s["spec"]["containers"][0];
+        for k in [
+            "image",
+            "env",
+            "resources",
+            "securityContext",
+            "volumeMounts",
+        ] {
+            assert_eq!(c[k], sc[k], "{name}: {k} differs from {svc}'s");
+        }
+        // The service's networks (NetworkPolicies), but not its name: no
+        // Service (nor the PodDisruptionBudget) selects the job's pod.
+        let labels = j["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .unwrap();
+        for (k, v) in s["metadata"]["labels"].as_object().unwrap() {
+            if k.starts_with(k8s::NETWORK_LABEL) {
+                assert_eq!(labels.get(k), Some(v), "{name}: {k}");
+            }
+        }
+        for service in &services {
+            let sel = service["spec"]["selector"].as_object().unwrap();
+            assert!(
+                !sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                "{name}: Service {} selects the job's pod",
+                service["metadata"]["name"]
+            );
+        }
+    }
+    validate(
+        &jobs.iter().map(|j| (*j).clone()).collect::<Vec<_>>(),
+        "jobs",
+    );
+
+    // Same inputs, same Job (re-applying changes nothing); a new image is a
+    // new Job, which runs once.
+    let names = |objs: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> = objs
+            .iter()
+            .filter(|o| o["kind"] == "Job")
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names(&objects);
+    let again = p.run(&["render", "--target", "kubernetes"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(names(&base_objects(&out)), before);
+    let o = bin()
+        .current_dir(p.path())
+        .env("IMAGE_TAG", "v2")
+        .args(["render", "--target", "kubernetes"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let after = names(&base_objects(&out));
+    assert_eq!(after.len(), before.len());
+    assert!(
+        after.iter().all(|n| !before.contains(n)),
+        "{before:?} {after:?}"
+    );
+}

@@ -108,6 +108,7 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
         })],
     }];
     let mut configmaps = Vec::new();
+    let mut jobs = Vec::new();
     for c in &containers {
         let mut objects = Vec::new();
         let mut config_hash = Sha256::new();
@@ -166,6 +167,11 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
         }
         let hash = hex::encode(config_hash.finalize());
         let pod = pod_spec(stack, layout, c, &cm_mounts)?;
+        if c.kind == Kind::App {
+            for j in ks.jobs.iter().filter(|j| j.service == c.name) {
+                jobs.push(job(j, &pod, c, &ns));
+            }
+        }
         let mut template = json!({
             "metadata": { "labels": pod_labels(c, &ns) },
             "spec": pod,
@@ -298,6 +304,12 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
             objects: configmaps,
         });
     }
+    if !jobs.is_empty() {
+        files.push(File {
+            name: "jobs.yaml".into(),
+            objects: jobs,
+        });
+    }
     files.push(File {
         name: "network-policies.yaml".into(),
         objects: network_policies(&ks, &containers, &ns),
@@ -344,6 +356,59 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
         });
     }
     Ok(files)
+}
+
+/// A `[jobs.NAME]` as a Job: its service's pod (image, env, secrets, config,
+/// networks, limits) running the job's command once, no probes, no retry,
+/// killed after the job's timeout. The name carries a hash of the pod, so a
+/// new image or config is a new Job that runs once (Jobs are immutable) and
+/// re-applying the same manifests changes nothing; finished Jobs are deleted
+/// after a day. The services it runs `before` are named in an annotation:
+/// Kubernetes has no ordering between objects, so the gated services must
+/// tolerate starting first (the repo's services migrate at startup too).
+fn job(j: &crate::model::Job, service_pod: &Value, c: &ContainerSpec, ns: &str) -> Value {
+    let mut pod = service_pod.clone();
+    pod["restartPolicy"] = json!("Never");
+    if let Some(ct) = pod["containers"][0].as_object_mut() {
+        for k in ["readinessProbe", "livenessProbe", "ports"] {
+            ct.remove(k);
+        }
+        ct.insert("name".into(), json!("job"));
+        ct.insert("args".into(), json!(j.command));
+    }
+    let digest = hex::encode(Sha256::digest(pod.to_string().as_bytes()));
+    // A Job's name is also its pods' `job-name` label: at most 63 characters.
+    let short: String = j.name.chars().take(63 - "job--".len() - 10).collect();
+    let name = format!("job-{}-{}", short.trim_end_matches('-'), &digest[..10]);
+    // Not the service's name label: its Service and PodDisruptionBudget
+    // must not select the job's pod. Its networks, for the NetworkPolicies.
+    let mut labels = labels(c, ns);
+    labels.insert(NAME.into(), json!(format!("job-{}", j.name)));
+    labels.insert(COMPONENT.into(), json!("job"));
+    let mut pod_labels = labels.clone();
+    for n in &c.networks {
+        pod_labels.insert(format!("{NETWORK_LABEL}{n}"), json!("true"));
+    }
+    let mut annotations = Map::new();
+    annotations.insert("stackctl.io/job".into(), json!(j.name));
+    annotations.insert("stackctl.io/service".into(), json!(j.service));
+    if !j.before.is_empty() {
+        annotations.insert("stackctl.io/before".into(), json!(j.before.join(",")));
+    }
+    if let Some(d) = &j.description {
+        annotations.insert("stackctl.io/description".into(), json!(d));
+    }
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": { "name": name, "namespace": ns, "labels": labels, "annotations": annotations },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": secs(j.timeout).max(1),
+            "ttlSecondsAfterFinished": 86400,
+            "template": { "metadata": { "labels": pod_labels }, "spec": pod },
+        },
+    })
 }
 
 /// nginx.conf as rendered for Docker, pointed at the cluster's DNS: nginx's
