@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 const PROJECT: &str = "stackctl-e2e";
 
 fn sc(args: &[&str]) -> Output {
-    run_logged(
-        bin()
-            .current_dir(repo())
-            .env_remove("IMAGE_TAG")
-            .env("STACKCTL_PROJECT", PROJECT)
-            .args(args),
-        &args.join(" "),
-    )
+    run_logged(in_project(PROJECT).args(args), &args.join(" "))
 }
 
 fn ok(args: &[&str]) -> String {

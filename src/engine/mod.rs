@@ -6,7 +6,7 @@ pub mod build;
 pub mod create;
 
 use crate::error::{Error, Result};
-use bollard::models::{ContainerSummary, ImageInspect};
+use bollard::models::{ContainerCreateBody, ContainerSummary, ImageInspect};
 use bollard::query_parameters as qp;
 use bollard::Docker;
 use futures::StreamExt;
@@ -212,6 +212,30 @@ impl Engine {
         self.remove(name).await
     }
 
+    /// Create (not start) a container of this name.
+    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<()> {
+        self.create_raw(name, body)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::engine(format!("create {name}"), e))
+    }
+
+    async fn create_raw(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> std::result::Result<bollard::models::ContainerCreateResponse, bollard::errors::Error> {
+        self.docker
+            .create_container(
+                Some(qp::CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+    }
+
     /// Create a container that is never started: a record on the host (lock,
     /// revision) that also keeps `image` from being pruned. `cmd` only names
     /// it; it has no network. `Ok(false)`: a container of that name exists.
@@ -222,7 +246,7 @@ impl Engine {
         cmd: &str,
         labels: HashMap<String, String>,
     ) -> std::result::Result<bool, bollard::errors::Error> {
-        let body = bollard::models::ContainerCreateBody {
+        let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec![cmd.to_string()]),
             labels: Some(labels),
@@ -233,17 +257,7 @@ impl Engine {
             }),
             ..Default::default()
         };
-        match self
-            .docker
-            .create_container(
-                Some(qp::CreateContainerOptions {
-                    name: Some(name.to_string()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-        {
+        match self.create_raw(name, body).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..

@@ -987,7 +987,6 @@ async fn restore_redis(
     quiet: &Ui,
 ) -> Result<()> {
     use bollard::models::{ContainerCreateBody, HostConfig};
-    use bollard::query_parameters as qp;
     let docker = &env.engine.docker;
     let spec = env
         .containers
@@ -1048,16 +1047,7 @@ async fn restore_redis(
         }),
         ..Default::default()
     };
-    docker
-        .create_container(
-            Some(qp::CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .map_err(|e| Error::engine(format!("create {name}"), e))?;
+    env.engine.create(&name, body).await?;
     let result = async {
         docker
             .start_container(&name, None)

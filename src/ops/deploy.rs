@@ -302,16 +302,7 @@ async fn create_unit(
         l.insert(LABEL_REVISION.into(), revision.to_string());
     }
     let _ = project;
-    docker
-        .create_container(
-            Some(qp::CreateContainerOptions {
-                name: Some(name.to_string()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .map_err(|e| Error::engine(format!("create {name}"), e))?;
+    engine.create(name, body).await?;
     for net in u.networks.iter().skip(1) {
         docker
             .connect_network(

@@ -149,16 +149,7 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
             .map_err(|e| Error::engine(format!("replace {}", d.name), e))?;
         action = "recreated";
     }
-    docker
-        .create_container(
-            Some(qp::CreateContainerOptions {
-                name: Some(d.name.clone()),
-                ..Default::default()
-            }),
-            d.body.clone(),
-        )
-        .await
-        .map_err(|e| Error::engine(format!("create {}", d.name), e))?;
+    env.engine.create(&d.name, d.body.clone()).await?;
     for net in d.spec.networks.iter().skip(1) {
         docker
             .connect_network(

@@ -98,6 +98,16 @@ pub fn check(cmd: &mut Command, what: &str) -> String {
     out
 }
 
+/// stackctl in the repository, under its own project name (so a developer's
+/// stack is untouched), with the tag strategy of stack.toml.
+pub fn in_project(project: &str) -> Command {
+    let mut c = bin();
+    c.current_dir(repo())
+        .env_remove("IMAGE_TAG")
+        .env("STACKCTL_PROJECT", project);
+    c
+}
+
 /// Run a stackctl command and echo it, its time, exit code and output into
 /// the test's log; `shown` is how the command line reads there.
 pub fn run_logged(c: &mut Command, shown: &str) -> Output {
