@@ -218,7 +218,9 @@ restore_bins() {
 
 # The one-line change, always removed again (by its marker line only, so a
 # concurrent edit of the file survives).
-revert_change() { [ -f "$CHANGE_FILE" ] && sed -i "\|$MARK|d" "$CHANGE_FILE" || true; }
+# Only when the line is there: `sed -i` rewrites the file, and a new mtime
+# alone makes cargo recompile the service.
+revert_change() { [ -f "$CHANGE_FILE" ] && grep -qF "$MARK" "$CHANGE_FILE" && sed -i "\|$MARK|d" "$CHANGE_FILE" || true; }
 apply_change() { # unique id
   revert_change
   printf '#[used] static STACKCTL_BENCH_CHANGE: [u8; %d] = *b"%s"; %s\n' "${#1}" "$1" "$MARK" >>"$CHANGE_FILE"
