@@ -96,6 +96,15 @@ pub fn cargo_build(stack: &Stack, services: &[&Service], ui: &Ui) -> Result<()> 
     if ui.quiet || ui.json {
         cmd.arg("--quiet");
     }
+    // Run from cargo (`cargo run`, a test), stackctl inherits the variables
+    // cargo sets for the crate it runs; build scripts of the services'
+    // dependencies (ring's, through cc) rerun when those change, and with them
+    // everything above. The services' build sees the environment of a shell.
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(is_cargo_crate_var) {
+            cmd.env_remove(k);
+        }
+    }
     ui.info(format!(
         "cargo build --release --target {TARGET} ({} packages, static)",
         packages.len()
@@ -115,6 +124,30 @@ pub fn cargo_build(stack: &Stack, services: &[&Service], ui: &Ui) -> Result<()> 
         });
     }
     Ok(())
+}
+
+/// A variable cargo sets for one crate's build, run or test (not a setting
+/// of the user's: CARGO_HOME, CARGO_TARGET_DIR, CARGO_PROFILE_* stay).
+fn is_cargo_crate_var(k: &str) -> bool {
+    matches!(
+        k,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "OUT_DIR"
+    ) || [
+        "CARGO_PKG_",
+        "CARGO_BIN_EXE_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+    ]
+    .iter()
+    .any(|p| k.starts_with(p))
 }
 
 fn git(stack: &Stack, args: &[&str]) -> Option<String> {
@@ -376,4 +409,36 @@ fn report(done: &[Built], cargo_secs: f64, total: f64, ui: &Ui) {
         cargo_secs,
         total
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_cargo_crate_var;
+
+    #[test]
+    fn cargo_crate_variables_are_dropped_and_user_settings_kept() {
+        for k in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_BIN_EXE_stackctl",
+            "CARGO_CRATE_NAME",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ] {
+            assert!(is_cargo_crate_var(k), "{k}");
+        }
+        for k in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO_BUILD_JOBS",
+            "CARGO_NET_OFFLINE",
+            "RUSTFLAGS",
+            "CC",
+            "PATH",
+        ] {
+            assert!(!is_cargo_crate_var(k), "{k}");
+        }
+    }
 }
