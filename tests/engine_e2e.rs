@@ -115,8 +115,33 @@ fn day_one_path_on_the_real_engine() {
     assert!(tags.contains(tag), "{tags} lacks {tag}");
 
     let t = Instant::now();
-    ok(&["start"]);
+    let started = ok(&["start"]);
     eprintln!("start to all-ready: {:.1}s", t.elapsed().as_secs_f64());
+    // The stack's migration jobs ran before their services, and are gone.
+    for job in [
+        "migrate-security",
+        "migrate-user-management",
+        "migrate-analytics",
+        "migrate-1c-integration",
+        "migrate-ai-assistant",
+    ] {
+        assert!(
+            started.contains(&format!("job {job} (")) && started.contains("migrate) succeeded"),
+            "{job} did not run: {started}"
+        );
+    }
+    let left = docker_ok(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.stackctl.project={PROJECT}"),
+        "--filter",
+        "label=io.stackctl.role=job",
+    ]);
+    assert!(left.trim().is_empty(), "job containers left: {left}");
+    // Nothing to change: nothing to migrate either.
+    let again = ok(&["start"]);
+    assert!(!again.contains("job "), "jobs ran again: {again}");
     let h = ok(&["health"]);
     assert!(
         h.contains("api-gateway") && h.contains("postgres-user"),

@@ -106,6 +106,34 @@ fn an_overlay_naming_an_unknown_service_points_at_the_overlay() {
 }
 
 #[test]
+fn a_job_cannot_gate_a_service_its_own_service_depends_on() {
+    // api depends on users: a job in api waits for users, so users cannot
+    // wait for the job.
+    let stack = BASE.replacen(
+        "[monitoring]",
+        "[jobs.migrate]\nservice = \"api\"\ncommand = [\"migrate\"]\nbefore = [\"users\"]\n\n[monitoring]",
+        1,
+    );
+    let p = Project::new(&stack);
+    let o = p.run(&["validate"]);
+    assert_eq!(o.status.code(), Some(17), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stack.toml:27:11:"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("each would wait for the other"),
+        "{}",
+        stderr(&o)
+    );
+    // Gating its own service (the default) is fine.
+    let ok = BASE.replacen(
+        "[monitoring]",
+        "[jobs.migrate]\nservice = \"users\"\ncommand = [\"migrate\"]\nbefore = [\"users\", \"api\"]\n\n[monitoring]",
+        1,
+    );
+    let o = Project::new(&ok).run(&["validate"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn overlay_changes_only_what_it_names() {
     let stack = format!("{BASE}\n[environments.staging.services.users]\nresources = {{ memory = \"1G\" }}\nenv = {{ DEBUG_SQL = \"1\" }}\n");
     let f = Path::new("stack.toml");

@@ -1210,6 +1210,34 @@ impl Resolver<'_> {
                         format!("use one of: {}", svc_names()),
                     ));
                 }
+                // The job waits for its service's dependencies; a service
+                // among them cannot also wait for the job.
+                let mut deps: Vec<&String> = Vec::new();
+                let mut todo = vec![svc];
+                while let Some(n) = todo.pop() {
+                    for d in services
+                        .iter()
+                        .filter(|s| &s.name == n)
+                        .flat_map(|s| &s.depends_on)
+                    {
+                        if !deps.contains(&d) {
+                            deps.push(d);
+                            todo.push(d);
+                        }
+                    }
+                }
+                if deps.contains(&b.get_ref()) {
+                    return Err(self.err(
+                        K::DependencyCycle,
+                        b.span().start,
+                        format!(
+                            "job `{name}` must run before `{}`, but its service `{svc}` depends on `{}`: each would wait for the other",
+                            b.get_ref(),
+                            b.get_ref()
+                        ),
+                        format!("drop `{}` from `before`, or run the job in a service that does not depend on it", b.get_ref()),
+                    ));
+                }
                 before.push(b.get_ref().clone());
             }
             if before.is_empty() {

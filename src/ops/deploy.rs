@@ -374,7 +374,7 @@ async fn recover(env: &StackEnv<'_>, ui: &Ui) -> Result<()> {
 
 /// Run a one-shot job to completion in its service's image; its exit code
 /// gates the deploy. Never restarted, never left behind.
-async fn run_job(
+pub(crate) async fn run_job(
     env: &StackEnv<'_>,
     job: &Job,
     unit: &Unit,
@@ -448,7 +448,7 @@ async fn run_job(
             job: job.name.clone(),
             reason: format!("exit code {c}"),
             logs: indent_logs(&logs),
-            hint: "nothing was rolled: the previous revision keeps serving; fix the job and deploy again".into(),
+            hint: "the services it gates were left as they were (a deploy keeps the previous revision serving): fix the job, then run again".into(),
         }),
         None => Err(Error::JobFailed {
             job: job.name.clone(),

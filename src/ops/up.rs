@@ -111,6 +111,36 @@ pub async fn wait_ready(
     }
 }
 
+/// A `[jobs.NAME]` as `start` runs it: at most once, its outcome shared by
+/// every service it gates.
+struct StartJob {
+    job: crate::model::Job,
+    unit: crate::ops::revision::Unit,
+    /// The job's service's dependencies: ready before the job runs.
+    deps: Vec<String>,
+    outcome: tokio::sync::OnceCell<std::result::Result<f64, String>>,
+}
+
+/// Whether the container already runs exactly this configuration (then
+/// `start` keeps it, and the jobs gating it do not run again).
+async fn is_current(engine: &Engine, d: &Desired) -> bool {
+    engine
+        .docker
+        .inspect_container(&d.name, None)
+        .await
+        .ok()
+        .is_some_and(|c| {
+            let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
+            let same = c
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(LABEL_CONFIG_HASH))
+                == Some(&d.hash);
+            running && same
+        })
+}
+
 /// Create (or keep, or replace) and start one container.
 pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
     let docker = &env.engine.docker;
@@ -187,6 +217,33 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
     }
     let started: HashSet<String> = desired.iter().map(|d| d.spec.name.clone()).collect();
 
+    // One-shot jobs (`[jobs.NAME]`, e.g. migrations) run before the services
+    // they gate, as in the compose file: once per start, when one of those
+    // services is (re)created, after the job's service's dependencies are
+    // ready. A failed job stops the services it gates.
+    let jobs: Vec<StartJob> = stack
+        .jobs
+        .iter()
+        .filter(|j| j.before.iter().any(|b| started.contains(b)))
+        .filter_map(|j| {
+            let d = desired
+                .iter()
+                .find(|d| d.spec.name == j.service && d.replica == 1)?;
+            Some(StartJob {
+                job: j.clone(),
+                unit: crate::ops::revision::Unit::from_desired(&env.project, d, ""),
+                deps: d.spec.depends_on.clone(),
+                outcome: tokio::sync::OnceCell::new(),
+            })
+        })
+        .collect();
+    let mut current: HashSet<String> = HashSet::new();
+    for d in &desired {
+        if is_current(&env.engine, d).await {
+            current.insert(d.name.clone());
+        }
+    }
+
     // One readiness channel per service (all its replicas).
     let mut senders = HashMap::new();
     let mut receivers = HashMap::new();
@@ -207,6 +264,9 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
         m
     };
     let env_ref = &env;
+    let jobs_ref = &jobs;
+    let current_ref = &current;
+    let receivers_ref = &receivers;
     let tasks = by_service.into_iter().map(|(name, replicas)| {
         let tx = senders.remove(&name).expect("sender");
         let deps: Vec<watch::Receiver<Ready>> = replicas[0]
@@ -229,6 +289,29 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
                         format!("not started: a dependency failed ({why})"),
                         String::new(),
                     ));
+                }
+            }
+            let changing = replicas.iter().any(|d| !current_ref.contains(&d.name));
+            for j in jobs_ref
+                .iter()
+                .filter(|j| changing && j.job.before.contains(&name))
+            {
+                for dep in &j.deps {
+                    if let Some(mut rx) = receivers_ref.get(dep).cloned() {
+                        let _ = rx.wait_for(|r| *r != Ready::Waiting).await;
+                    }
+                }
+                let outcome = j
+                    .outcome
+                    .get_or_init(|| async {
+                        super::deploy::run_job(env_ref, &j.job, &j.unit, j.job.timeout.as_std(), ui)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                    .await;
+                if let Err(why) = outcome {
+                    let _ = tx.send(Ready::Failed(format!("job {}", j.job.name)));
+                    return Err((format!("job {}", j.job.name), why.clone(), String::new()));
                 }
             }
             let mut line = Vec::new();
