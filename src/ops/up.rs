@@ -129,16 +129,19 @@ async fn is_current(engine: &Engine, d: &Desired) -> bool {
         .inspect_container(&d.name, None)
         .await
         .ok()
-        .is_some_and(|c| {
-            let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
-            let same = c
-                .config
-                .as_ref()
-                .and_then(|c| c.labels.as_ref())
-                .and_then(|l| l.get(LABEL_CONFIG_HASH))
-                == Some(&d.hash);
-            running && same
-        })
+        .is_some_and(|c| compare(&c, d) == (true, true))
+}
+
+/// An existing container against `d`: (exactly this configuration, running).
+fn compare(existing: &bollard::models::ContainerInspectResponse, d: &Desired) -> (bool, bool) {
+    let same = existing
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(LABEL_CONFIG_HASH))
+        == Some(&d.hash);
+    let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
+    (same, running)
 }
 
 /// Create (or keep, or replace) and start one container.
@@ -146,17 +149,7 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
     let docker = &env.engine.docker;
     let mut action = "created";
     if let Ok(existing) = docker.inspect_container(&d.name, None).await {
-        let same = existing
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(LABEL_CONFIG_HASH))
-            == Some(&d.hash);
-        let running = existing
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
+        let (same, running) = compare(&existing, d);
         if same && running {
             return Ok("running");
         }
