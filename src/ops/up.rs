@@ -121,35 +121,18 @@ struct StartJob {
     outcome: tokio::sync::OnceCell<std::result::Result<f64, String>>,
 }
 
-/// Whether the container already runs exactly this configuration (then
-/// `start` keeps it, and the jobs gating it do not run again).
-async fn is_current(engine: &Engine, d: &Desired) -> bool {
-    engine
-        .docker
-        .inspect_container(&d.name, None)
-        .await
-        .ok()
-        .is_some_and(|c| compare(&c, d) == (true, true))
-}
-
-/// An existing container against `d`: (exactly this configuration, running).
-fn compare(existing: &bollard::models::ContainerInspectResponse, d: &Desired) -> (bool, bool) {
-    let same = existing
-        .config
-        .as_ref()
-        .and_then(|c| c.labels.as_ref())
-        .and_then(|l| l.get(LABEL_CONFIG_HASH))
-        == Some(&d.hash);
-    let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
-    (same, running)
-}
-
 /// Create (or keep, or replace) and start one container.
 pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
     let docker = &env.engine.docker;
     let mut action = "created";
     if let Ok(existing) = docker.inspect_container(&d.name, None).await {
-        let (same, running) = compare(&existing, d);
+        let same = existing
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_CONFIG_HASH))
+            == Some(&d.hash);
+        let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
         if same && running {
             return Ok("running");
         }
@@ -230,12 +213,23 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
             })
         })
         .collect();
-    let mut current: HashSet<String> = HashSet::new();
-    for d in &desired {
-        if is_current(&env.engine, d).await {
-            current.insert(d.name.clone());
-        }
-    }
+    // Containers already running exactly their desired configuration (kept
+    // by bring_up; the jobs gating them do not run again): one listing.
+    let hashes: HashMap<&str, &str> = desired
+        .iter()
+        .map(|d| (d.name.as_str(), d.hash.as_str()))
+        .collect();
+    let current: HashSet<String> = env
+        .running()
+        .await?
+        .iter()
+        .filter(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running"))
+        .filter_map(|c| {
+            let name = crate::engine::name_of(c);
+            let hash = c.labels.as_ref()?.get(LABEL_CONFIG_HASH)?;
+            (hashes.get(name.as_str()) == Some(&hash.as_str())).then_some(name)
+        })
+        .collect();
 
     // One readiness channel per service (all its replicas).
     let mut senders = HashMap::new();
