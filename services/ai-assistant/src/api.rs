@@ -27,9 +27,24 @@ use crate::metadata::MetadataClient;
 use crate::provider::{AnswerRequest, Context, Provider};
 use crate::store::{Exchange, Store};
 
-/// Longest accepted chat message / BSL code (characters).
+/// Longest accepted chat message (characters).
 pub const MAX_MESSAGE_CHARS: usize = 32_000;
-pub const MAX_CODE_CHARS: usize = 200_000;
+/// Default body limit of `POST /bsl/check` (bytes): real common modules are
+/// 0.5–2 MB; `BSL_CHECK_MAX_BYTES` overrides it.
+pub const DEFAULT_BSL_CHECK_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// The body limit of `POST /bsl/check`: `BSL_CHECK_MAX_BYTES` from the
+/// environment, else [`DEFAULT_BSL_CHECK_MAX_BYTES`]. (It replaces kit's
+/// `BODY_LIMIT_BYTES` for this route only.)
+pub fn bsl_check_max_bytes() -> usize {
+    match kit::config::Env::process().parse_or("BSL_CHECK_MAX_BYTES", DEFAULT_BSL_CHECK_MAX_BYTES) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "BSL_CHECK_MAX_BYTES is invalid, using the default");
+            DEFAULT_BSL_CHECK_MAX_BYTES
+        }
+    }
+}
 /// Turns of history handed to the provider.
 pub const HISTORY_TURNS: i64 = 20;
 
@@ -117,7 +132,10 @@ pub fn router(state: AppState) -> Router {
             "/conversations/{id}",
             get(get_conversation).delete(delete_conversation),
         )
-        .route("/bsl/check", post(bsl_check))
+        .route(
+            "/bsl/check",
+            post(bsl_check).layer(axum::extract::DefaultBodyLimit::max(bsl_check_max_bytes())),
+        )
         .route("/kb/search", get(kb_search))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
@@ -462,12 +480,10 @@ pub struct CheckRequest {
     pub kind: Option<String>,
 }
 
+/// Checks a module or a query. The size is bounded by the route's body
+/// limit ([`bsl_check_max_bytes`]; 413 `payload_too_large` above it); the
+/// answer reports `lines` and `elapsed_ms` (the check itself).
 async fn bsl_check(JsonBody(req): JsonBody<CheckRequest>) -> Result<Json<Value>, ApiError> {
-    if req.code.chars().count() > MAX_CODE_CHARS {
-        return Err(ApiError::validation(format!(
-            "code is longer than {MAX_CODE_CHARS} characters"
-        )));
-    }
     let kind = match req.kind.as_deref() {
         Some("module") => "module",
         Some("query") => "query",
@@ -481,16 +497,23 @@ async fn bsl_check(JsonBody(req): JsonBody<CheckRequest>) -> Result<Json<Value>,
     };
     // Parsing is CPU work: keep it off the async workers.
     let code = req.code;
-    let diagnostics = tokio::task::spawn_blocking(move || {
-        if kind == "query" {
+    let (diagnostics, lines, elapsed) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let d = if kind == "query" {
             bsl::check_query(&code)
         } else {
             bsl::check(&code)
-        }
+        };
+        (d, code.lines().count(), started.elapsed())
     })
     .await
     .map_err(ApiError::internal)?;
-    Ok(Json(json!({"kind": kind, "diagnostics": diagnostics})))
+    Ok(Json(json!({
+        "kind": kind,
+        "diagnostics": diagnostics,
+        "lines": lines,
+        "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+    })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,10 @@
 use serde::{Deserialize, Serialize};
 use tree_sitter::{Node, Parser, Tree};
 
+pub mod cli;
+mod suppress;
+mod types;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -150,6 +154,9 @@ fn syntax_errors(
         if found >= MAX_SYNTAX_ERRORS {
             break;
         }
+        if node.is_missing() && is_rethrow(node) {
+            continue;
+        }
         if node.is_missing() {
             let closer = matches!(
                 node.kind(),
@@ -215,6 +222,41 @@ fn syntax_errors(
     }
 }
 
+/// `ВызватьИсключение;` without an argument re-raises the exception being
+/// handled: valid anywhere inside an `Исключение` block (the grammar only
+/// accepts it directly there, and reports a missing expression elsewhere,
+/// e.g. inside `Если` within the handler).
+fn is_rethrow(missing: Node) -> bool {
+    let Some(expr) = missing.parent().filter(|p| p.kind() == "expression") else {
+        return false;
+    };
+    let Some(raise) = expr.parent().filter(|p| p.kind() == "rise_error_statement") else {
+        return false;
+    };
+    if expr.start_byte() != expr.end_byte() {
+        return false;
+    }
+    let mut up = raise.parent();
+    while let Some(p) = up {
+        match p.kind() {
+            "procedure_definition" | "function_definition" => return false,
+            "try_statement" => {
+                let mut c = p.walk();
+                let except = p
+                    .children(&mut c)
+                    .find(|n| n.kind() == "EXCEPT_KEYWORD")
+                    .filter(|n| !n.is_missing());
+                if except.is_some_and(|e| raise.start_byte() >= e.end_byte()) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        up = p.parent();
+    }
+    false
+}
+
 /// Checks a BSL module (or a fragment of one).
 pub fn check(code: &str) -> Vec<Diagnostic> {
     let Some(tree) = parse(code, false) else {
@@ -229,12 +271,15 @@ pub fn check(code: &str) -> Vec<Diagnostic> {
     let pos = Positions::new(code);
     let mut out = Vec::new();
     syntax_errors(&tree, code, rules::SYNTAX_ERROR, &|b| pos.at(b), &mut out);
+    let query_runs = types::query_executions(tree.root_node(), code);
     let mut ctx = Ctx {
         src: code,
         pos: &pos,
         out: &mut out,
+        query_runs,
     };
     ctx.visit(tree.root_node(), &Scope::default());
+    suppress::apply(&tree, code, &mut out);
     out.sort_by(|a, b| (a.line, a.column, &a.rule).cmp(&(b.line, b.column, &b.rule)));
     out.dedup();
     out
@@ -257,28 +302,71 @@ pub fn check_query(query: &str) -> Vec<Diagnostic> {
     out
 }
 
-/// Does a string look like a query text (first word ВЫБРАТЬ/SELECT/…)?
+/// Does a string look like a query text? Its first word is ВЫБРАТЬ/SELECT
+/// (or УНИЧТОЖИТЬ/DROP) and it has the shape of a query: several lines, or
+/// another query keyword (ИЗ, КАК, ПОМЕСТИТЬ, ГДЕ, …) as a whole word, or
+/// `УНИЧТОЖИТЬ <таблица>`. A phrase such as "ВЫБРАТЬ значение?" is not.
 pub fn looks_like_query(s: &str) -> bool {
-    let first = s
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '|')
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("");
-    eq_any(first, &["ВЫБРАТЬ", "SELECT", "УНИЧТОЖИТЬ", "DROP"])
+    let body = s.trim_start_matches(|c: char| c.is_whitespace() || c == '|');
+    let mut words = body
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or("");
+    if !body
+        .get(..first.len())
+        .is_some_and(|head| eq_any(head, &[first]))
+    {
+        return false;
+    }
+    if eq_any(first, &["УНИЧТОЖИТЬ", "DROP"]) {
+        let rest: Vec<&str> = words.collect();
+        return rest.len() == 1 && !body.trim_end().contains(['?', '!']);
+    }
+    if !eq_any(first, &["ВЫБРАТЬ", "SELECT"]) {
+        return false;
+    }
+    if body.trim_end().contains('\n') {
+        return true;
+    }
+    const KEYWORDS: &[&str] = &[
+        "ИЗ",
+        "FROM",
+        "КАК",
+        "AS",
+        "ПОМЕСТИТЬ",
+        "INTO",
+        "ГДЕ",
+        "WHERE",
+        "ОБЪЕДИНИТЬ",
+        "UNION",
+        "РАЗРЕШЕННЫЕ",
+        "ALLOWED",
+        "РАЗЛИЧНЫЕ",
+        "DISTINCT",
+        "ПЕРВЫЕ",
+        "TOP",
+    ];
+    words.any(|w| {
+        KEYWORDS
+            .iter()
+            .any(|k| k.to_lowercase() == w.to_lowercase())
+    })
 }
 
 #[derive(Default, Clone)]
 struct Scope {
-    /// Innermost enclosing loop node id, within the current method.
-    in_loop: bool,
-    /// Variables assigned `Новый Запрос` in the current method.
-    query_vars: Vec<String>,
+    /// Byte range of the innermost enclosing loop body (the part run on
+    /// every iteration), within the current method.
+    loop_body: Option<(usize, usize)>,
 }
 
 struct Ctx<'a, 'o> {
     src: &'a str,
     pos: &'a Positions<'a>,
     out: &'o mut Vec<Diagnostic>,
+    /// Start bytes of `X.Выполнить()`-like calls whose receiver is known to
+    /// be a query object (by what it was created as), for the whole module.
+    query_runs: Vec<usize>,
 }
 
 const LOOPS: &[&str] = &["for_statement", "for_each_statement", "while_statement"];
@@ -300,15 +388,34 @@ impl Ctx<'_, '_> {
         let mut scope = scope.clone();
         match kind {
             "procedure_definition" | "function_definition" => {
-                scope = Scope {
-                    in_loop: false,
-                    query_vars: query_variables(node, self.src),
-                };
+                scope = Scope::default();
                 self.check_returns(node);
             }
             k if LOOPS.contains(&k) => {
                 self.check_block_between(node, &["DO_KEYWORD"], &["ENDDO_KEYWORD"], "цикла");
-                scope.in_loop = true;
+                // The collection of Для Каждого and the bounds of Для are
+                // evaluated once, before the first iteration; the condition
+                // of Пока on every iteration.
+                let mut cursor = node.walk();
+                let body_from = if k == "while_statement" {
+                    node.start_byte()
+                } else {
+                    node.children(&mut cursor)
+                        .find(|c| c.kind() == "DO_KEYWORD")
+                        .map(|c| c.end_byte())
+                        .unwrap_or(node.end_byte())
+                };
+                let body = (body_from, node.end_byte());
+                let mut cursor = node.walk();
+                let children: Vec<Node> = node.children(&mut cursor).collect();
+                for child in children {
+                    let mut inner = scope.clone();
+                    if child.start_byte() >= body.0 {
+                        inner.loop_body = Some(body);
+                    }
+                    self.visit(child, &inner);
+                }
+                return;
             }
             "if_statement" => self.check_if(node),
             "try_statement" => self.check_try(node),
@@ -385,30 +492,28 @@ impl Ctx<'_, '_> {
     }
 
     fn check_new(&mut self, node: Node, scope: &Scope) {
-        if !scope.in_loop {
+        let Some(body) = scope.loop_body else {
             return;
-        }
+        };
         let Some(ty) = node.child_by_field_name("type") else {
             return;
         };
-        if !eq_any(text(ty, self.src), &["Запрос", "Query"]) {
+        let Some(kind) = types::query_type(text(ty, self.src)) else {
             return;
-        }
-        // When the query is also executed inside the loop, that call is
+        };
+        // When a query is also executed inside the loop, that call is
         // reported instead (one finding per mistake).
-        let loop_node = enclosing_loop(node);
-        if let Some(l) = loop_node {
-            if contains_query_execution(l, self.src, &scope.query_vars) {
-                return;
-            }
+        if self.query_runs.iter().any(|&b| b >= body.0 && b < body.1) {
+            return;
         }
         self.push(
             node.start_byte(),
             rules::QUERY_IN_LOOP,
             Severity::Warning,
-            "Создание запроса (Новый Запрос) в цикле: вынесите запрос из цикла, \
-             соберите параметры в массив или временную таблицу и выполните один запрос"
-                .into(),
+            format!(
+                "Создание объекта запроса (Новый {kind}) в цикле: вынесите запрос из цикла, \
+                 соберите параметры в массив или временную таблицу и выполните один запрос"
+            ),
         );
     }
 
@@ -446,12 +551,10 @@ impl Ctx<'_, '_> {
                     .into(),
             );
         } else if !global
-            && scope.in_loop
-            && eq_any(
-                name,
-                &["Выполнить", "Execute", "ВыполнитьПакет", "ExecuteBatch"],
-            )
-            && receiver_is_query(node, self.src, &scope.query_vars)
+            && scope
+                .loop_body
+                .is_some_and(|(from, to)| node.start_byte() >= from && node.start_byte() < to)
+            && self.query_runs.contains(&node.start_byte())
         {
             self.push(
                 node.start_byte(),
@@ -498,23 +601,54 @@ impl Ctx<'_, '_> {
             }
         } else if eq_any(name, &["ЗафиксироватьТранзакцию", "CommitTransaction"])
         {
-            let in_try_body = stmt.parent().is_some_and(|p| {
-                p.kind() == "try_statement" && {
+            let except = stmt
+                .parent()
+                .filter(|p| p.kind() == "try_statement")
+                .and_then(|p| {
                     let mut c = p.walk();
-                    let except = p
+                    let e = p
                         .children(&mut c)
                         .find(|n| n.kind() == "EXCEPT_KEYWORD")
                         .map(|n| n.start_byte());
-                    except.is_some_and(|e| stmt.start_byte() < e)
+                    e
+                });
+            let problem = match except {
+                Some(e) if stmt.start_byte() < e => {
+                    // In the Попытка body: nothing but comments may follow.
+                    let mut next = stmt.next_named_sibling();
+                    let mut after = None;
+                    while let Some(n) = next {
+                        if n.start_byte() >= e {
+                            break;
+                        }
+                        if !matches!(n.kind(), "line_comment" | "preprocessor") {
+                            after = Some(n);
+                            break;
+                        }
+                        next = n.next_named_sibling();
+                    }
+                    after.map(|n| {
+                        format!(
+                            "ЗафиксироватьТранзакцию() должен быть последним оператором блока \
+                             Попытка: после него выполняется «{}», и ошибка в нём не отменит \
+                             уже зафиксированную транзакцию",
+                            snippet(text(n, self.src))
+                        )
+                    })
                 }
-            });
-            if !in_try_body {
+                _ => Some(
+                    "ЗафиксироватьТранзакцию() должен быть последним оператором блока Попытка \
+                     (НачатьТранзакцию(); Попытка … ЗафиксироватьТранзакцию(); Исключение \
+                     ОтменитьТранзакцию(); … КонецПопытки)"
+                        .to_string(),
+                ),
+            };
+            if let Some(message) = problem {
                 self.push(
                     stmt.start_byte(),
                     rules::COMMIT_TRANSACTION_OUTSIDE_TRY,
                     Severity::Error,
-                    "ЗафиксироватьТранзакцию() должен быть последним оператором блока Попытка"
-                        .into(),
+                    message,
                 );
             }
         }
@@ -625,35 +759,89 @@ impl Ctx<'_, '_> {
                     .into(),
             );
         }
-        let between = self.src.get(e.end_byte()..end.start_byte()).unwrap_or("x");
-        if between.chars().all(|c| c.is_whitespace() || c == ';') {
+        // A comment alone does not handle the error (the reference linter's
+        // MissingCodeTryCatchEx by default): only statements count.
+        let handled = toks.iter().any(|n| {
+            n.start_byte() >= e.end_byte()
+                && n.end_byte() <= end.start_byte()
+                && n.is_named()
+                && n.kind() != "line_comment"
+        });
+        if !handled {
+            let commented = toks.iter().any(|n| {
+                n.start_byte() >= e.end_byte()
+                    && n.end_byte() <= end.start_byte()
+                    && n.kind() == "line_comment"
+            });
             self.push(
                 e.start_byte(),
                 rules::EMPTY_EXCEPT_BLOCK,
                 Severity::Warning,
-                "Пустой блок Исключение скрывает ошибку: запишите её в журнал регистрации \
-                 (ЗаписьЖурналаРегистрации с ПодробноеПредставлениеОшибки) или вызовите \
-                 исключение повторно"
-                    .into(),
+                format!(
+                    "Пустой блок Исключение{} скрывает ошибку: запишите её в журнал регистрации \
+                     (ЗаписьЖурналаРегистрации с ПодробноеПредставлениеОшибки) или вызовите \
+                     исключение повторно",
+                    if commented {
+                        " (в нём только комментарий)"
+                    } else {
+                        ""
+                    }
+                ),
             );
         }
     }
 
     /// Query texts inside string literals: validated with the SDBL grammar
-    /// when the whole expression is one literal starting with ВЫБРАТЬ/SELECT.
+    /// when the literal is a whole query text, not a fragment or a template:
+    /// the whole right side of an assignment or the argument of
+    /// `Новый Запрос(…)`, not concatenated, not later edited (the variable is
+    /// concatenated or passed to СтрЗаменить/СтрШаблон), with no run-time
+    /// placeholders (`#Таблица`, `%1`), and looking like a query (see
+    /// [`looks_like_query`]).
     fn check_string(&mut self, node: Node) {
-        // Part of a concatenation: the query is assembled at run time.
         let mut up = node.parent();
+        let mut context = None;
         while let Some(p) = up {
             match p.kind() {
                 "const_expression" | "expression" | "parenthesized_expression" => up = p.parent(),
+                // Part of a concatenation: the query is assembled at run time.
                 "binary_expression" => return,
-                _ => break,
+                _ => {
+                    context = Some(p);
+                    break;
+                }
             }
+        }
+        let Some(context) = context else {
+            return;
+        };
+        match context.kind() {
+            "assignment_statement" => {
+                let Some(left) = context.child_by_field_name("left") else {
+                    return;
+                };
+                let var = norm(text(left, self.src));
+                if is_edited_later(context, &var, self.src) {
+                    return;
+                }
+            }
+            "arguments" => {
+                // Only `Новый Запрос("…")`: any other call takes a fragment
+                // (СтрЗаменить(Текст, "ВЫБРАТЬ РАЗРЕШЕННЫЕ", "ВЫБРАТЬ")).
+                let is_new_query = context.parent().is_some_and(|n| {
+                    matches!(n.kind(), "new_expression" | "new_expression_method")
+                        && n.child_by_field_name("type")
+                            .is_some_and(|t| eq_any(text(t, self.src), &["Запрос", "Query"]))
+                });
+                if !is_new_query {
+                    return;
+                }
+            }
+            _ => return,
         }
         let raw = text(node, self.src);
         let (query, map) = unquote_with_map(raw, node.start_byte());
-        if !looks_like_query(&query) || query.contains('{') {
+        if !looks_like_query(&query) || query.contains('{') || has_placeholders(&query) {
             // `{…}` are data-composition extensions, not plain query syntax.
             return;
         }
@@ -678,6 +866,105 @@ impl Ctx<'_, '_> {
         }
         self.out.extend(found);
     }
+}
+
+/// Lower-cased text without whitespace: the key of a variable or a member
+/// path (`Запрос.Текст` → `запрос.текст`).
+fn norm(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Is the variable assigned at `assignment` edited afterwards in the same
+/// method: concatenated (`Текст + …`, `… + Текст`) or passed as the text to
+/// СтрЗаменить/СтрШаблон/ПодставитьПараметрыВСтроку? Then the literal is a
+/// template or the first part of a query, not a whole query.
+fn is_edited_later(assignment: Node, var: &str, src: &str) -> bool {
+    let mut scope = assignment;
+    while let Some(p) = scope.parent() {
+        scope = p;
+        if matches!(p.kind(), "procedure_definition" | "function_definition") {
+            break;
+        }
+    }
+    let mut stack = vec![scope];
+    while let Some(n) = stack.pop() {
+        if n.end_byte() <= assignment.end_byte() {
+            continue;
+        }
+        match n.kind() {
+            "binary_expression" => {
+                let mut c = n.walk();
+                let hit = n.children(&mut c).any(|k| {
+                    k.is_named() && k.start_byte() >= assignment.end_byte() && {
+                        let t = text(k, src);
+                        norm(t) == var
+                    }
+                });
+                if hit && text(n, src).contains('+') {
+                    return true;
+                }
+            }
+            "method_call" => {
+                let name = n
+                    .child_by_field_name("name")
+                    .map(|x| text(x, src))
+                    .unwrap_or("");
+                if eq_any(
+                    name,
+                    &[
+                        "СтрЗаменить",
+                        "StrReplace",
+                        "СтрШаблон",
+                        "StrTemplate",
+                        "ПодставитьПараметрыВСтроку",
+                        "SubstituteParametersToString",
+                    ],
+                ) && n.start_byte() >= assignment.end_byte()
+                {
+                    let first = n
+                        .child_by_field_name("arguments")
+                        .or_else(|| {
+                            let mut c = n.walk();
+                            let a = n.children(&mut c).find(|k| k.kind() == "arguments");
+                            a
+                        })
+                        .and_then(|a| a.named_child(0));
+                    if first.is_some_and(|f| norm(text(f, src)) == var) {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+    false
+}
+
+/// Run-time placeholders that are no part of the query language:
+/// `#Имя` (substituted by the code) and `%1` (СтрШаблон).
+fn has_placeholders(query: &str) -> bool {
+    let chars: Vec<char> = query.chars().collect();
+    let mut in_string = false;
+    for (i, c) in chars.iter().enumerate() {
+        match c {
+            '"' => in_string = !in_string,
+            '#' | '%' if !in_string => {
+                if chars
+                    .get(i + 1)
+                    .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The text of a BSL string literal as the runtime sees it: quotes removed,
@@ -732,81 +1019,6 @@ fn is_global_call(method_call: Node) -> bool {
         Some(prev) => prev.kind() != ".",
         None => true,
     }
-}
-
-fn enclosing_loop(node: Node) -> Option<Node> {
-    let mut up = node.parent();
-    while let Some(p) = up {
-        if LOOPS.contains(&p.kind()) {
-            return Some(p);
-        }
-        if matches!(p.kind(), "procedure_definition" | "function_definition") {
-            return None;
-        }
-        up = p.parent();
-    }
-    None
-}
-
-/// Names of variables assigned `Новый Запрос` / `New Query` in a method.
-fn query_variables(method: Node, src: &str) -> Vec<String> {
-    let mut vars = Vec::new();
-    let mut stack = vec![method];
-    while let Some(n) = stack.pop() {
-        if n.kind() == "assignment_statement" {
-            if let (Some(l), Some(r)) = (
-                n.child_by_field_name("left"),
-                n.child_by_field_name("right"),
-            ) {
-                let rt = text(r, src).trim().to_lowercase();
-                if rt.starts_with("новый запрос") || rt.starts_with("new query") {
-                    vars.push(text(l, src).trim().to_lowercase());
-                }
-            }
-        }
-        let mut c = n.walk();
-        stack.extend(n.children(&mut c));
-    }
-    vars
-}
-
-/// Is the receiver of `X.Выполнить()` a query (a variable holding
-/// `Новый Запрос`, or named like one)?
-fn receiver_is_query(method_call: Node, src: &str, vars: &[String]) -> bool {
-    let Some(dot) = method_call.prev_sibling() else {
-        return false;
-    };
-    let Some(recv) = dot.prev_sibling() else {
-        return false;
-    };
-    let name = text(recv, src).trim().to_lowercase();
-    if name.starts_with("новый запрос")
-        || name.starts_with("(новый запрос")
-        || name.starts_with("new query")
-    {
-        return true;
-    }
-    vars.contains(&name) || name.contains("запрос") || name.contains("query")
-}
-
-fn contains_query_execution(loop_node: Node, src: &str, vars: &[String]) -> bool {
-    let mut stack = vec![loop_node];
-    while let Some(n) = stack.pop() {
-        if n.kind() == "method_call" && !is_global_call(n) {
-            if let Some(name) = n.child_by_field_name("name") {
-                if eq_any(
-                    text(name, src),
-                    &["Выполнить", "Execute", "ВыполнитьПакет", "ExecuteBatch"],
-                ) && receiver_is_query(n, src, vars)
-                {
-                    return true;
-                }
-            }
-        }
-        let mut c = n.walk();
-        stack.extend(n.children(&mut c));
-    }
-    false
 }
 
 /// Is the statement before this `Попытка` a `НачатьТранзакцию()` call?
