@@ -304,3 +304,125 @@ fn realistic_modules_are_clean() {
         assert!(d.is_empty(), "{name}: {d:#?}");
     }
 }
+
+// ---- issue 17: real-shaped snippets -------------------------------------
+
+fn errors(code: &str) -> Vec<ai_assistant::bsl::Diagnostic> {
+    check(code)
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect()
+}
+
+#[test]
+fn rethrow_without_argument_inside_exception_handler_is_valid() {
+    // Re-raise nested in Если inside the handler, and as the handler's last
+    // statement without a semicolon: both valid 1C.
+    let code = "Процедура ЗаписатьДанные(Данные) Экспорт\n\tНачатьТранзакцию();\n\tПопытка\n\t\tЗаписатьНаборЗаписей(Данные);\n\t\tЗафиксироватьТранзакцию();\n\tИсключение\n\t\tОтменитьТранзакцию();\n\t\tЕсли ТипЗнч(Данные) = Тип(\"Структура\") Тогда\n\t\t\tЗаписьЖурналаРегистрации(\"Обмен\", УровеньЖурналаРегистрации.Ошибка, , , ПодробноеПредставлениеОшибки(ИнформацияОбОшибке()));\n\t\t\tВызватьИсключение;\n\t\tКонецЕсли;\n\t\tВызватьИсключение\n\tКонецПопытки;\nКонецПроцедуры\n";
+    assert!(check(code).is_empty(), "{:#?}", check(code));
+    // Outside a handler it is still an error.
+    let bad = "Процедура П()\n\tЕсли Истина Тогда\n\t\tВызватьИсключение;\n\tКонецЕсли;\nКонецПроцедуры\n";
+    let d = errors(bad);
+    assert!(
+        d.iter()
+            .any(|d| d.rule == rules::SYNTAX_ERROR && d.line == 3),
+        "{d:#?}"
+    );
+}
+
+#[test]
+fn query_fragments_and_templates_are_not_checked_as_queries() {
+    let code = r##"Функция ТекстЗапросаОстатков(ИмяТаблицы, ОграничиватьДоступ) Экспорт
+	ТекстЗапроса =
+	"ВЫБРАТЬ РАЗРЕШЕННЫЕ
+	|	Т.Ссылка КАК Ссылка,
+	|	&ПоляВыборки
+	|ИЗ
+	|	#Таблица КАК Т
+	|ГДЕ
+	|	&УсловиеОтбора";
+	ТекстЗапроса = СтрЗаменить(ТекстЗапроса, "#Таблица", ИмяТаблицы);
+	Если Не ОграничиватьДоступ Тогда
+		ТекстЗапроса = СтрЗаменить(ТекстЗапроса, "ВЫБРАТЬ РАЗРЕШЕННЫЕ", "ВЫБРАТЬ");
+	КонецЕсли;
+	Шаблон = "ВЫБРАТЬ
+	|	Т.Ссылка
+	|ИЗ
+	|	&ИмяТаблицы КАК Т
+	|ГДЕ";
+	Шаблон = Шаблон + " Т.ПометкаУдаления = ЛОЖЬ";
+	Все = "ВЫБРАТЬ РАЗРЕШЕННЫЕ *";
+	Вопрос = "ВЫБРАТЬ значение?";
+	Процент = "ВЫБРАТЬ ПЕРВЫЕ %1 Т.Ссылка ИЗ %2 КАК Т";
+	Возврат СтрШаблон(Процент, 10, ИмяТаблицы) + ТекстЗапроса + Шаблон + Все + Вопрос;
+КонецФункции
+"##;
+    let d = check(code);
+    assert!(d.is_empty(), "{d:#?}");
+    // A whole query text that is broken is still reported.
+    let broken = "Процедура П()\n\tЗапрос = Новый Запрос(\"ВЫБРАТЬ Т.Ссылка, ИЗ Справочник.Валюты КАК Т\");\n\tЗапрос.Выполнить();\nКонецПроцедуры\n";
+    assert!(
+        check(broken)
+            .iter()
+            .any(|d| d.rule == rules::QUERY_SYNTAX_ERROR && d.line == 2),
+        "{:#?}",
+        check(broken)
+    );
+    assert!(!ai_assistant::bsl::looks_like_query("ВЫБРАТЬ значение?"));
+    assert!(ai_assistant::bsl::looks_like_query("ВЫБРАТЬ 1 КАК Поле"));
+    assert!(ai_assistant::bsl::looks_like_query("ВЫБРАТЬ\n\tТ.Ссылка"));
+    assert!(ai_assistant::bsl::looks_like_query("УНИЧТОЖИТЬ ВТТовары"));
+}
+
+#[test]
+fn skip_check_annotation_suppresses_the_named_rule() {
+    let code = "Процедура ОбновитьЦены(Товары)\n\tДля Каждого Строка Из Товары Цикл\n\t\tЗапрос = Новый Запрос(\"ВЫБРАТЬ 1 КАК Поле\");\n\t\t// @skip-check query-in-loop\n\t\tВыборка = Запрос.Выполнить().Выбрать();\n\t\tДата = ТекущаяДата(); //@skip-check use-non-recommended-method\n\t\tСообщить(Дата);\n\tКонецЦикла;\nКонецПроцедуры\n";
+    let d = check(code);
+    let rules_found: Vec<(&str, usize)> = d.iter().map(|d| (d.rule.as_str(), d.line)).collect();
+    assert_eq!(rules_found, vec![(rules::DEPRECATED_MESSAGE, 7)], "{d:#?}");
+    // Another rule named: the finding stays.
+    let other = "Процедура П(Т)\n\tДля Каждого С Из Т Цикл\n\t\tЗапрос = Новый Запрос;\n\t\t// @skip-check empty-except-statement\n\t\tЗапрос.Выполнить();\n\tКонецЦикла;\nКонецПроцедуры\n";
+    assert!(check(other).iter().any(|d| d.rule == rules::QUERY_IN_LOOP));
+    // The reference linter's region form.
+    let region = "// BSLLS:DeprecatedMessage-off\nПроцедура П()\n\tСообщить(1);\nКонецПроцедуры\n// BSLLS:DeprecatedMessage-on\nПроцедура Р()\n\tСообщить(2);\nКонецПроцедуры\n";
+    let d = check(region);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].line, 7);
+}
+
+#[test]
+fn query_in_loop_is_decided_by_object_type() {
+    // Collection of Для Каждого runs once: not a finding.
+    let once = "Процедура П()\n\tЗапрос = Новый Запрос(\"ВЫБРАТЬ Т.Ссылка ИЗ Справочник.Валюты КАК Т\");\n\tДля Каждого Строка Из Запрос.Выполнить().Выгрузить() Цикл\n\t\tОбработать(Строка);\n\tКонецЦикла;\nКонецПроцедуры\n";
+    assert!(check(once).is_empty(), "{:#?}", check(once));
+    // Named like a query but is not one; a query named otherwise is.
+    let typed = "Процедура П(Обработчики)\n\tЗапросПользователя = Новый Структура(\"Выполнить\");\n\tПолучатель = Новый Запрос;\n\tПЗ = Новый ПостроительЗапроса;\n\tКопия = ПЗ;\n\tДля Каждого Обработчик Из Обработчики Цикл\n\t\tЗапросПользователя.Выполнить();\n\t\tПолучатель.Выполнить();\n\t\tКопия.Выполнить();\n\tКонецЦикла;\nКонецПроцедуры\n";
+    let d: Vec<usize> = check(typed)
+        .iter()
+        .filter(|d| d.rule == rules::QUERY_IN_LOOP)
+        .map(|d| d.line)
+        .collect();
+    assert_eq!(d, vec![8, 9], "{:#?}", check(typed));
+    // Reassigned to something else: no longer a query.
+    let reassigned = "Процедура П(Т)\n\tЗапрос = Новый Запрос;\n\tЗапрос = Обработки.Обмен.Создать();\n\tДля Каждого С Из Т Цикл\n\t\tЗапрос.Выполнить();\n\tКонецЦикла;\nКонецПроцедуры\n";
+    assert!(check(reassigned).is_empty(), "{:#?}", check(reassigned));
+    // Новый ПостроительОтчета in a loop.
+    let builder = "Процедура П(Т)\n\tПока Т.Следующий() Цикл\n\t\tПостроитель = Новый ПостроительОтчета;\n\tКонецЦикла;\nКонецПроцедуры\n";
+    assert!(check(builder)
+        .iter()
+        .any(|d| d.rule == rules::QUERY_IN_LOOP && d.line == 3));
+}
+
+#[test]
+fn commit_must_be_the_last_statement_of_the_try_block() {
+    let code = "Процедура П()\n\tНачатьТранзакцию();\n\tПопытка\n\t\tМетод();\n\t\tЗафиксироватьТранзакцию();\n\t\tМетод2();\n\tИсключение\n\t\tОтменитьТранзакцию();\n\t\tВызватьИсключение;\n\tКонецПопытки;\nКонецПроцедуры\n";
+    let d = check(code);
+    assert!(
+        d.iter()
+            .any(|d| d.rule == rules::COMMIT_TRANSACTION_OUTSIDE_TRY && d.line == 5),
+        "{d:#?}"
+    );
+    // A comment after the commit is fine.
+    let ok = "Процедура П()\n\tНачатьТранзакцию();\n\tПопытка\n\t\tМетод();\n\t\tЗафиксироватьТранзакцию();\n\t\t// готово\n\tИсключение\n\t\tОтменитьТранзакцию();\n\t\tВызватьИсключение;\n\tКонецПопытки;\nКонецПроцедуры\n";
+    assert!(check(ok).is_empty(), "{:#?}", check(ok));
+}
