@@ -172,6 +172,24 @@ pub enum MetadataError {
          registers to publish"
     )]
     Empty,
+    #[error(
+        "$metadata declares {entity_types} entity type(s) but has no <EntityContainer>, so it \
+         names no entity sets to read: the document is incomplete (cut off by a proxy or a size \
+         limit) or is not the standard OData interface of a 1C infobase. Check that the URL ends \
+         in /odata/standard.odata/$metadata and that the whole answer arrives (compare its size \
+         with the one the web server sends)"
+    )]
+    NoEntityContainer { entity_types: usize },
+    #[error(
+        "$metadata declares {entity_types} entity type(s) but its <EntityContainer \
+         Name=\"{container}\"> has no <EntitySet>: the document does not match the types it \
+         declares (a broken or hand-edited $metadata, or a non-1C service); check the URL \
+         /odata/standard.odata/$metadata and the web server's answer"
+    )]
+    NoEntitySets {
+        container: String,
+        entity_types: usize,
+    },
 }
 
 /// Strips the schema namespace from a qualified name (`StandardODATA.X` → `X`).
@@ -184,9 +202,18 @@ pub fn unqualify(name: &str) -> &str {
 
 impl Metadata {
     pub fn parse(xml: &str) -> Result<Metadata, MetadataError> {
-        let mut m = parse_xml(xml)?;
+        let (mut m, container) = parse_xml(xml)?;
         if m.entity_sets.is_empty() {
-            return Err(MetadataError::Empty);
+            let entity_types = m.entity_types.len();
+            return Err(match container {
+                // Nothing published: 1C sends neither types nor sets.
+                _ if entity_types == 0 && m.complex_types.is_empty() => MetadataError::Empty,
+                None => MetadataError::NoEntityContainer { entity_types },
+                Some(container) => MetadataError::NoEntitySets {
+                    container,
+                    entity_types,
+                },
+            });
         }
         m.resolve();
         Ok(m)
@@ -256,11 +283,16 @@ impl Metadata {
                 }
             }
         }
-        let sets_by_type: Vec<(String, String)> = self
-            .entity_sets
-            .iter()
-            .map(|s| (unqualify(&s.entity_type).to_string(), s.name.clone()))
-            .collect();
+        // Entity type → the sets holding it (thousands of navigation
+        // properties in a real configuration: no linear scans per property).
+        let mut sets_by_type: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for s in &self.entity_sets {
+            sets_by_type
+                .entry(unqualify(&s.entity_type).to_string())
+                .or_default()
+                .push(s.name.clone());
+        }
         for et in self.entity_types.values_mut() {
             for nav in &mut et.navigation {
                 let Some(assoc) = self.associations.get(unqualify(&nav.relationship)) else {
@@ -268,9 +300,8 @@ impl Metadata {
                 };
                 if let Some(end) = assoc.ends.iter().find(|e| e.role == nav.to_role) {
                     let t = unqualify(&end.type_name).to_string();
-                    let mut holders = sets_by_type.iter().filter(|(ty, _)| *ty == t);
-                    nav.target_set = match (holders.next(), holders.next()) {
-                        (Some((_, s)), None) => Some(s.clone()),
+                    nav.target_set = match sets_by_type.get(&t).map(Vec::as_slice) {
+                        Some([s]) => Some(s.clone()),
                         _ => None,
                     };
                     nav.target_type = Some(t);
@@ -303,11 +334,19 @@ enum Scope {
     Other,
 }
 
-fn parse_xml(xml: &str) -> Result<Metadata, MetadataError> {
+/// The model and the name of the `<EntityContainer>`, when there is one (a
+/// real 1C document may put it, `EnterpriseV8`, in a second `<Schema>`).
+fn parse_xml(xml: &str) -> Result<(Metadata, Option<String>), MetadataError> {
+    let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
     let mut m = Metadata::default();
     let mut saw_schema = false;
+    let mut container: Option<String> = None;
+    // Namespace of the <Schema> being read; the model's namespace is the
+    // one that declares the entity types.
+    let mut schema_ns = String::new();
+    let mut types_ns: Option<String> = None;
     let mut stack: Vec<Scope> = Vec::new();
     loop {
         let ev = reader.read_event().map_err(|e| {
@@ -335,15 +374,25 @@ fn parse_xml(xml: &str) -> Result<Metadata, MetadataError> {
             }
             "Schema" => {
                 saw_schema = true;
+                schema_ns = get("Namespace");
                 if m.namespace.is_empty() {
-                    m.namespace = get("Namespace");
+                    m.namespace = schema_ns.clone();
                 }
                 Scope::Other
             }
-            "EntityType" => Scope::Entity(EntityType {
-                name: get("Name"),
-                ..Default::default()
-            }),
+            "EntityContainer" => {
+                container = Some(get("Name"));
+                Scope::Other
+            }
+            "EntityType" => {
+                if types_ns.is_none() {
+                    types_ns = Some(schema_ns.clone());
+                }
+                Scope::Entity(EntityType {
+                    name: get("Name"),
+                    ..Default::default()
+                })
+            }
             "ComplexType" => Scope::Complex(ComplexType {
                 name: get("Name"),
                 ..Default::default()
@@ -434,7 +483,10 @@ fn parse_xml(xml: &str) -> Result<Metadata, MetadataError> {
     if !saw_schema {
         return Err(MetadataError::NoSchema);
     }
-    Ok(m)
+    if let Some(ns) = types_ns {
+        m.namespace = ns;
+    }
+    Ok((m, container))
 }
 
 fn finish(m: &mut Metadata, scope: Scope) {
@@ -499,6 +551,29 @@ mod tests {
         assert!(err
             .to_string()
             .contains("Установить состав стандартного интерфейса OData"));
+    }
+
+    #[test]
+    fn types_without_container_get_a_different_error() {
+        let xml = r#"<?xml version="1.0"?><edmx:Edmx xmlns:edmx="http://schemas.microsoft.com/ado/2007/06/edmx" Version="1.0"><edmx:DataServices><Schema Namespace="StandardODATA"><EntityType Name="Catalog_Валюты"><Key><PropertyRef Name="Ref_Key"/></Key><Property Name="Ref_Key" Type="Edm.Guid" Nullable="false"/></EntityType></Schema></edmx:DataServices></edmx:Edmx>"#;
+        let err = Metadata::parse(xml).unwrap_err();
+        assert!(
+            matches!(err, MetadataError::NoEntityContainer { entity_types: 1 }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(!text.contains("Установить состав"), "{text}");
+        assert!(text.contains("EntityContainer"), "{text}");
+        let with_empty = xml.replace(
+            "</EntityType></Schema>",
+            "</EntityType><EntityContainer Name=\"EnterpriseV8\"/></Schema>",
+        );
+        let err = Metadata::parse(&with_empty).unwrap_err();
+        assert!(
+            matches!(&err, MetadataError::NoEntitySets { container, entity_types: 1 } if container == "EnterpriseV8"),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("Установить состав"));
     }
 
     #[test]
