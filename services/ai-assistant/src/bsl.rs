@@ -288,18 +288,163 @@ pub fn check(code: &str) -> Vec<Diagnostic> {
 /// Checks a standalone query text (1C query language).
 pub fn check_query(query: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    if let Some(tree) = parse(query, true) {
-        let pos = Positions::new(query);
-        syntax_errors(
-            &tree,
-            query,
-            rules::QUERY_SYNTAX_ERROR,
-            &|b| pos.at(b),
-            &mut out,
-        );
-        query_rules(&tree, query, &|b| pos.at(b), &mut out);
+    let pos = Positions::new(query);
+    check_query_text(query, &|b| pos.at(b), &mut out);
+    out
+}
+
+/// Statements of a query batch: byte ranges between top-level `;` (outside
+/// string literals, comments and parentheses), empty ones left out.
+fn batch_statements(query: &str) -> Vec<(usize, usize)> {
+    let bytes = query.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut depth, mut i) = (0usize, 0i32, 0usize);
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        } else if b == b'(' {
+            depth += 1;
+        } else if b == b')' {
+            depth -= 1;
+        } else if b == b';' && depth <= 0 {
+            out.push((start, i));
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.push((start, bytes.len()));
+    out.retain(|(a, b)| {
+        query[*a..*b]
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
+    });
+    out
+}
+
+/// Works around a tokenizer quirk of the SDBL grammar: a bare identifier
+/// starting with «Тип» (`ТипЦен = &ТипЦен`) is split by the `ТИПЗНАЧЕНИЯ`
+/// token. Its first letter is swapped for another two-byte letter, so byte
+/// positions are unchanged (messages quote the original text).
+fn mask_type_prefixed_identifiers(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let mut prev: Option<char> = None;
+    for (i, c) in q.char_indices() {
+        let starts_word =
+            !prev.is_some_and(|p| p.is_alphanumeric() || p == '_' || p == '.' || p == '&');
+        if starts_word && (c == 'Т' || c == 'т') {
+            let word: String = q[i..]
+                .chars()
+                .take_while(|ch| ch.is_alphanumeric() || *ch == '_')
+                .collect();
+            let lower = word.to_lowercase();
+            if lower.starts_with("тип") && lower != "тип" && lower != "типзначения"
+            {
+                out.push(if c == 'Т' { 'Ъ' } else { 'ъ' });
+                prev = Some(c);
+                continue;
+            }
+        }
+        out.push(c);
+        prev = Some(c);
     }
     out
+}
+
+/// Virtual tables whose parameter lists may leave parameters out.
+const VIRTUAL_TABLE_FUNCTIONS: &[&str] = &[
+    "Остатки",
+    "Обороты",
+    "ОстаткиИОбороты",
+    "СрезПоследних",
+    "СрезПервых",
+    "ДвиженияССубконто",
+    "ОборотыДтКт",
+    "ДанныеГрафика",
+    "ФактическийПериодДействия",
+    "БазаНачислений",
+    "Balance",
+    "Turnovers",
+    "BalanceAndTurnovers",
+    "SliceLast",
+    "SliceFirst",
+    "RecordsWithExtDimensions",
+    "DrCrTurnovers",
+];
+
+/// Works around the SDBL grammar rejecting an omitted parameter after the
+/// second one of a virtual table (`Обороты(&Начало, &Конец, , Условие)`):
+/// the blank before the `,`/`)` that closes an empty parameter becomes `0`
+/// (same byte length), only inside virtual-table parameter lists.
+fn mask_omitted_virtual_table_parameters(q: &str) -> String {
+    let mut bytes = q.as_bytes().to_vec();
+    // For each open parenthesis: is it a virtual table's parameter list?
+    let mut stack: Vec<bool> = Vec::new();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'(' {
+            let head = q[..i].trim_end();
+            let word_start = head
+                .char_indices()
+                .rev()
+                .take_while(|(_, c)| c.is_alphanumeric() || *c == '_')
+                .last()
+                .map(|(j, _)| j)
+                .unwrap_or(head.len());
+            stack.push(eq_any(&head[word_start..], VIRTUAL_TABLE_FUNCTIONS));
+        } else if b == b')' {
+            stack.pop();
+        } else if b == b',' && stack.last() == Some(&true) {
+            // Blanks up to the next `,` or `)`: an omitted parameter.
+            let mut j = i + 1;
+            while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n') {
+                j += 1;
+            }
+            if j > i + 1 && j < bytes.len() && matches!(bytes[j], b',' | b')') {
+                bytes[j - 1] = b'0';
+            }
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes).unwrap_or_else(|_| q.to_string())
+}
+
+/// Syntax and semantic checks of a query text (a batch is checked one
+/// statement at a time: the grammar has no `УНИЧТОЖИТЬ` inside a batch).
+/// `place` maps a byte offset of `query` to a (line, column).
+fn check_query_text(
+    query: &str,
+    place: &dyn Fn(usize) -> (usize, usize),
+    out: &mut Vec<Diagnostic>,
+) {
+    for (from, to) in batch_statements(query) {
+        let piece = &query[from..to];
+        let masked = mask_omitted_virtual_table_parameters(&mask_type_prefixed_identifiers(piece));
+        let Some(tree) = parse(&masked, true) else {
+            continue;
+        };
+        let at = |b: usize| place(from + b);
+        syntax_errors(&tree, piece, rules::QUERY_SYNTAX_ERROR, &at, out);
+        query_rules(&tree, piece, &at, out);
+    }
 }
 
 /// Does a string look like a query text? Its first word is ВЫБРАТЬ/SELECT
@@ -845,9 +990,6 @@ impl Ctx<'_, '_> {
             // `{…}` are data-composition extensions, not plain query syntax.
             return;
         }
-        let Some(tree) = parse(&query, true) else {
-            return;
-        };
         let pos = self.pos;
         let place = |b: usize| {
             let src_byte = map
@@ -859,8 +1001,7 @@ impl Ctx<'_, '_> {
             pos.at(src_byte)
         };
         let mut found = Vec::new();
-        syntax_errors(&tree, &query, rules::QUERY_SYNTAX_ERROR, &place, &mut found);
-        query_rules(&tree, &query, &place, &mut found);
+        check_query_text(&query, &place, &mut found);
         for d in &mut found {
             d.message = format!("Текст запроса: {}", d.message);
         }
