@@ -5,3 +5,4 @@ pub mod odata;
 pub mod service;
 pub mod simulator;
 pub mod soap;
+pub mod xml;

@@ -115,8 +115,9 @@ fn to_json(n: &Node) -> Value {
 }
 
 fn parse_tree(xml: &str) -> Result<Node, ODataError> {
+    // No trim_text: it would trim the pieces around each entity reference;
+    // an element's text is trimmed once it closes.
     let mut r = Reader::from_str(xml);
-    r.config_mut().trim_text(true);
     let mut stack: Vec<Node> = vec![Node::default()];
     loop {
         match r
@@ -149,8 +150,14 @@ fn parse_tree(xml: &str) -> Result<Node, ODataError> {
                 }
             }
             Event::Text(t) => {
-                let t = t
-                    .unescape()
+                let t = crate::xml::text(&t)
+                    .map_err(|e| ODataError::Decode(format!("SOAP answer: {e}")))?;
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&t);
+                }
+            }
+            Event::GeneralRef(g) => {
+                let t = crate::xml::reference(&g)
                     .map_err(|e| ODataError::Decode(format!("SOAP answer: {e}")))?;
                 if let Some(top) = stack.last_mut() {
                     top.text.push_str(&t);
@@ -162,9 +169,13 @@ fn parse_tree(xml: &str) -> Result<Node, ODataError> {
                 }
             }
             Event::End(_) => {
-                let n = stack
+                let mut n = stack
                     .pop()
                     .ok_or_else(|| ODataError::Decode("unbalanced XML".into()))?;
+                let trimmed = n.text.trim();
+                if trimmed.len() != n.text.len() {
+                    n.text = trimmed.to_string();
+                }
                 match stack.last_mut() {
                     Some(top) => top.children.push(n),
                     None => return Err(ODataError::Decode("unbalanced XML".into())),
@@ -233,7 +244,7 @@ pub fn wsdl_namespace(xml: &str) -> Result<String, ODataError> {
                 for a in e.attributes().flatten() {
                     if a.key.as_ref() == b"targetNamespace" {
                         return Ok(a
-                            .unescape_value()
+                            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                             .map_err(|e| ODataError::Decode(e.to_string()))?
                             .into_owned());
                     }

@@ -72,7 +72,6 @@ pub fn decode_error_body(body: &[u8]) -> Option<String> {
     }
     if text.starts_with('<') {
         let mut r = Reader::from_str(text);
-        r.config_mut().trim_text(true);
         let (mut in_msg, mut in_code, mut saw_error) = (false, false, false);
         let (mut msg, mut code) = (String::new(), String::new());
         loop {
@@ -83,11 +82,19 @@ pub fn decode_error_body(body: &[u8]) -> Option<String> {
                     b"code" if saw_error => in_code = true,
                     _ => {}
                 },
-                Event::Text(t) => {
-                    let t = t.unescape().ok()?;
+                Event::Text(t) if in_msg || in_code => {
+                    let t = crate::xml::text(&t).ok()?;
                     if in_msg {
                         msg.push_str(&t);
-                    } else if in_code {
+                    } else {
+                        code.push_str(&t);
+                    }
+                }
+                Event::GeneralRef(g) if in_msg || in_code => {
+                    let t = crate::xml::reference(&g).ok()?;
+                    if in_msg {
+                        msg.push_str(&t);
+                    } else {
                         code.push_str(&t);
                     }
                 }
@@ -101,6 +108,7 @@ pub fn decode_error_body(body: &[u8]) -> Option<String> {
             }
         }
         if saw_error {
+            let (msg, code) = (msg.trim().to_string(), code.trim());
             return Some(if code.is_empty() || code == "-1" {
                 msg
             } else {

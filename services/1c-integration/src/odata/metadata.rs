@@ -318,7 +318,7 @@ fn attrs(e: &BytesStart) -> Result<BTreeMap<String, String>, MetadataError> {
         let a = a.map_err(|err| MetadataError::Xml(err.to_string()))?;
         let key = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
         let value = a
-            .unescape_value()
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|err| MetadataError::Xml(err.to_string()))?
             .into_owned();
         out.insert(key, value);

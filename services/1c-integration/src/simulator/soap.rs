@@ -99,12 +99,14 @@ pub async fn handle(
 
 /// The operation (first element inside Body) and its child elements' text.
 fn parse_request(xml: &str) -> Result<(String, Vec<(String, String)>), Fault> {
+    // No trim_text (it would eat the spaces around entity references): a
+    // parameter's text is collected piece by piece and trimmed at its end.
     let mut r = Reader::from_str(xml);
-    r.config_mut().trim_text(true);
     let mut depth_in_body: Option<usize> = None;
     let mut op: Option<String> = None;
     let mut params: Vec<(String, String)> = Vec::new();
     let mut current: Option<String> = None;
+    let mut value = String::new();
     let mut saw_envelope = false;
     loop {
         let ev = r
@@ -134,6 +136,7 @@ fn parse_request(xml: &str) -> Result<(String, Vec<(String, String)>), Fault> {
                             op = Some(name);
                         } else if d == 1 {
                             current = Some(name);
+                            value.clear();
                         }
                         depth_in_body = Some(d + 1);
                     }
@@ -148,11 +151,17 @@ fn parse_request(xml: &str) -> Result<(String, Vec<(String, String)>), Fault> {
                 }
             }
             Event::Text(t) => {
-                if let (Some(2), Some(name)) = (depth_in_body, &current) {
-                    let text = t
-                        .unescape()
+                if let (Some(2), Some(_)) = (depth_in_body, &current) {
+                    let text = crate::xml::text(&t)
                         .map_err(|e| fault("soap:Client", format!("Неверный XML: {e}")))?;
-                    params.push((name.clone(), text.into_owned()));
+                    value.push_str(&text);
+                }
+            }
+            Event::GeneralRef(g) => {
+                if let (Some(2), Some(_)) = (depth_in_body, &current) {
+                    let text = crate::xml::reference(&g)
+                        .map_err(|e| fault("soap:Client", format!("Неверный XML: {e}")))?;
+                    value.push_str(&text);
                 }
             }
             Event::End(_) => {
@@ -162,10 +171,9 @@ fn parse_request(xml: &str) -> Result<(String, Vec<(String, String)>), Fault> {
                     } else {
                         if d == 2 {
                             if let Some(name) = current.take() {
-                                if !params.iter().any(|(n, _)| *n == name) {
-                                    params.push((name, String::new()));
-                                }
+                                params.push((name, value.trim().to_string()));
                             }
+                            value.clear();
                         }
                         depth_in_body = Some(d - 1);
                     }
