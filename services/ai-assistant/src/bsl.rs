@@ -1094,13 +1094,13 @@ fn has_placeholders(query: &str) -> bool {
     for (i, c) in chars.iter().enumerate() {
         match c {
             '"' => in_string = !in_string,
-            '#' | '%' if !in_string => {
-                if chars
-                    .get(i + 1)
-                    .is_some_and(|n| n.is_alphanumeric() || *n == '_')
-                {
-                    return true;
-                }
+            '#' | '%'
+                if !in_string
+                    && chars
+                        .get(i + 1)
+                        .is_some_and(|n| n.is_alphanumeric() || *n == '_') =>
+            {
+                return true;
             }
             _ => {}
         }
