@@ -38,6 +38,12 @@ pub struct Settings {
     pub database_url: Secret<String>,
     pub redis_url: Secret<String>,
     pub jwks_url: Option<String>,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE` the tokens must carry.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// `INTERNAL_AUTH_KEY_FILE`: identities the api-gateway proved (API-key
+    /// callers) are accepted with it.
+    pub internal_auth: Option<kit::InternalAuthKey>,
     /// `ONEC_BASE_URL`, e.g. `http://onec-simulator:8080/demo`.
     pub onec_base_url: String,
     /// `ONEC_USER`.
@@ -49,7 +55,8 @@ pub struct Settings {
     pub onec_retries: u32,
     /// `METADATA_CACHE_TTL` seconds (default 300).
     pub metadata_ttl: u64,
-    /// `REDIS_PREFIX` (default `1c-integration:`).
+    /// `REDIS_KEY_PREFIX` (or the older `REDIS_PREFIX`; default
+    /// `<SERVICE_NAME>:`, i.e. `1c-integration:`).
     pub redis_prefix: String,
     /// `EXCHANGE_SETS`, `EXCHANGE_INTERVAL` (s, default 300; 0 disables the
     /// schedule), `EXCHANGE_PAGE_SIZE` (default 100).
@@ -96,6 +103,9 @@ impl Settings {
             database_url,
             redis_url,
             jwks_url: cfg.jwks_url.clone(),
+            jwt_issuer: cfg.jwt_issuer.clone(),
+            jwt_audience: cfg.jwt_audience.clone(),
+            internal_auth: cfg.internal_auth_key.clone(),
             onec_base_url,
             onec_user,
             onec_password,
@@ -104,7 +114,7 @@ impl Settings {
             metadata_ttl: env.parse_or("METADATA_CACHE_TTL", 300)?,
             redis_prefix: env
                 .var("REDIS_PREFIX")
-                .unwrap_or_else(|| "1c-integration:".into()),
+                .unwrap_or_else(|| cfg.redis_key_prefix.clone()),
             exchange: ExchangeConfig {
                 sets: exchange::parse_sets(&env.var("EXCHANGE_SETS").unwrap_or_default()),
                 interval,
@@ -627,7 +637,8 @@ pub async fn build(
     let client = settings.client()?;
     let mut infra = kit::Infra::named(&settings.service_name, env!("CARGO_PKG_VERSION"))
         .with_pg(pool.clone())
-        .with_redis(redis.clone());
+        .with_redis(redis.clone())
+        .with_internal_auth(settings.internal_auth.clone());
     infra.request_timeout = settings.request_timeout;
     infra.body_limit = settings.body_limit;
     let exchange_metrics = exchange::ExchangeMetrics::new(infra.metrics.registry())?;
@@ -655,12 +666,17 @@ pub async fn run() -> anyhow::Result<()> {
         "starting 1c-integration"
     );
     let verifier = settings.jwks_url.as_ref().map(|u| {
-        let v = Verifier::from_url(u.clone());
+        let v = Verifier::from_url(u.clone())
+            .with_issuer(settings.jwt_issuer.clone())
+            .with_audience(settings.jwt_audience.clone());
         v.spawn_refresh(Duration::from_secs(300));
         v
     });
-    if verifier.is_none() {
-        tracing::warn!("JWKS_URL not set: every API request will be refused (auth not configured)");
+    if verifier.is_none() && settings.internal_auth.is_none() {
+        tracing::warn!(
+            "neither JWKS_URL nor INTERNAL_AUTH_KEY_FILE is set: every API request will be \
+             refused (auth not configured)"
+        );
     }
     let (app, state) = build(&settings, verifier).await?;
     if !settings.exchange.sets.is_empty() && !settings.exchange.interval.is_zero() {

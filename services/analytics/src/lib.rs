@@ -203,9 +203,8 @@ pub async fn run() -> anyhow::Result<()> {
     .await?;
     let infra = Infra::new(&cfg, env!("CARGO_PKG_VERSION")).with_pg(pool.clone());
 
-    let verifier = match &cfg.jwks_url {
-        Some(url) => {
-            let v = Verifier::from_url(url.clone());
+    let verifier = match cfg.verifier() {
+        Some(v) => {
             if let Err(e) = v.refresh().await {
                 // Not fatal: user-management may start after us; keys are
                 // fetched again on the first token with an unknown kid.
@@ -214,8 +213,17 @@ pub async fn run() -> anyhow::Result<()> {
             v.spawn_refresh(Duration::from_secs(300));
             Some(v)
         }
+        None if cfg.internal_auth_key.is_some() => {
+            tracing::info!(
+                "JWKS_URL is not set: only identities the api-gateway proved are accepted"
+            );
+            None
+        }
         None => {
-            tracing::warn!("JWKS_URL is not set: read and retention endpoints are NOT protected");
+            tracing::warn!(
+                "neither JWKS_URL nor INTERNAL_AUTH_KEY_FILE is set: read and retention endpoints \
+                 are NOT protected"
+            );
             None
         }
     };

@@ -24,6 +24,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::identity::{ForwardedIdentity, InternalAuthKey, ProofError};
+use crate::revocation::Revocations;
 
 /// The four roles of the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -84,6 +86,13 @@ pub struct Claims {
     pub jti: String,
     #[serde(default)]
     pub iss: String,
+    /// Audience (`JWT_AUDIENCE`, default `ai-assistants-1c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Issue time in unix milliseconds (revocation cutoffs are finer than
+    /// `iat`'s seconds: a token issued right after a cutoff stays valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Session (refresh-token family) id.
@@ -92,6 +101,28 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The claims standing for an identity the api-gateway proved (see
+    /// [`crate::identity`]): no `jti`, `sid` or `email`; `iss` is
+    /// [`crate::identity::GATEWAY_ISSUER`].
+    pub fn from_forwarded(id: &ForwardedIdentity) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Claims {
+            sub: id.user_id.clone(),
+            roles: id.roles.clone(),
+            exp: now + crate::identity::MAX_AGE.as_secs() as i64,
+            iat: now,
+            jti: String::new(),
+            iss: crate::identity::GATEWAY_ISSUER.into(),
+            aud: None,
+            iat_ms: None,
+            email: None,
+            sid: None,
+        }
+    }
+
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.iter().any(|r| r == role.as_str())
     }
@@ -134,6 +165,12 @@ pub enum AuthError {
     Jwks(String),
     #[error("authentication is not configured on this route")]
     NotConfigured,
+    #[error("identity not accepted: {0}")]
+    Proof(ProofError),
+    #[error("token has been revoked")]
+    Revoked,
+    #[error("cannot check token revocation")]
+    RevocationUnavailable,
 }
 
 impl AuthError {
@@ -146,17 +183,26 @@ impl AuthError {
             AuthError::Invalid(_) => "invalid_token",
             AuthError::Jwks(_) => "jwks_unavailable",
             AuthError::NotConfigured => "auth_not_configured",
+            AuthError::Proof(_) => "invalid_identity_proof",
+            AuthError::Revoked => "token_revoked",
+            AuthError::RevocationUnavailable => "auth_unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Jwks(_) | AuthError::RevocationUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AuthError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNAUTHORIZED,
         }
     }
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        let status = match self {
-            AuthError::Jwks(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AuthError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNAUTHORIZED,
-        };
+        let status = self.status();
         let mut resp = ApiError::new(status, self.code(), self.to_string()).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
@@ -170,11 +216,7 @@ impl IntoResponse for AuthError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        let status = match e {
-            AuthError::Jwks(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AuthError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNAUTHORIZED,
-        };
+        let status = e.status();
         ApiError::new(status, e.code(), e.to_string())
     }
 }
@@ -186,6 +228,7 @@ struct Inner {
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     min_refetch: Duration,
     issuer: Option<String>,
+    audience: Option<String>,
     leeway: u64,
 }
 
@@ -206,6 +249,7 @@ impl Verifier {
             last_fetch: tokio::sync::Mutex::new(None),
             min_refetch: Duration::from_secs(5),
             issuer: None,
+            audience: None,
             leeway: 30,
         }))
     }
@@ -228,6 +272,17 @@ impl Verifier {
             .unwrap_or_else(|_| panic!("with_issuer must be called before the verifier is cloned"));
         Verifier(Arc::new(Inner {
             issuer: Some(issuer.into()),
+            ..inner
+        }))
+    }
+
+    /// Also require `aud` to equal `audience`.
+    pub fn with_audience(self, audience: impl Into<String>) -> Self {
+        let inner = Arc::try_unwrap(self.0).unwrap_or_else(|_| {
+            panic!("with_audience must be called before the verifier is cloned")
+        });
+        Verifier(Arc::new(Inner {
+            audience: Some(audience.into()),
             ..inner
         }))
     }
@@ -314,7 +369,8 @@ impl Verifier {
         self.0.keys.read().expect("keys lock").get(kid).cloned()
     }
 
-    /// Verify signature (EdDSA only), `exp`, and `iss` when configured.
+    /// Verify signature (EdDSA only), `exp`, and `iss`/`aud` when configured
+    /// (then the token must carry them).
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
@@ -337,11 +393,19 @@ impl Verifier {
         };
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = self.0.leeway;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.0.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        match &self.0.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
@@ -362,8 +426,20 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
     }
 }
 
-/// An authenticated caller: verifies `Authorization: Bearer <jwt>` with the
-/// [`Verifier`] found in the request extensions. Derefs to [`Claims`].
+/// An authenticated caller. Derefs to [`Claims`]. Either
+///
+/// * `Authorization: Bearer <jwt>` verified with the [`Verifier`] found in
+///   the request extensions (and, when a [`Revocations`] extension is there
+///   too, checked against the revocation list), or
+/// * an identity the api-gateway proved (`x-user-id`, `x-user-roles`,
+///   `x-auth-method` + `x-identity-timestamp`/`x-identity-proof`, see
+///   [`crate::identity`]) checked with the [`InternalAuthKey`] extension
+///   (kit's `Infra::wrap` adds it from `INTERNAL_AUTH_KEY_FILE`); the
+///   [`ForwardedIdentity`] is also put in the request extensions.
+///
+/// A bearer token is verified when the route has a verifier; otherwise the
+/// proof decides. Identity headers without a valid proof are refused (401
+/// `invalid_identity_proof`), never trusted.
 #[derive(Clone, Debug)]
 pub struct AuthUser(pub Claims);
 
@@ -374,6 +450,34 @@ impl std::ops::Deref for AuthUser {
     }
 }
 
+/// The identity the gateway proved for this request, if any.
+fn forwarded(parts: &Parts, key: &InternalAuthKey) -> Result<ForwardedIdentity, AuthError> {
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| &u.0)
+        .unwrap_or(&parts.uri);
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    key.verify(&parts.method, path_and_query, &parts.headers)
+        .map_err(AuthError::Proof)
+}
+
+/// 401 `token_revoked` when the list names the token, 503 when it cannot
+/// be read (fail closed).
+pub async fn check_revocation(revocations: &Revocations, claims: &Claims) -> Result<(), AuthError> {
+    match revocations.check_token(claims).await {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => {
+            tracing::info!(sub = %claims.sub, reason = ?why, "revoked token refused");
+            Err(AuthError::Revoked)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation list unavailable");
+            Err(AuthError::RevocationUnavailable)
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
     type Rejection = AuthError;
 
@@ -381,14 +485,38 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
-        let verifier = parts
-            .extensions
-            .get::<Verifier>()
-            .cloned()
-            .ok_or(AuthError::NotConfigured)?;
-        let token = bearer_token(parts).ok_or(AuthError::Missing)?;
-        let claims = verifier.verify(token).await?;
-        let user = AuthUser(claims);
+        let verifier = parts.extensions.get::<Verifier>().cloned();
+        let key = parts.extensions.get::<InternalAuthKey>().cloned();
+        let token = bearer_token(parts).map(str::to_string);
+        let user = match (token, verifier) {
+            (Some(token), Some(verifier)) => {
+                let claims = verifier.verify(&token).await?;
+                if let Some(r) = parts.extensions.get::<Revocations>().cloned() {
+                    check_revocation(&r, &claims).await?;
+                }
+                AuthUser(claims)
+            }
+            (token, verifier) => {
+                if InternalAuthKey::present(&parts.headers) {
+                    let Some(key) = key else {
+                        tracing::warn!(
+                            "identity headers refused: INTERNAL_AUTH_KEY_FILE is not configured"
+                        );
+                        return Err(AuthError::Proof(ProofError::Missing));
+                    };
+                    let id = forwarded(parts, &key)?;
+                    let claims = Claims::from_forwarded(&id);
+                    parts.extensions.insert(id);
+                    AuthUser(claims)
+                } else if token.is_some() || (verifier.is_none() && key.is_none()) {
+                    // A bearer token but no verifier on this route, or no
+                    // way at all to authenticate.
+                    return Err(AuthError::NotConfigured);
+                } else {
+                    return Err(AuthError::Missing);
+                }
+            }
+        };
         parts.extensions.insert(user.clone());
         Ok(user)
     }
@@ -443,20 +571,30 @@ MC4CAQAwBQYDK2VwBCIEICgPFPQHHG8WB8FjWrSBBTzBTIm9oQHnggiRKNPRud7R
     }
 
     fn token(kid: &str, exp_offset: i64) -> String {
+        token_for(kid, exp_offset, Some("user-management"), None)
+    }
+
+    fn token_for(kid: &str, exp_offset: i64, iss: Option<&str>, aud: Option<&str>) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let claims = Claims {
+        let mut claims = serde_json::to_value(Claims {
             sub: "user-1".into(),
             roles: vec!["developer".into()],
             exp: now + exp_offset,
             iat: now,
             jti: "jti-1".into(),
-            iss: "user-management".into(),
+            iss: iss.unwrap_or_default().into(),
+            aud: aud.map(str::to_string),
+            iat_ms: None,
             email: Some("a@b.c".into()),
             sid: None,
-        };
+        })
+        .unwrap();
+        if iss.is_none() {
+            claims.as_object_mut().unwrap().remove("iss");
+        }
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.into());
         let key = EncodingKey::from_ed_pem(TEST_KEY_PEM.as_bytes()).unwrap();
@@ -611,6 +749,128 @@ MC4CAQAwBQYDK2VwBCIEICgPFPQHHG8WB8FjWrSBBTzBTIm9oQHnggiRKNPRud7R
         assert_eq!(v["error"]["code"], "forbidden");
     }
 
+    #[tokio::test]
+    async fn issuer_and_audience_are_required_when_configured() {
+        let v = Verifier::from_jwks(&jwks("k1"))
+            .with_issuer("user-management")
+            .with_audience("ai-assistants-1c");
+        let ok = token_for("k1", 300, Some("user-management"), Some("ai-assistants-1c"));
+        assert_eq!(
+            v.verify(&ok).await.unwrap().aud.as_deref(),
+            Some("ai-assistants-1c")
+        );
+        for (what, t) in [
+            (
+                "no aud",
+                token_for("k1", 300, Some("user-management"), None),
+            ),
+            (
+                "other aud",
+                token_for("k1", 300, Some("user-management"), Some("other-stack")),
+            ),
+            (
+                "no iss",
+                token_for("k1", 300, None, Some("ai-assistants-1c")),
+            ),
+            (
+                "other iss",
+                token_for("k1", 300, Some("evil"), Some("ai-assistants-1c")),
+            ),
+        ] {
+            assert!(
+                matches!(v.verify(&t).await, Err(AuthError::Invalid(_))),
+                "{what} must be refused"
+            );
+        }
+        // Without configured values, neither is checked (local verifiers).
+        let plain = Verifier::from_jwks(&jwks("k1"));
+        assert!(plain
+            .verify(&token_for("k1", 300, None, Some("x")))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn identity_headers_need_the_gateways_proof() {
+        use crate::identity::{AuthMethod, ForwardedIdentity};
+        use axum::body::Body;
+        use axum::routing::get;
+        use axum::{Extension, Router};
+        use tower::ServiceExt;
+        let key = InternalAuthKey::new(&crate::Secret::new(
+            "0123456789abcdef0123456789abcdef".into(),
+        ))
+        .unwrap();
+        let handler = |u: AuthUser, f: Option<Extension<ForwardedIdentity>>| async move {
+            format!(
+                "{} {} {}",
+                u.sub,
+                u.roles.join(","),
+                f.map(|f| f.0.method.as_str()).unwrap_or("-")
+            )
+        };
+        let app = Router::new()
+            .route("/chat", get(handler))
+            .layer(Extension(key.clone()));
+        let send = |app: Router, h: axum::http::HeaderMap, uri: &str| {
+            let mut req = axum::http::Request::builder().uri(uri);
+            *req.headers_mut().unwrap() = h;
+            async move {
+                let r = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+                let status = r.status();
+                let body = http_body_util::BodyExt::collect(r.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        // A forged X-User-Id (what TRUST_X_USER_ID accepted): refused.
+        let mut forged = axum::http::HeaderMap::new();
+        forged.insert("x-user-id", "admin".parse().unwrap());
+        forged.insert("x-user-roles", "admin".parse().unwrap());
+        let (st, body) = send(app.clone(), forged.clone(), "/chat").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains("invalid_identity_proof"), "{body}");
+        // The gateway's proof for this very request: accepted.
+        let id = ForwardedIdentity {
+            user_id: "svc-bot".into(),
+            roles: vec!["analyst".into()],
+            method: AuthMethod::ApiKey,
+        };
+        let mut h = axum::http::HeaderMap::new();
+        key.sign_into(&mut h, &axum::http::Method::GET, "/chat?x=1", &id)
+            .unwrap();
+        let (st, body) = send(app.clone(), h.clone(), "/chat?x=1").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(body, "svc-bot analyst api_key");
+        // The same proof on another query: refused.
+        let (st, _) = send(app.clone(), h.clone(), "/chat?x=2").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        // A service without the key refuses identity headers outright.
+        let keyless = Router::new()
+            .route("/chat", get(handler))
+            .layer(Extension(Verifier::from_jwks(&jwks("k1"))));
+        let (st, _) = send(keyless, h, "/chat?x=1").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        // A bearer token still works where a verifier is configured.
+        let both = Router::new()
+            .route("/chat", get(handler))
+            .layer(Extension(Verifier::from_jwks(&jwks("k1"))))
+            .layer(Extension(key));
+        let mut b = forged;
+        b.insert(
+            "authorization",
+            format!("Bearer {}", token("k1", 300)).parse().unwrap(),
+        );
+        let (st, body) = send(both, b, "/chat").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(
+            body, "user-1 developer -",
+            "the token decides, not the headers"
+        );
+    }
+
     #[test]
     fn roles_parse_and_check() {
         let c = Claims {
@@ -620,6 +880,8 @@ MC4CAQAwBQYDK2VwBCIEICgPFPQHHG8WB8FjWrSBBTzBTIm9oQHnggiRKNPRud7R
             iat: 0,
             jti: "j".into(),
             iss: "i".into(),
+            aud: None,
+            iat_ms: None,
             email: None,
             sid: None,
         };

@@ -7,6 +7,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::identity::InternalAuthKey;
+
+/// `iss` of the stack's access tokens unless `JWT_ISSUER` says otherwise.
+pub const DEFAULT_JWT_ISSUER: &str = "user-management";
+/// `aud` of the stack's access tokens unless `JWT_AUDIENCE` says otherwise.
+pub const DEFAULT_JWT_AUDIENCE: &str = "ai-assistants-1c";
+
 /// Errors while reading configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -190,10 +197,22 @@ pub struct Config {
     /// `DATABASE_URL`, or composed from `DATABASE_HOST/PORT/NAME/USER` and
     /// the `DATABASE_PASSWORD` secret. `None` when the service has no DB.
     pub database_url: Option<Secret<String>>,
-    /// `REDIS_URL` with the `REDIS_PASSWORD` secret inserted when given.
+    /// `REDIS_URL` with `REDIS_USERNAME` and the `REDIS_PASSWORD` secret
+    /// inserted when given.
     pub redis_url: Option<Secret<String>>,
+    /// `REDIS_KEY_PREFIX` (default `<SERVICE_NAME>:`): every Redis key the
+    /// service owns starts with it (its ACL user may touch nothing else but
+    /// the shared `revoked:` list).
+    pub redis_key_prefix: String,
     /// `JWKS_URL`.
     pub jwks_url: Option<String>,
+    /// `JWT_ISSUER` (default `user-management`): the `iss` tokens must carry.
+    pub jwt_issuer: String,
+    /// `JWT_AUDIENCE` (default `ai-assistants-1c`): the `aud` tokens must carry.
+    pub jwt_audience: String,
+    /// `INTERNAL_AUTH_KEY_FILE`: the per-stack key of the gateway's identity
+    /// proofs (see [`crate::identity`]).
+    pub internal_auth_key: Option<InternalAuthKey>,
     /// `SHUTDOWN_TIMEOUT` seconds (default 10).
     pub shutdown_timeout: Duration,
     /// `REQUEST_TIMEOUT` seconds (default 30).
@@ -221,16 +240,45 @@ impl Config {
             .var("SERVICE_NAME")
             .unwrap_or_else(|| default_service_name.to_string());
         let port = env.parse_or("PORT", default_port)?;
+        let internal_auth_key = match env.secret("INTERNAL_AUTH_KEY")? {
+            Some(s) => Some(
+                InternalAuthKey::new(&s).map_err(|reason| ConfigError::Invalid {
+                    name: "INTERNAL_AUTH_KEY_FILE".into(),
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
         Ok(Config {
+            redis_key_prefix: env
+                .var("REDIS_KEY_PREFIX")
+                .unwrap_or_else(|| format!("{service_name}:")),
             service_name,
             port,
             database_url: database_url(env)?,
             redis_url: redis_url(env)?,
             jwks_url: env.var("JWKS_URL"),
+            jwt_issuer: env
+                .var("JWT_ISSUER")
+                .unwrap_or_else(|| DEFAULT_JWT_ISSUER.into()),
+            jwt_audience: env
+                .var("JWT_AUDIENCE")
+                .unwrap_or_else(|| DEFAULT_JWT_AUDIENCE.into()),
+            internal_auth_key,
             shutdown_timeout: env.duration_secs_or("SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
             request_timeout: env.duration_secs_or("REQUEST_TIMEOUT", Duration::from_secs(30))?,
             body_limit: env.parse_or("BODY_LIMIT_BYTES", 2 * 1024 * 1024)?,
             connect_timeout: env.duration_secs_or("DB_CONNECT_TIMEOUT", Duration::from_secs(60))?,
+        })
+    }
+
+    /// A verifier for `JWKS_URL` requiring `JWT_ISSUER` and `JWT_AUDIENCE`
+    /// (`None` without `JWKS_URL`). Call `spawn_refresh` on it.
+    pub fn verifier(&self) -> Option<crate::Verifier> {
+        self.jwks_url.as_ref().map(|u| {
+            crate::Verifier::from_url(u.clone())
+                .with_issuer(self.jwt_issuer.clone())
+                .with_audience(self.jwt_audience.clone())
         })
     }
 
@@ -270,15 +318,18 @@ pub fn database_url(env: &Env) -> Result<Option<Secret<String>>, ConfigError> {
     ))))
 }
 
-/// `REDIS_URL`, with the `REDIS_PASSWORD` secret inserted as user-info when
-/// the URL carries none.
+/// `REDIS_URL`, with `REDIS_USERNAME` (the service's ACL user; the
+/// `default` user when unset) and the `REDIS_PASSWORD` secret inserted as
+/// user-info when the URL carries none.
 pub fn redis_url(env: &Env) -> Result<Option<Secret<String>>, ConfigError> {
     let Some(url) = env.var("REDIS_URL") else {
         return Ok(None);
     };
-    let Some(pw) = env.secret("REDIS_PASSWORD")? else {
+    let user = env.var("REDIS_USERNAME");
+    let pw = env.secret("REDIS_PASSWORD")?;
+    if user.is_none() && pw.is_none() {
         return Ok(Some(Secret(url)));
-    };
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(ConfigError::Invalid {
             name: "REDIS_URL".into(),
@@ -290,10 +341,13 @@ pub fn redis_url(env: &Env) -> Result<Option<Secret<String>>, ConfigError> {
         // The URL already carries credentials: keep them.
         return Ok(Some(Secret(url)));
     }
-    Ok(Some(Secret(format!(
-        "{scheme}://:{}@{rest}",
-        percent_encode(pw.expose())
-    ))))
+    let userinfo = match (&user, &pw) {
+        (Some(u), Some(p)) => format!("{}:{}", percent_encode(u), percent_encode(p.expose())),
+        (None, Some(p)) => format!(":{}", percent_encode(p.expose())),
+        (Some(u), None) => percent_encode(u),
+        (None, None) => unreachable!("handled above"),
+    };
+    Ok(Some(Secret(format!("{scheme}://{userinfo}@{rest}"))))
 }
 
 #[cfg(test)]
@@ -379,6 +433,62 @@ mod tests {
             redis_url(&env).unwrap().unwrap().expose(),
             "redis://redis:6379/0"
         );
+    }
+
+    #[test]
+    fn redis_username_is_inserted() {
+        let f = secret_file("s3:cr3t\n");
+        let env = Env::from_pairs([
+            ("REDIS_URL", "redis://redis:6379/0"),
+            ("REDIS_USERNAME", "api-gateway"),
+            ("REDIS_PASSWORD_FILE", f.path().to_str().unwrap()),
+        ]);
+        assert_eq!(
+            redis_url(&env).unwrap().unwrap().expose(),
+            "redis://api-gateway:s3%3Acr3t@redis:6379/0"
+        );
+        let env = Env::from_pairs([
+            ("REDIS_URL", "redis://redis:6379/0"),
+            ("REDIS_USERNAME", "security"),
+        ]);
+        assert_eq!(
+            redis_url(&env).unwrap().unwrap().expose(),
+            "redis://security@redis:6379/0"
+        );
+    }
+
+    #[test]
+    fn prefix_issuer_audience_and_internal_key() {
+        let f = secret_file("00112233445566778899aabbccddeeff\n");
+        let env = Env::from_pairs([
+            ("SERVICE_NAME", "1c-integration"),
+            ("INTERNAL_AUTH_KEY_FILE", f.path().to_str().unwrap()),
+        ]);
+        let cfg = Config::from_source(&env, "x", 1).unwrap();
+        assert_eq!(cfg.redis_key_prefix, "1c-integration:");
+        assert_eq!(cfg.jwt_issuer, "user-management");
+        assert_eq!(cfg.jwt_audience, "ai-assistants-1c");
+        assert!(cfg.internal_auth_key.is_some());
+        assert!(!format!("{cfg:?}").contains("00112233"));
+        let env = Env::from_pairs([
+            ("REDIS_KEY_PREFIX", "gw:"),
+            ("JWT_ISSUER", "um"),
+            ("JWT_AUDIENCE", "stack-b"),
+        ]);
+        let cfg = Config::from_source(&env, "x", 1).unwrap();
+        assert_eq!(
+            (
+                cfg.redis_key_prefix.as_str(),
+                cfg.jwt_issuer.as_str(),
+                cfg.jwt_audience.as_str()
+            ),
+            ("gw:", "um", "stack-b")
+        );
+        assert!(cfg.internal_auth_key.is_none());
+        let short = secret_file("abc");
+        let env = Env::from_pairs([("INTERNAL_AUTH_KEY_FILE", short.path().to_str().unwrap())]);
+        let err = Config::from_source(&env, "x", 1).unwrap_err().to_string();
+        assert!(err.contains("INTERNAL_AUTH_KEY_FILE"), "{err}");
     }
 
     #[test]

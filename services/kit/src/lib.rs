@@ -94,8 +94,10 @@ pub mod extract;
 pub mod health;
 pub mod healthcheck;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod migrate;
+pub mod revocation;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
@@ -109,6 +111,7 @@ pub use auth::{AuthUser, Claims, Role, Verifier};
 pub use config::{Config, Secret};
 pub use error::ApiError;
 pub use healthcheck::main_with;
+pub use identity::InternalAuthKey;
 pub use metrics::Metrics;
 pub use server::{serve, serve_with_timeout, shutdown_signal};
 
@@ -121,6 +124,9 @@ pub struct Infra {
     pub health: health::Health,
     pub request_timeout: Duration,
     pub body_limit: usize,
+    /// `INTERNAL_AUTH_KEY_FILE`: checks the gateway's identity proofs
+    /// ([`auth::AuthUser`]); [`Infra::wrap`] adds it to every request.
+    pub internal_auth: Option<InternalAuthKey>,
 }
 
 impl Infra {
@@ -129,6 +135,7 @@ impl Infra {
         let mut infra = Self::named(&cfg.service_name, version);
         infra.request_timeout = cfg.request_timeout;
         infra.body_limit = cfg.body_limit;
+        infra.internal_auth = cfg.internal_auth_key.clone();
         infra
     }
 
@@ -140,7 +147,14 @@ impl Infra {
             health: health::Health::new(service),
             request_timeout: Duration::from_secs(30),
             body_limit: 2 * 1024 * 1024,
+            internal_auth: None,
         }
+    }
+
+    /// Accept identities the api-gateway proved with this key.
+    pub fn with_internal_auth(mut self, key: Option<InternalAuthKey>) -> Self {
+        self.internal_auth = key;
+        self
     }
 
     /// `/health/ready` checks this pool.
@@ -158,6 +172,10 @@ impl Infra {
     /// Merge the standard routes into `router` and add the standard layers.
     /// Call it last, on the complete service router.
     pub fn wrap(&self, router: Router) -> Router {
+        let router = match &self.internal_auth {
+            Some(key) => router.layer(axum::Extension(key.clone())),
+            None => router,
+        };
         router
             .merge(health::routes(self.health.clone(), self.metrics.clone()))
             .layer(axum::middleware::from_fn_with_state(

@@ -7,7 +7,6 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use kit::{ApiError, AuthUser, Claims, Role};
-use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -341,6 +340,18 @@ async fn api_key_revoke(
     let rec = store::api_key_revoke(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no API key {id}")))?;
+    // The gateway caches verified keys: it checks this entry on every
+    // request, so the key stops working at once. Retrying is harmless.
+    state
+        .revocations
+        .revoke_api_key(&id.to_string())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot publish the API key revocation");
+            ApiError::unavailable(
+                "the key is revoked here but the revocation list is unavailable; retry",
+            )
+        })?;
     record(
         &state,
         NewEntry {
@@ -420,14 +431,9 @@ async fn revoke(
             Json(json!({"jti": body.jti, "revoked": true, "stored": false})),
         ));
     }
-    let mut conn = state.redis.clone();
-    let key = state.revocation_key(&body.jti);
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(body.exp)
-        .arg("EXAT")
-        .arg(body.exp)
-        .query_async(&mut conn)
+    state
+        .revocations
+        .revoke_token(&body.jti, body.exp)
         .await
         .map_err(redis_error)?;
     Ok((
@@ -449,8 +455,9 @@ async fn revocation_status(
     caller.require_admin()?;
     check_jti(&jti)?;
     let mut conn = state.redis.clone();
-    let exists: bool = conn
-        .exists(state.revocation_key(&jti))
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(kit::revocation::jti_key(&jti))
+        .query_async(&mut conn)
         .await
         .map_err(redis_error)?;
     Ok(Json(json!({"jti": jti, "revoked": exists})))

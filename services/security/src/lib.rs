@@ -14,19 +14,28 @@
 //! | `GET /api-keys` | service, admin | list (no keys, no hashes) |
 //! | `DELETE /api-keys/{id}` | service, admin | revoke |
 //! | `POST /api-keys/verify` | service, admin | `{key}` → `{valid, roles, owner, id, name}` |
-//! | `POST /revocations` | service, admin, or the token's own holder | `{jti, exp}`: revoked until `exp` |
+//! | `POST /revocations` | service, admin, or the token's own holder | `{jti, exp}`: revoked until `exp` (`revoked:jti:<jti>`) |
 //! | `GET /revocations/{jti}` | service, admin | `{jti, revoked}` |
 //! | `POST /credentials` | service, admin | `{owner, name, secret}` stored AES-256-GCM encrypted |
 //! | `GET /credentials/{owner}/{name}` | service, admin | decrypted `{owner, name, secret}` |
 //! | `DELETE /credentials/{owner}/{name}` | service, admin | delete |
 //!
 //! "service" = header `x-service-token` equal to the SERVICE_TOKEN secret;
-//! "admin" = a JWT (verified against JWKS_URL by kit) with the `admin` role.
+//! "admin" = a JWT (verified against JWKS_URL by kit, `iss`/`aud` checked,
+//! refused when the shared revocation list names its token, session or
+//! user) with the `admin` role, or an admin identity the api-gateway proved
+//! (`INTERNAL_AUTH_KEY_FILE`, e.g. an admin API key).
 //!
-//! Environment (besides kit's: PORT, DATABASE_*, REDIS_URL, JWKS_URL, ...):
+//! Revocations live in the shared Redis list of [`kit::revocation`]
+//! (`revoked:*`): `POST /revocations` writes `revoked:jti:<jti>`,
+//! `DELETE /api-keys/{id}` writes `revoked:apikey:<id>` (the gateway refuses
+//! a revoked key on the next request although it caches verified keys).
+//!
+//! Environment (besides kit's: PORT, DATABASE_*, REDIS_URL, REDIS_USERNAME,
+//! JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, INTERNAL_AUTH_KEY_FILE, ...):
 //! `ENCRYPTION_KEY_FILE` (required; 32 raw bytes, 64 hex digits or base64),
 //! `SERVICE_TOKEN_FILE` (optional; without it only admin JWTs are accepted),
-//! `REDIS_KEY_PREFIX` (default `security:`).
+//! `REDIS_KEY_PREFIX` (default `security:`; no key of its own today).
 
 pub mod audit;
 pub mod crypto;
@@ -38,7 +47,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::{Extension, Router};
-use kit::{Secret, Verifier};
+use kit::revocation::Revocations;
+use kit::{InternalAuthKey, Secret, Verifier};
 
 pub use http::SERVICE_TOKEN_HEADER;
 
@@ -51,13 +61,8 @@ pub struct AppState {
     pub redis: redis::aio::ConnectionManager,
     pub secret_box: Arc<crypto::SecretBox>,
     pub service_token: Option<Secret<String>>,
-    pub redis_prefix: String,
-}
-
-impl AppState {
-    pub fn revocation_key(&self, jti: &str) -> String {
-        format!("{}revoked:{jti}", self.redis_prefix)
-    }
+    /// The shared revocation list (`revoked:*`).
+    pub revocations: Revocations,
 }
 
 /// Everything needed to build the service (from env, or given by tests).
@@ -68,6 +73,11 @@ pub struct Settings {
     pub redis_url: Secret<String>,
     pub redis_prefix: String,
     pub jwks_url: Option<String>,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE` required in tokens (`None`: not checked).
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// `INTERNAL_AUTH_KEY_FILE`: identities the api-gateway proved.
+    pub internal_auth: Option<InternalAuthKey>,
     pub encryption_key: Secret<[u8; 32]>,
     pub service_token: Option<Secret<String>>,
     pub connect_timeout: Duration,
@@ -95,10 +105,11 @@ impl Settings {
                 .redis_url
                 .clone()
                 .context("REDIS_URL is required (token revocation list)")?,
-            redis_prefix: env
-                .var("REDIS_KEY_PREFIX")
-                .unwrap_or_else(|| "security:".into()),
+            redis_prefix: cfg.redis_key_prefix.clone(),
             jwks_url: cfg.jwks_url.clone(),
+            jwt_issuer: Some(cfg.jwt_issuer.clone()),
+            jwt_audience: Some(cfg.jwt_audience.clone()),
+            internal_auth: cfg.internal_auth_key.clone(),
             encryption_key: Secret::new(key),
             service_token,
             connect_timeout: cfg.connect_timeout,
@@ -109,8 +120,10 @@ impl Settings {
 }
 
 /// The API routes alone (no health/metrics/middleware), for a given state.
+/// JWT callers are checked against the revocation list.
 pub fn router(state: AppState, verifier: Option<Verifier>) -> Router {
-    let r = http::routes(state);
+    let revocations = state.revocations.clone();
+    let r = http::routes(state).layer(Extension(revocations));
     match verifier {
         Some(v) => r.layer(Extension(v)),
         None => r,
@@ -129,7 +142,13 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Router> {
     let redis =
         kit::db::connect_redis(settings.redis_url.expose(), settings.connect_timeout).await?;
     let verifier = settings.jwks_url.as_ref().map(|u| {
-        let v = Verifier::from_url(u.clone());
+        let mut v = Verifier::from_url(u.clone());
+        if let Some(iss) = &settings.jwt_issuer {
+            v = v.with_issuer(iss.clone());
+        }
+        if let Some(aud) = &settings.jwt_audience {
+            v = v.with_audience(aud.clone());
+        }
         v.spawn_refresh(Duration::from_secs(300));
         v
     });
@@ -141,11 +160,12 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Router> {
         redis: redis.clone(),
         secret_box: Arc::new(crypto::SecretBox::new(settings.encryption_key.expose())),
         service_token: settings.service_token.clone(),
-        redis_prefix: settings.redis_prefix.clone(),
+        revocations: Revocations::new(redis.clone()),
     };
     let mut infra = kit::Infra::named(&settings.service_name, env!("CARGO_PKG_VERSION"))
         .with_pg(pool)
-        .with_redis(redis);
+        .with_redis(redis)
+        .with_internal_auth(settings.internal_auth.clone());
     infra.request_timeout = settings.request_timeout;
     infra.body_limit = settings.body_limit;
     Ok(infra.wrap(router(state, verifier)))

@@ -1,5 +1,7 @@
 mod common;
 
+use std::time::Duration;
+
 use common::{json, serve, settings, Service};
 use reqwest::Method;
 use serde_json::json;
@@ -109,9 +111,12 @@ async fn api_key_roles_are_validated() {
 async fn revocation_list_in_redis() {
     let s = Service::start().await;
     let exp = chrono::Utc::now().timestamp() + 120;
+    // The list is shared by every test run on this Redis: unique ids.
+    let tok1 = uuid::Uuid::new_v4().to_string();
+    let tok2 = uuid::Uuid::new_v4().to_string();
     let (st, v) = json(
         s.svc(Method::POST, "/revocations")
-            .json(&json!({"jti": "tok-1", "exp": exp}))
+            .json(&json!({"jti": tok1, "exp": exp}))
             .send()
             .await
             .unwrap(),
@@ -119,7 +124,7 @@ async fn revocation_list_in_redis() {
     .await;
     assert_eq!(st, 201, "{v}");
     let (_, v) = json(
-        s.svc(Method::GET, "/revocations/tok-1")
+        s.svc(Method::GET, &format!("/revocations/{tok1}"))
             .send()
             .await
             .unwrap(),
@@ -127,7 +132,7 @@ async fn revocation_list_in_redis() {
     .await;
     assert_eq!(v["revoked"], true);
     let (_, v) = json(
-        s.svc(Method::GET, "/revocations/tok-2")
+        s.svc(Method::GET, &format!("/revocations/{tok2}"))
             .send()
             .await
             .unwrap(),
@@ -135,15 +140,16 @@ async fn revocation_list_in_redis() {
     .await;
     assert_eq!(v["revoked"], false);
 
-    // Stored only until the token's own expiry.
+    // Stored in the shared list until the token's own expiry plus the
+    // verifiers' leeway and a margin (kit::revocation::MARGIN = 90 s).
     let client = redis::Client::open(kit::testing::test_redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}revoked:tok-1", s.settings.redis_prefix))
+        .arg(format!("revoked:jti:{tok1}"))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!((100..=120).contains(&ttl), "ttl {ttl}");
+    assert!((190..=210).contains(&ttl), "ttl {ttl}");
 
     // Already expired: nothing to store.
     let (st, v) = json(
@@ -158,20 +164,34 @@ async fn revocation_list_in_redis() {
     assert_eq!(v["stored"], false);
 
     // A user may revoke its own token, not somebody else's.
-    let own = s.jwt.token("u2", &["viewer"], "mine");
+    let mine = uuid::Uuid::new_v4().to_string();
+    let own = s.jwt.token("u2", &["viewer"], &mine);
     let r = s
         .http
         .post(s.url("/revocations"))
         .bearer_auth(&own)
-        .json(&json!({"jti": "mine", "exp": exp}))
+        .json(&json!({"jti": mine, "exp": exp}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // ...and that token is refused from now on, here too.
     let r = s
         .http
         .post(s.url("/revocations"))
         .bearer_auth(&own)
+        .json(&json!({"jti": mine, "exp": exp}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let other = s
+        .jwt
+        .token("u2", &["viewer"], &uuid::Uuid::new_v4().to_string());
+    let r = s
+        .http
+        .post(s.url("/revocations"))
+        .bearer_auth(&other)
         .json(&json!({"jti": "someone-else", "exp": exp}))
         .send()
         .await
@@ -272,4 +292,103 @@ async fn health_and_metrics() {
         .await
         .unwrap();
     assert!(text.contains("http_requests_total"));
+}
+
+#[tokio::test]
+async fn revoked_tokens_and_api_keys_are_refused_at_once() {
+    let s = Service::start().await;
+    let conn = kit::db::connect_redis(&kit::testing::test_redis_url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let list = kit::revocation::Revocations::new(conn.clone());
+
+    // An admin JWT works; its session is revoked (as user-management does
+    // on logout); within a second security refuses it.
+    let jti = uuid::Uuid::new_v4().to_string();
+    let admin = s.jwt.token("admin-1", &["admin"], &jti);
+    let audit = || s.http.get(s.url("/audit")).bearer_auth(&admin).send();
+    assert_eq!(audit().await.unwrap().status(), 200);
+    list.revoke_sessions(&[format!("sid-{jti}")], Duration::from_secs(900))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let (st, v) = json(audit().await.unwrap()).await;
+    let delay = start.elapsed();
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"]["code"], "token_revoked");
+    println!("security refused the revoked session after {delay:?}");
+    assert!(delay < Duration::from_secs(1));
+
+    // The whole user (force logout, disable, role change...).
+    let user = uuid::Uuid::new_v4().to_string();
+    let t = s
+        .jwt
+        .token(&user, &["admin"], &uuid::Uuid::new_v4().to_string());
+    assert_eq!(
+        s.http
+            .get(s.url("/audit"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    list.revoke_user(&user, Duration::from_secs(900))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.http
+            .get(s.url("/audit"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Revoking an API key lists it for the gateway.
+    let (st, v) = json(
+        s.svc(Method::POST, "/api-keys")
+            .json(&json!({"name": "bot", "owner": "svc-bot", "roles": ["viewer"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(!list.api_key_revoked(&id).await.unwrap());
+    let r = s
+        .svc(Method::DELETE, &format!("/api-keys/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(list.api_key_revoked(&id).await.unwrap());
+}
+
+#[tokio::test]
+async fn tokens_for_another_audience_are_refused() {
+    let s = Service::start().await;
+    let now = chrono::Utc::now().timestamp();
+    for claims in [
+        json!({"sub": "a", "roles": ["admin"], "exp": now + 60, "iat": now, "jti": "j",
+               "iss": "user-management", "aud": "another-stack"}),
+        json!({"sub": "a", "roles": ["admin"], "exp": now + 60, "iat": now, "jti": "j",
+               "iss": "user-management"}),
+        json!({"sub": "a", "roles": ["admin"], "exp": now + 60, "iat": now, "jti": "j",
+               "iss": "someone", "aud": "ai-assistants-1c"}),
+    ] {
+        let t = s.jwt.sign(&claims);
+        let r = s
+            .http
+            .get(s.url("/audit"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{claims}");
+    }
 }

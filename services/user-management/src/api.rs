@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
@@ -107,10 +107,6 @@ fn refresh_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn now_ts() -> i64 {
-    Utc::now().timestamp()
-}
-
 fn err(status: StatusCode, code: &str, msg: &str) -> ApiError {
     ApiError::new(status, code, msg)
 }
@@ -123,17 +119,34 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-fn locked(until: DateTime<Utc>) -> Response {
-    let secs = (until - Utc::now()).num_seconds().max(1);
-    let mut resp = err(
-        StatusCode::LOCKED,
-        "account_locked",
-        &format!("too many failed logins; try again in {secs} s"),
-    )
-    .into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
-    resp
+fn revocation_unavailable(e: redis::RedisError) -> ApiError {
+    tracing::error!(error = %e, "cannot publish a revocation");
+    ApiError::unavailable("the revocation list is unavailable; nothing was changed, retry")
+        .with_retry_after(1)
+}
+
+/// Every access token of these sessions is refused by the gateway and
+/// security from now on (no-op without Redis).
+async fn publish_sessions(state: &AppState, sids: &[Uuid]) -> ApiResult<()> {
+    let Some(r) = &state.revocations else {
+        return Ok(());
+    };
+    let sids: Vec<String> = sids.iter().map(Uuid::to_string).collect();
+    r.revoke_sessions(&sids, state.settings.access_ttl)
+        .await
+        .map_err(revocation_unavailable)
+}
+
+/// Every access token of `user` issued until now is refused by the gateway
+/// and security from now on (no-op without Redis).
+async fn publish_user(state: &AppState, user: Uuid) -> ApiResult<()> {
+    let Some(r) = &state.revocations else {
+        return Ok(());
+    };
+    r.revoke_user(&user.to_string(), state.settings.access_ttl)
+        .await
+        .map(|_| ())
+        .map_err(revocation_unavailable)
 }
 
 /// A new session (family) with its first refresh token, plus an access
@@ -164,7 +177,8 @@ async fn issue_tokens(
 }
 
 fn access_token(state: &AppState, user: &User, family: Uuid) -> ApiResult<String> {
-    let now = now_ts();
+    let now_ms = kit::revocation::now_ms();
+    let now = now_ms / 1000;
     let claims = Claims {
         sub: user.id.to_string(),
         roles: user.roles.clone(),
@@ -172,6 +186,8 @@ fn access_token(state: &AppState, user: &User, family: Uuid) -> ApiResult<String
         iat: now,
         jti: Uuid::new_v4().to_string(),
         iss: state.settings.issuer.clone(),
+        aud: Some(state.settings.audience.clone()),
+        iat_ms: Some(now_ms),
         email: Some(user.email.clone()),
         sid: Some(family.to_string()),
     };
@@ -292,9 +308,13 @@ async fn create(
 ) -> ApiResult<User> {
     let email = normalize_email(email)?;
     let display_name = check_display_name(display_name)?;
+    password::check_length(password)?;
     password::check_policy(password, &email)?;
     let roles = check_roles(state, roles)?;
-    let hash = password::hash(password.to_string(), state.settings.argon2).await?;
+    let hash = state
+        .hasher
+        .hash(password.to_string(), state.settings.argon2)
+        .await?;
     let mut tx = state.pool.begin().await?;
     let id = store::insert_user(&mut tx, &email, &display_name, &hash, &roles)
         .await?
@@ -322,20 +342,33 @@ async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Response> {
+    // Over 1024 bytes: 400 before any hashing (Argon2 cost grows with it).
+    password::check_length(&body.password)?;
     let email = body.email.trim().to_lowercase();
     let Some(cred) = store::credentials_by_email(&state.pool, &email).await? else {
         // Same work as for a real account: no user enumeration by timing.
-        let _ = password::verify(body.password, state.dummy_hash.to_string()).await;
+        state
+            .hasher
+            .verify(body.password, state.dummy_hash.to_string())
+            .await?;
         state.metrics.login("invalid_credentials");
         return Err(invalid_credentials());
     };
-    if let Some(until) = cred.locked_until {
-        if until > Utc::now() {
-            state.metrics.login("locked");
-            return Ok(locked(until));
-        }
+    // A locked account answers exactly like a wrong password (status, body,
+    // no Retry-After), after the same work: nothing tells it exists.
+    if cred.locked_until.is_some_and(|until| until > Utc::now()) {
+        state
+            .hasher
+            .verify(body.password, cred.password_hash)
+            .await?;
+        state.metrics.login("locked");
+        return Err(invalid_credentials());
     }
-    if !password::verify(body.password, cred.password_hash).await? {
+    if !state
+        .hasher
+        .verify(body.password, cred.password_hash)
+        .await?
+    {
         let lock = store::record_failed_login(
             &state.pool,
             cred.id,
@@ -346,7 +379,7 @@ async fn login(
         if let Some(until) = lock {
             tracing::warn!(user_id = %cred.id, %until, "account locked after failed logins");
             state.metrics.login("locked");
-            return Ok(locked(until));
+            return Err(invalid_credentials());
         }
         state.metrics.login("invalid_credentials");
         return Err(invalid_credentials());
@@ -421,6 +454,10 @@ async fn refresh(
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        // The session's access tokens too, at the gateway and security.
+        if let Err(e) = publish_sessions(&state, &[family]).await {
+            tracing::error!(session = %family, error = %e, "reused session not published");
+        }
         state.metrics.refresh_reuse.inc();
         tracing::warn!(user_id = %user_id, session = %family, "refresh token reuse detected; session revoked");
         return Err(unauthorized(
@@ -524,6 +561,9 @@ async fn logout(
             revoked += 1;
         }
     }
+    // Published for every named session (also already revoked ones), so a
+    // retried logout repairs a failed publication.
+    publish_sessions(&state, &families.iter().copied().collect::<Vec<_>>()).await?;
     let reported = match &access {
         Some((token, claims)) => {
             crate::report_revocation(&state, token, claims, request_id.map(|e| e.0)).await
@@ -548,6 +588,8 @@ async fn change_password(
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> ApiResult<Json<Value>> {
     let me = principal(&state, user).await?;
+    password::check_length(&body.current_password)?;
+    password::check_length(&body.new_password)?;
     let email = me.claims.email.clone().unwrap_or_default();
     let stored = store::password_hash(&state.pool, me.id)
         .await?
@@ -558,7 +600,7 @@ async fn change_password(
                 "user no longer exists",
             )
         })?;
-    if !password::verify(body.current_password, stored).await? {
+    if !state.hasher.verify(body.current_password, stored).await? {
         return Err(err(
             StatusCode::FORBIDDEN,
             "invalid_credentials",
@@ -566,7 +608,10 @@ async fn change_password(
         ));
     }
     password::check_policy(&body.new_password, &email)?;
-    let hash = password::hash(body.new_password, state.settings.argon2).await?;
+    let hash = state
+        .hasher
+        .hash(body.new_password, state.settings.argon2)
+        .await?;
     let mut tx = state.pool.begin().await?;
     sqlx::query(
         "UPDATE users SET password_hash = $2, password_changed_at = now(), updated_at = now(),
@@ -576,9 +621,12 @@ async fn change_password(
     .bind(hash)
     .execute(&mut *tx)
     .await?;
-    let revoked =
+    let others =
         store::revoke_user_families(&mut tx, me.id, Some(me.sid), "password_change").await?;
+    // Published before the commit: when Redis is down nothing changes.
+    publish_sessions(&state, &others).await?;
     tx.commit().await?;
+    let revoked = others.len();
     tracing::info!(user_id = %me.id, revoked, "password changed");
     Ok(Json(
         json!({"password_changed": true, "revoked_sessions": revoked}),
@@ -647,6 +695,7 @@ async fn revoke_my_session(
     if res.rows_affected() == 0 {
         return Err(ApiError::not_found("session not found"));
     }
+    publish_sessions(&state, &[id]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -663,7 +712,10 @@ async fn revoke_user_sessions(
     if store::get_user(&mut conn, id).await?.is_none() {
         return Err(ApiError::not_found("user not found"));
     }
-    let n = store::revoke_user_families(&mut conn, id, None, "revoked_by_admin").await?;
+    publish_user(&state, id).await?;
+    let n = store::revoke_user_families(&mut conn, id, None, "revoked_by_admin")
+        .await?
+        .len();
     tracing::info!(user_id = %id, by = %me.id, revoked = n, "sessions revoked by admin");
     Ok(Json(json!({ "revoked_sessions": n })))
 }
@@ -825,8 +877,9 @@ async fn apply_update(
                         .unwrap_or_default()
                 }
             };
+            password::check_length(pw)?;
             password::check_policy(pw, &target_email)?;
-            Some(password::hash(pw.clone(), state.settings.argon2).await?)
+            Some(state.hasher.hash(pw.clone(), state.settings.argon2).await?)
         }
         None => None,
     };
@@ -896,6 +949,13 @@ async fn apply_update(
         };
         store::revoke_user_families(&mut tx, id, None, reason).await?;
     }
+    // Disabled, new password or other roles: the access tokens already
+    // issued (with the old roles) are refused by the gateway and security
+    // at once; after a role change the user's refresh gets the new roles.
+    let roles_changed = roles.as_ref().is_some_and(|r| *r != current.roles);
+    if body.is_active == Some(false) || hash.is_some() || roles_changed {
+        publish_user(state, id).await?;
+    }
     let updated = store::get_user(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::internal("user vanished"))?;
@@ -954,6 +1014,7 @@ async fn delete_user(
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    publish_user(&state, id).await?;
     tx.commit().await?;
     tracing::info!(user_id = %id, by = %me.id, "user deleted");
     Ok(StatusCode::NO_CONTENT)

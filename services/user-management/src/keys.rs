@@ -64,11 +64,14 @@ fn cipher_from_secret(secret: &str) -> Aes256Gcm {
 
 impl Keys {
     /// Make sure an active key exists (generating one on first start), then
-    /// load the ring. `secret` is `JWT_SIGNING_KEY_SECRET`.
+    /// load the ring. `secret` is `JWT_SIGNING_KEY_SECRET`; the verifier
+    /// requires `issuer` and `audience` (`JWT_ISSUER`, `JWT_AUDIENCE`).
     pub async fn init(
         pool: &PgPool,
         secret: Option<&str>,
         access_ttl: Duration,
+        issuer: &str,
+        audience: &str,
     ) -> anyhow::Result<Keys> {
         let cipher = secret.map(|s| Arc::new(cipher_from_secret(s)));
         if cipher.is_none() {
@@ -83,7 +86,9 @@ impl Keys {
                 jwks: json!({"keys": []}),
             }))),
             cipher,
-            verifier: kit::Verifier::from_jwks(&JwkSet { keys: vec![] }),
+            verifier: kit::Verifier::from_jwks(&JwkSet { keys: vec![] })
+                .with_issuer(issuer)
+                .with_audience(audience),
             publish_for: access_ttl + PUBLISH_MARGIN,
         };
         let mut tx = pool.begin().await?;

@@ -8,7 +8,7 @@
 //! | method & path | who | what |
 //! |---|---|---|
 //! | `POST /auth/register` `{email, password, display_name?}` | public (unless `ALLOW_REGISTRATION=false`) | 201 user with role `viewer` |
-//! | `POST /auth/login` `{email, password}` | public | `{access_token, token_type, expires_in, refresh_token, refresh_expires_in, user}`; 401 `invalid_credentials`; 423 `account_locked` (+`Retry-After`) after `LOCKOUT_THRESHOLD` failures for `LOCKOUT_MINUTES` |
+//! | `POST /auth/login` `{email, password}` | public | `{access_token, token_type, expires_in, refresh_token, refresh_expires_in, user}`; 401 `invalid_credentials` (also while the account is locked after `LOCKOUT_THRESHOLD` failures for `LOCKOUT_MINUTES`: a lock is never revealed); 400 `password_too_long` over 1024 bytes; 503 `busy` + `Retry-After` when `ARGON2_MAX_CONCURRENT` hashes already run and no slot frees within `ARGON2_QUEUE_TIMEOUT` |
 //! | `POST /auth/refresh` `{refresh_token}` | public | rotates: new access + refresh token in the same family; a reused (already rotated) token revokes the whole family (401 `refresh_token_reused`) |
 //! | `POST /auth/logout` `{refresh_token?}` + optional bearer | either | revokes the session(s); reports the access token `jti` to `SERVICE_URL_SECURITY` `POST /revocations` (best effort, `access_token_reported`: true/false/null) |
 //! | `POST /auth/password` `{current_password, new_password}` | bearer | changes the password, revokes every other session |
@@ -27,14 +27,27 @@
 //! | `GET /.well-known/jwks.json` | public | OKP/Ed25519 JWKs (`kty, crv, x, kid, use, alg`) |
 //!
 //! The last active admin can be neither demoted, disabled nor deleted (409).
+//!
+//! ## Revocation reaches everyone
+//! With `REDIS_URL` every revocation is also written to the shared list of
+//! [`kit::revocation`], which the api-gateway and security read on every
+//! request: logout, refresh-token reuse, a session revoked by its owner and
+//! the other sessions on a password change write `revoked:sid:<session>`;
+//! force logout, disable, password reset, a role change and delete write
+//! `revoked:user:<id>` (tokens issued before now; the user may refresh into
+//! new roles). TTL: `ACCESS_TOKEN_TTL` + 90 s. When Redis does not answer
+//! the change is refused (503, nothing changed) rather than half done.
 //! Every bearer-authenticated route also checks the database: the user is
 //! active and the token's session (`sid`) is not revoked; permission checks
 //! use the user's current roles.
 //!
 //! ## Tokens
 //! Access tokens: EdDSA JWT with `kid` header; claims `sub` (user id), `roles`,
-//! `exp`, `iat`, `jti`, `iss` (`JWT_ISSUER`, default `user-management`), `email`,
-//! `sid` (session = refresh family); TTL `ACCESS_TOKEN_TTL` (s, default 900).
+//! `exp`, `iat`, `iat_ms` (issue time in ms, for revocation cutoffs), `jti`,
+//! `iss` (`JWT_ISSUER`, default `user-management`), `aud` (`JWT_AUDIENCE`,
+//! default `ai-assistants-1c`), `email`, `sid` (session = refresh family);
+//! TTL `ACCESS_TOKEN_TTL` (s, default 900). Every verifier in the stack
+//! requires that `iss` and `aud`.
 //! Refresh tokens: opaque `rt_<43 chars>`, stored as SHA-256, TTL
 //! `REFRESH_TOKEN_TTL` (s, default 30 days). Signing keys live in the
 //! database; the private half is AES-256-GCM encrypted with a key derived
@@ -51,10 +64,15 @@
 //! kit's (`PORT`, `DATABASE_*`, `SHUTDOWN_TIMEOUT`, …) plus `ADMIN_EMAIL`
 //! (default `admin@localhost`), `ADMIN_PASSWORD_FILE` (first admin, created at
 //! start when absent from the DB; no file → no admin, a warning),
-//! `JWT_SIGNING_KEY_SECRET_FILE`, `JWT_ISSUER`, `ACCESS_TOKEN_TTL`,
+//! `JWT_SIGNING_KEY_SECRET_FILE`, `JWT_ISSUER` (`user-management`),
+//! `JWT_AUDIENCE` (`ai-assistants-1c`), `ACCESS_TOKEN_TTL`,
 //! `REFRESH_TOKEN_TTL`, `LOCKOUT_THRESHOLD` (5), `LOCKOUT_MINUTES` (15),
-//! `ALLOW_REGISTRATION` (true), `ARGON2_MEMORY_KIB`/`ARGON2_ITERATIONS`/
-//! `ARGON2_PARALLELISM` (19456/2/1), `SERVICE_URL_SECURITY`. No Redis.
+//! `ALLOW_REGISTRATION` (true; production sets false), `ARGON2_MEMORY_KIB`/
+//! `ARGON2_ITERATIONS`/`ARGON2_PARALLELISM` (19456/2/1),
+//! `ARGON2_MAX_CONCURRENT` (2 × CPUs, bounded by a quarter of the memory
+//! limit, 1..=16), `ARGON2_QUEUE_TIMEOUT` (s, 2), `SERVICE_URL_SECURITY`,
+//! `REDIS_URL` + `REDIS_USERNAME` + `REDIS_PASSWORD_FILE` (the revocation
+//! list; writes only `revoked:*`).
 
 pub mod api;
 pub mod keys;
@@ -68,6 +86,7 @@ use std::time::Duration;
 
 use axum::Router;
 use kit::http::RequestId;
+use kit::revocation::Revocations;
 use kit::{Claims, Config, Infra};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
@@ -88,6 +107,11 @@ pub struct AppState {
     pub perms: Arc<BTreeMap<String, Vec<String>>>,
     pub http: reqwest::Client,
     pub metrics: AuthMetrics,
+    /// Argon2 with bounded concurrency (`ARGON2_MAX_CONCURRENT`).
+    pub hasher: password::Hasher,
+    /// The shared revocation list (`REDIS_URL`): every revocation is written
+    /// there so the gateway and security refuse the tokens at once.
+    pub revocations: Option<Revocations>,
     dummy_hash: Arc<String>,
 }
 
@@ -139,10 +163,18 @@ impl AppState {
                 .as_ref()
                 .map(|s| s.expose().as_str()),
             settings.access_ttl,
+            &settings.issuer,
+            &settings.audience,
         )
         .await?;
         let perms = store::role_permissions(&pool).await?;
         let dummy_hash = password::dummy_hash(settings.argon2).await?;
+        let hasher =
+            password::Hasher::new(settings.argon2_max_concurrent, settings.argon2_queue_wait);
+        tracing::info!(
+            argon2_max_concurrent = hasher.permits(),
+            "password hashing bounded"
+        );
         let state = AppState {
             pool,
             settings: Arc::new(settings),
@@ -152,10 +184,20 @@ impl AppState {
                 .timeout(Duration::from_secs(2))
                 .build()?,
             metrics: AuthMetrics::new(),
+            hasher,
+            revocations: None,
             dummy_hash: Arc::new(dummy_hash),
         };
         bootstrap_admin(&state).await?;
         Ok(state)
+    }
+}
+
+impl AppState {
+    /// Publish revocations to the shared list in Redis.
+    pub fn with_revocations(mut self, r: Revocations) -> Self {
+        self.revocations = Some(r);
+        self
     }
 }
 
@@ -266,9 +308,20 @@ pub async fn run() -> anyhow::Result<()> {
         cfg.connect_timeout,
     )
     .await?;
-    let state = AppState::new(pool.clone(), settings).await?;
+    let mut state = AppState::new(pool.clone(), settings).await?;
+    let mut infra = Infra::new(&cfg, env!("CARGO_PKG_VERSION")).with_pg(pool);
+    match &cfg.redis_url {
+        Some(url) => {
+            let redis = kit::db::connect_redis(url.expose(), cfg.connect_timeout).await?;
+            infra = infra.with_redis(redis.clone());
+            state = state.with_revocations(Revocations::new(redis));
+        }
+        None => tracing::warn!(
+            "REDIS_URL is not set: revocations are not published; the api-gateway and \
+             security keep accepting revoked access tokens until they expire"
+        ),
+    }
     spawn_key_reload(&state, Duration::from_secs(60));
-    let infra = Infra::new(&cfg, env!("CARGO_PKG_VERSION")).with_pg(pool);
     let listener = kit::server::bind(cfg.port).await?;
     kit::serve_with_timeout(
         app(state, &infra),

@@ -27,6 +27,8 @@ impl Default for Argon2Cost {
 pub struct Settings {
     /// `JWT_ISSUER` (default `user-management`): the `iss` claim.
     pub issuer: String,
+    /// `JWT_AUDIENCE` (default `ai-assistants-1c`): the `aud` claim.
+    pub audience: String,
     /// `ACCESS_TOKEN_TTL` seconds (default 900).
     pub access_ttl: Duration,
     /// `REFRESH_TOKEN_TTL` seconds (default 30 days).
@@ -47,6 +49,12 @@ pub struct Settings {
     pub security_url: Option<String>,
     /// `ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`, `ARGON2_PARALLELISM`.
     pub argon2: Argon2Cost,
+    /// `ARGON2_MAX_CONCURRENT`: hashes running at once (default: twice the
+    /// CPUs, at most a quarter of the memory limit's worth, 1..=16).
+    pub argon2_max_concurrent: usize,
+    /// `ARGON2_QUEUE_TIMEOUT` seconds (default 2): how long a login waits
+    /// for a hashing slot before 503 + `Retry-After`.
+    pub argon2_queue_wait: Duration,
 }
 
 impl Settings {
@@ -74,10 +82,28 @@ impl Settings {
                 })
             }
         };
+        let argon2 = Argon2Cost {
+            memory_kib: env.parse_or("ARGON2_MEMORY_KIB", d.memory_kib)?,
+            iterations: env.parse_or("ARGON2_ITERATIONS", d.iterations)?,
+            parallelism: env.parse_or("ARGON2_PARALLELISM", d.parallelism)?,
+        };
+        let argon2_max_concurrent = env.parse_or(
+            "ARGON2_MAX_CONCURRENT",
+            crate::password::default_permits(argon2),
+        )?;
+        if argon2_max_concurrent == 0 {
+            return Err(ConfigError::Invalid {
+                name: "ARGON2_MAX_CONCURRENT".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Settings {
             issuer: env
                 .var("JWT_ISSUER")
-                .unwrap_or_else(|| "user-management".into()),
+                .unwrap_or_else(|| kit::config::DEFAULT_JWT_ISSUER.into()),
+            audience: env
+                .var("JWT_AUDIENCE")
+                .unwrap_or_else(|| kit::config::DEFAULT_JWT_AUDIENCE.into()),
             access_ttl: env.duration_secs_or("ACCESS_TOKEN_TTL", Duration::from_secs(900))?,
             refresh_ttl: env
                 .duration_secs_or("REFRESH_TOKEN_TTL", Duration::from_secs(30 * 24 * 3600))?,
@@ -90,11 +116,10 @@ impl Settings {
             admin_password: env.secret("ADMIN_PASSWORD")?,
             key_encryption_secret: env.secret("JWT_SIGNING_KEY_SECRET")?,
             security_url: env.service_url("security"),
-            argon2: Argon2Cost {
-                memory_kib: env.parse_or("ARGON2_MEMORY_KIB", d.memory_kib)?,
-                iterations: env.parse_or("ARGON2_ITERATIONS", d.iterations)?,
-                parallelism: env.parse_or("ARGON2_PARALLELISM", d.parallelism)?,
-            },
+            argon2,
+            argon2_max_concurrent,
+            argon2_queue_wait: env
+                .duration_secs_or("ARGON2_QUEUE_TIMEOUT", Duration::from_secs(2))?,
         })
     }
 }

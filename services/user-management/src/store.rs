@@ -249,23 +249,23 @@ pub async fn revoke_family(pool: &PgPool, family: Uuid, reason: &str) -> sqlx::R
     Ok(res.rows_affected() > 0)
 }
 
-/// Revoke every session of `user` except `keep`; returns how many.
+/// Revoke every session of `user` except `keep`; returns their ids.
 pub async fn revoke_user_families(
     conn: &mut PgConnection,
     user: Uuid,
     keep: Option<Uuid>,
     reason: &str,
-) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
         "UPDATE token_families SET revoked_at = now(), revoked_reason = $3
-          WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)",
+          WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
+      RETURNING id",
     )
     .bind(user)
     .bind(keep)
     .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(res.rows_affected())
+    .fetch_all(conn)
+    .await
 }
 
 /// The state of a session for an access token: `(user active, session

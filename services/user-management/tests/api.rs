@@ -36,10 +36,21 @@ fn test_settings() -> Settings {
 }
 
 async fn start_with(db: TestDb, settings: Settings) -> Svc {
+    start_full(db, settings, None).await
+}
+
+async fn start_full(
+    db: TestDb,
+    settings: Settings,
+    revocations: Option<kit::revocation::Revocations>,
+) -> Svc {
     let pool = kit::db::connect_pg(&db.url, Some(&MIGRATOR), Duration::from_secs(5))
         .await
         .unwrap();
-    let state = AppState::new(pool.clone(), settings).await.unwrap();
+    let mut state = AppState::new(pool.clone(), settings).await.unwrap();
+    if let Some(r) = revocations {
+        state = state.with_revocations(r);
+    }
     let infra = Infra::named("user-management", "test").with_pg(pool);
     let app = user_management::app(state.clone(), &infra);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -498,21 +509,37 @@ async fn account_locks_after_failed_logins_and_unlocks_later() {
         let (st, _) = svc.post("/auth/login", None, bad.clone()).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
     }
-    let resp = svc
-        .http
-        .post(format!("{}/auth/login", svc.base))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::LOCKED);
-    assert!(resp.headers().contains_key("retry-after"));
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "account_locked");
-    // Even the right password is refused while locked.
+    // The third failure locks the account, but the answer is exactly the
+    // one of a wrong password (and of an unknown e-mail): same status, same
+    // body, no Retry-After; nothing reveals the account or its lock.
+    let answer = |body: Value| {
+        let req = svc
+            .http
+            .post(format!("{}/auth/login", svc.base))
+            .json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let retry_after = resp.headers().contains_key("retry-after");
+            (status, retry_after, resp.text().await.unwrap())
+        }
+    };
+    let wrong = answer(json!({"email": "nobody@example.org", "password": "bad-password-1"})).await;
+    assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
+    assert!(!wrong.1);
+    let locking = answer(bad.clone()).await;
+    assert_eq!(
+        locking, wrong,
+        "the locking attempt answers like a wrong password"
+    );
+    // Even the right password is refused while locked, the same way.
     let good = json!({"email": "frank@example.org", "password": "frank-password-1"});
-    let (st, _) = svc.post("/auth/login", None, good.clone()).await;
-    assert_eq!(st, StatusCode::LOCKED);
+    let while_locked = answer(good.clone()).await;
+    assert_eq!(
+        while_locked, wrong,
+        "a locked account answers like a wrong password"
+    );
+    assert_ne!(while_locked.0, StatusCode::LOCKED);
     // Wait until the database says the lock is over (robust on slow CI).
     let remaining: f64 = sqlx::query_scalar(
         "SELECT GREATEST(EXTRACT(EPOCH FROM locked_until - now()), 0)::float8 FROM users WHERE email = 'frank@example.org'",
@@ -900,4 +927,337 @@ async fn health_and_metrics_are_served() {
         text.contains(r#"user_management_logins_total{outcome="invalid_credentials"} 1"#),
         "{text}"
     );
+}
+
+// ---- issue 14: revocations, the login burst, iss/aud, length cap --------
+
+async fn revocation_list() -> kit::revocation::Revocations {
+    let conn = kit::db::connect_redis(&kit::testing::test_redis_url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    kit::revocation::Revocations::new(conn)
+}
+
+impl Svc {
+    /// What the gateway and security see for this access token.
+    async fn listed(&self, list: &kit::revocation::Revocations, token: &str) -> Option<String> {
+        let claims = self.state.keys.verifier().verify(token).await.unwrap();
+        list.check_token(&claims)
+            .await
+            .unwrap()
+            .map(|r| format!("{r:?}"))
+    }
+}
+
+#[tokio::test]
+async fn every_revocation_reaches_the_shared_list() {
+    let list = revocation_list().await;
+    let svc = start_full(TestDb::new().await, test_settings(), Some(list.clone())).await;
+    let admin = svc.admin_token().await;
+    let user = svc.register("rita@example.org", "rita-password-1").await;
+    let id = s(&user["id"]).to_string();
+    let login = || svc.login("rita@example.org", "rita-password-1");
+
+    // logout → that session.
+    let a = login().await;
+    let a_tok = s(&a["access_token"]).to_string();
+    assert_eq!(svc.listed(&list, &a_tok).await, None);
+    let (st, _) = svc.post("/auth/logout", Some(&a_tok), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(svc.listed(&list, &a_tok).await.as_deref(), Some("Session"));
+
+    // refresh-token reuse → that session.
+    let b = login().await;
+    let (st, _) = svc
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": b["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = svc
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": b["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(v["error"]["code"], "refresh_token_reused", "{st} {v}");
+    assert_eq!(
+        svc.listed(&list, s(&b["access_token"])).await.as_deref(),
+        Some("Session")
+    );
+
+    // A session revoked by its owner.
+    let c = login().await;
+    let d = login().await;
+    let (_, me) = svc.get("/me", Some(s(&c["access_token"]))).await;
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/me/sessions/{}", s(&me["session_id"])),
+            Some(s(&d["access_token"])),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        svc.listed(&list, s(&c["access_token"])).await.as_deref(),
+        Some("Session")
+    );
+
+    // Password change → the other sessions, not the caller's.
+    let e = login().await;
+    let (st, v) = svc
+        .post(
+            "/auth/password",
+            Some(s(&d["access_token"])),
+            json!({"current_password": "rita-password-1", "new_password": "rita-password-2"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        svc.listed(&list, s(&e["access_token"])).await.as_deref(),
+        Some("Session")
+    );
+    assert_eq!(svc.listed(&list, s(&d["access_token"])).await, None);
+    let login = || svc.login("rita@example.org", "rita-password-2");
+
+    // Admin force logout → every token of the user issued until now; a
+    // login right after it is fine.
+    let f = login().await;
+    let path = format!("/users/{id}/sessions");
+    let (st, _) = svc
+        .call(reqwest::Method::DELETE, &path, Some(&admin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        svc.listed(&list, s(&f["access_token"])).await.as_deref(),
+        Some("User")
+    );
+    let g = login().await;
+    assert_eq!(svc.listed(&list, s(&g["access_token"])).await, None);
+
+    // Role change → the old tokens; the refresh gets the new roles and
+    // passes.
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PUT,
+            &format!("/users/{id}/roles"),
+            Some(&admin),
+            Some(json!({"roles": ["analyst"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        svc.listed(&list, s(&g["access_token"])).await.as_deref(),
+        Some("User")
+    );
+    let (st, v) = svc
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": g["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(svc.listed(&list, s(&v["access_token"])).await, None);
+    assert_eq!(v["user"]["roles"], json!(["analyst"]));
+
+    // Disable → every token.
+    let h = login().await;
+    let (st, v) = svc
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/users/{id}"),
+            Some(&admin),
+            Some(json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        svc.listed(&list, s(&h["access_token"])).await.as_deref(),
+        Some("User")
+    );
+
+    // Delete → every token (checked with a fresh user).
+    svc.register("sam@example.org", "sam-password-1").await;
+    let t = svc.login("sam@example.org", "sam-password-1").await;
+    let (_, me) = svc.get("/me", Some(s(&t["access_token"]))).await;
+    let (st, _) = svc
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/users/{}", s(&me["id"])),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        svc.listed(&list, s(&t["access_token"])).await.as_deref(),
+        Some("User")
+    );
+}
+
+#[tokio::test]
+async fn tokens_carry_issuer_audience_and_ms_issue_time() {
+    use base64::Engine;
+    let svc = start(|_| {}).await;
+    let t = svc.admin_token().await;
+    let payload = t.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], "user-management");
+    assert_eq!(claims["aud"], "ai-assistants-1c");
+    assert_eq!(
+        claims["iat_ms"].as_i64().unwrap() / 1000,
+        claims["iat"].as_i64().unwrap()
+    );
+    // Another stack's audience: its tokens are refused here (and vice versa).
+    let other = start(|s| s.audience = "another-stack".into()).await;
+    assert_eq!(other.get("/me", Some(&t)).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn overlong_passwords_are_refused_before_hashing() {
+    let svc = start(|_| {}).await;
+    let long = "a1".repeat(513); // 1026 bytes
+    let (st, v) = svc
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": ADMIN_EMAIL, "password": long}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "password_too_long");
+    let (st, _) = svc
+        .post(
+            "/auth/register",
+            None,
+            json!({"email": "l@example.org", "password": long}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+/// The resident memory of this process (the service runs in it), bytes.
+fn vm_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_concurrent_logins_leave_the_service_answering() {
+    // The real cost (19 MiB per hash), as in production.
+    let svc = start(|s| {
+        s.argon2 = Argon2Cost::default();
+        s.argon2_max_concurrent = 4;
+        s.argon2_queue_wait = Duration::from_secs(1);
+    })
+    .await;
+    svc.register("burst@example.org", "burst-password-1").await;
+    let permits = svc.state.hasher.permits() as u64;
+    let per_hash = Argon2Cost::default().memory_kib as u64 * 1024;
+    let before = vm_rss();
+
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak.fetch_max(vm_rss(), std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The service keeps answering during the burst.
+    let health = {
+        let (http, base, done) = (svc.http.clone(), svc.base.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = std::time::Instant::now();
+                let r = http
+                    .get(format!("{base}/health/live"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .expect("health answers during the burst");
+                assert_eq!(r.status(), StatusCode::OK);
+                worst = worst.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            worst
+        })
+    };
+    let logins = (0..60).map(|i| {
+        let pw = if i % 2 == 0 {
+            "burst-password-1"
+        } else {
+            "wrong-password-1"
+        };
+        let req = svc
+            .http
+            .post(format!("{}/auth/login", svc.base))
+            .json(&json!({"email": "burst@example.org", "password": pw}));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.headers().get("retry-after").cloned())
+        }
+    });
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all(logins).await;
+    let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    sampler.await.unwrap();
+    let worst_health = health.await.unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+
+    let count = |st: StatusCode| results.iter().filter(|(s, _)| *s == st).count();
+    let (ok, wrong, busy) = (
+        count(StatusCode::OK),
+        count(StatusCode::UNAUTHORIZED),
+        count(StatusCode::SERVICE_UNAVAILABLE),
+    );
+    println!(
+        "60 concurrent logins in {took:?}: {ok} ok, {wrong} wrong password, {busy} busy (503); \
+         VmRSS {} MiB before, peak {} MiB (+{} MiB; {permits} hashes of {} MiB at once); \
+         slowest /health/live {worst_health:?}",
+        before >> 20,
+        peak >> 20,
+        peak.saturating_sub(before) >> 20,
+        per_hash >> 20,
+    );
+    assert_eq!(ok + wrong + busy, 60, "only 200, 401 or 503: {results:?}");
+    assert!(ok >= 1, "some logins get through");
+    for (st, retry) in &results {
+        if *st == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(retry.is_some(), "503 carries Retry-After");
+        }
+    }
+    // Unbounded, 60 hashes of 19 MiB would add over 1 GiB.
+    assert!(
+        peak.saturating_sub(before) < (permits + 4) * per_hash,
+        "RSS grew by {} MiB",
+        peak.saturating_sub(before) >> 20
+    );
+    assert!(worst_health < Duration::from_secs(2), "{worst_health:?}");
+    // And it still logs people in afterwards.
+    svc.login("burst@example.org", "burst-password-1").await;
 }

@@ -204,6 +204,8 @@ pub fn token(roles: &[&str]) -> String {
         iat: now,
         jti: Uuid::new_v4().to_string(),
         iss: "user-management".into(),
+        aud: Some("ai-assistants-1c".into()),
+        iat_ms: None,
         email: None,
         sid: None,
     };

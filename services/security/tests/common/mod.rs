@@ -45,12 +45,20 @@ impl Jwt {
         }
     }
 
+    /// Any claims, signed with the test key.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("test-key".into());
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+
     pub fn token(&self, sub: &str, roles: &[&str], jti: &str) -> String {
         let now = chrono::Utc::now().timestamp();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some("test-key".into());
         let claims = json!({"sub": sub, "roles": roles, "exp": now + 600, "iat": now,
-            "jti": jti, "iss": "user-management"});
+            "jti": jti, "iss": "user-management", "aud": "ai-assistants-1c",
+            "sid": format!("sid-{jti}")});
         jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
     }
 }
@@ -72,6 +80,9 @@ pub fn settings(db_url: &str, jwks_url: &str, key: [u8; 32]) -> security::Settin
         redis_url: Secret::new(test_redis_url()),
         redis_prefix: redis_prefix(),
         jwks_url: Some(jwks_url.to_string()),
+        jwt_issuer: Some("user-management".into()),
+        jwt_audience: Some("ai-assistants-1c".into()),
+        internal_auth: None,
         encryption_key: Secret::new(key),
         service_token: Some(Secret::new(SERVICE_TOKEN.to_string())),
         connect_timeout: Duration::from_secs(5),
