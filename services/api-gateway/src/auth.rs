@@ -1,36 +1,26 @@
-//! Caller identity: a JWT (kit's EdDSA verifier + the security service's
-//! revocation list) or an API key (verified by the security service). Both
-//! remote answers are cached briefly.
+//! Caller identity: a JWT (kit's EdDSA verifier, `iss`/`aud` required, and
+//! the shared revocation list in Redis) or an API key (verified by the
+//! security service, cached briefly, and checked against the revocation list
+//! on every request).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
+use kit::auth::AuthError;
+use kit::revocation::Revocations;
 use kit::{ApiError, Secret, Verifier};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::cache::TtlCache;
 
+pub use kit::identity::AuthMethod as Method;
+
 /// Header with an API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Header the security service expects from internal callers.
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Jwt,
-    ApiKey,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Jwt => "jwt",
-            Method::ApiKey => "api_key",
-        }
-    }
-}
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,16 +29,24 @@ pub struct Identity {
     pub user_id: String,
     pub roles: Vec<String>,
     pub method: Method,
-    /// JWT id and expiry (JWT callers only), for logout revocation.
+    /// JWT id and expiry (JWT callers only).
     pub jti: Option<String>,
     pub exp: Option<i64>,
     /// Session (refresh-token family) of a JWT.
     pub sid: Option<String>,
+    /// The API key's id (API-key callers only).
+    pub key_id: Option<String>,
 }
 
-/// The revocation-list entry standing for a whole session.
-pub fn session_key(sid: &str) -> String {
-    format!("sid:{sid}")
+impl Identity {
+    /// What the gateway forwards (and signs) for this caller.
+    pub fn forwarded(&self) -> kit::identity::ForwardedIdentity {
+        kit::identity::ForwardedIdentity {
+            user_id: self.user_id.clone(),
+            roles: self.roles.clone(),
+            method: self.method,
+        }
+    }
 }
 
 /// The security service as seen by the gateway.
@@ -63,14 +61,19 @@ pub struct SecurityClient {
 struct KeyAnswer {
     valid: bool,
     #[serde(default)]
+    id: String,
+    #[serde(default)]
     owner: String,
     #[serde(default)]
     roles: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct RevocationAnswer {
-    revoked: bool,
+/// A valid API key: its id, owner and roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedKey {
+    pub id: String,
+    pub owner: String,
+    pub roles: Vec<String>,
 }
 
 impl SecurityClient {
@@ -105,45 +108,31 @@ impl SecurityClient {
         resp.json().await.map_err(|e| e.to_string())
     }
 
-    pub async fn is_revoked(&self, jti: &str, request_id: &str) -> Result<bool, String> {
-        let path = format!("/revocations/{}", urlencode(jti));
-        let a: RevocationAnswer =
-            Self::json(self.req(reqwest::Method::GET, &path, request_id)).await?;
-        Ok(a.revoked)
-    }
-
-    pub async fn revoke(&self, jti: &str, exp: i64, request_id: &str) -> Result<(), String> {
-        let r = self
-            .req(reqwest::Method::POST, "/revocations", request_id)
-            .json(&serde_json::json!({"jti": jti, "exp": exp}));
-        Self::json::<serde_json::Value>(r).await.map(|_| ())
-    }
-
-    /// `Some((owner, roles))` for a valid key.
+    /// `Some(key)` for a valid key.
     pub async fn verify_key(
         &self,
         key: &str,
         request_id: &str,
-    ) -> Result<Option<(String, Vec<String>)>, String> {
+    ) -> Result<Option<VerifiedKey>, String> {
         let r = self
             .req(reqwest::Method::POST, "/api-keys/verify", request_id)
             .json(&serde_json::json!({ "key": key }));
         let a: KeyAnswer = Self::json(r).await?;
-        Ok(a.valid.then_some((a.owner, a.roles)))
+        Ok(a.valid.then_some(VerifiedKey {
+            id: a.id,
+            owner: a.owner,
+            roles: a.roles,
+        }))
     }
-}
-
-fn urlencode(s: &str) -> String {
-    kit::config::percent_encode(s)
 }
 
 /// Authenticates requests; see the module docs.
 pub struct Authenticator {
     pub verifier: Option<Verifier>,
     pub security: Option<SecurityClient>,
-    revoked: TtlCache<String, bool>,
+    /// The shared revocation list; `None` (no Redis) disables the checks.
+    pub revocations: Option<Revocations>,
     keys: TtlCache<String, Option<Identity>>,
-    pub revocation_ttl: Duration,
     pub api_key_ttl: Duration,
 }
 
@@ -151,19 +140,26 @@ fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> ApiErr
     ApiError::new(status, code, msg)
 }
 
+fn unavailable() -> ApiError {
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "auth_unavailable",
+        "cannot check revocations",
+    )
+}
+
 impl Authenticator {
     pub fn new(
         verifier: Option<Verifier>,
         security: Option<SecurityClient>,
-        revocation_ttl: Duration,
+        revocations: Option<Revocations>,
         api_key_ttl: Duration,
     ) -> Self {
         Self {
             verifier,
             security,
-            revoked: TtlCache::new(100_000),
+            revocations,
             keys: TtlCache::new(10_000),
-            revocation_ttl,
             api_key_ttl,
         }
     }
@@ -176,7 +172,7 @@ impl Authenticator {
         request_id: &str,
     ) -> Result<Identity, ApiError> {
         if let Some(token) = bearer(headers) {
-            return self.jwt(token, request_id).await;
+            return self.jwt(token).await;
         }
         if let Some(key) = headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
             return self.api_key(key.trim(), request_id).await;
@@ -188,7 +184,7 @@ impl Authenticator {
         ))
     }
 
-    async fn jwt(&self, token: &str, request_id: &str) -> Result<Identity, ApiError> {
+    async fn jwt(&self, token: &str) -> Result<Identity, ApiError> {
         let verifier = self.verifier.as_ref().ok_or_else(|| {
             err(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -197,32 +193,15 @@ impl Authenticator {
             )
         })?;
         let claims = verifier.verify(token).await.map_err(ApiError::from)?;
-        if self.security.is_some() {
-            if claims.jti.is_empty() {
-                return Err(err(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "token has no jti",
-                ));
-            }
-            // The token itself, and its whole session (revoked on logout).
-            let sid_key = claims.sid.as_ref().map(|s| session_key(s));
-            let (by_jti, by_sid) = tokio::join!(
-                self.is_revoked(&claims.jti, claims.exp, request_id),
-                async {
-                    match &sid_key {
-                        Some(k) => self.is_revoked(k, claims.exp, request_id).await,
-                        None => Ok(false),
-                    }
-                }
-            );
-            if by_jti? || by_sid? {
-                return Err(err(
-                    StatusCode::UNAUTHORIZED,
-                    "token_revoked",
-                    "token has been revoked",
-                ));
-            }
+        // Its id, its session and its user: one MGET, on every request (a
+        // revocation is refused at once, on every replica).
+        if let Some(r) = &self.revocations {
+            kit::auth::check_revocation(r, &claims)
+                .await
+                .map_err(|e| match e {
+                    AuthError::RevocationUnavailable => unavailable(),
+                    other => ApiError::from(other),
+                })?;
         }
         Ok(Identity {
             user_id: claims.sub,
@@ -231,40 +210,8 @@ impl Authenticator {
             jti: Some(claims.jti).filter(|j| !j.is_empty()),
             exp: Some(claims.exp),
             sid: claims.sid,
+            key_id: None,
         })
-    }
-
-    /// Whether the security service lists `key` as revoked (cached).
-    async fn is_revoked(&self, key: &str, exp: i64, request_id: &str) -> Result<bool, ApiError> {
-        if let Some(r) = self.revoked.get(&key.to_string(), Instant::now()) {
-            return Ok(r);
-        }
-        let Some(security) = &self.security else {
-            return Ok(false);
-        };
-        let r = security.is_revoked(key, request_id).await.map_err(|e| {
-            tracing::warn!(error = %e, "revocation check failed");
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "auth_unavailable",
-                "cannot check token revocation",
-            )
-        })?;
-        self.remember_revocation(key, r, exp);
-        Ok(r)
-    }
-
-    /// Caches a revocation answer: "revoked" until the token expires,
-    /// "not revoked" for the short revocation TTL.
-    pub fn remember_revocation(&self, jti: &str, revoked: bool, exp: i64) {
-        let ttl = if revoked {
-            let left = exp - chrono_now();
-            Duration::from_secs(left.clamp(1, 24 * 3600) as u64)
-        } else {
-            self.revocation_ttl
-        };
-        self.revoked
-            .insert(jti.to_string(), revoked, ttl, Instant::now());
     }
 
     async fn api_key(&self, key: &str, request_id: &str) -> Result<Identity, ApiError> {
@@ -275,12 +222,15 @@ impl Authenticator {
                 "API keys are not accepted (no security service configured)",
             )
         })?;
-        if key.is_empty() || key.len() > 256 {
-            return Err(err(
+        let invalid = || {
+            err(
                 StatusCode::UNAUTHORIZED,
                 "invalid_api_key",
                 "invalid API key",
-            ));
+            )
+        };
+        if key.is_empty() || key.len() > 256 {
+            return Err(invalid());
         }
         let hashed = hex::encode(Sha256::digest(key.as_bytes()));
         let now = Instant::now();
@@ -299,13 +249,14 @@ impl Authenticator {
                             "cannot verify the API key",
                         )
                     })?
-                    .map(|(owner, roles)| Identity {
-                        user_id: owner,
-                        roles,
+                    .map(|k| Identity {
+                        user_id: k.owner,
+                        roles: k.roles,
                         method: Method::ApiKey,
                         jti: None,
                         exp: None,
                         sid: None,
+                        key_id: Some(k.id).filter(|id| !id.is_empty()),
                     });
                 // Invalid keys are remembered briefly too, so a client
                 // retrying a bad key does not hammer the security service.
@@ -314,25 +265,24 @@ impl Authenticator {
                 } else {
                     self.api_key_ttl.min(Duration::from_secs(5))
                 };
-                self.keys.insert(hashed, v.clone(), ttl, now);
+                self.keys.insert(hashed.clone(), v.clone(), ttl, now);
                 v
             }
         };
-        found.ok_or_else(|| {
-            err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "invalid API key",
-            )
-        })
+        let id = found.ok_or_else(invalid)?;
+        // A cached key may have been revoked since: the list says so at once.
+        if let (Some(r), Some(key_id)) = (&self.revocations, &id.key_id) {
+            let revoked = r.api_key_revoked(key_id).await.map_err(|e| {
+                tracing::warn!(error = %e, "revocation list unavailable");
+                unavailable()
+            })?;
+            if revoked {
+                self.keys.insert(hashed, None, self.api_key_ttl, now);
+                return Err(invalid());
+            }
+        }
+        Ok(id)
     }
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The bearer token of a request, if any.
@@ -365,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_credentials_are_401() {
-        let a = Authenticator::new(None, None, Duration::from_secs(5), Duration::from_secs(30));
+        let a = Authenticator::new(None, None, None, Duration::from_secs(30));
         let e = a.authenticate(&HeaderMap::new(), "r1").await.unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         let mut h = HeaderMap::new();

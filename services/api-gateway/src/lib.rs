@@ -8,20 +8,27 @@
 //!    segments or encoded slashes);
 //! 2. per-IP token bucket in Redis (429 + `Retry-After`);
 //! 3. authentication unless the route is public: `Authorization: Bearer`
-//!    JWT (EdDSA, keys from `JWKS_URL`, plus the security service's
-//!    revocation list, answers cached `REVOCATION_CACHE_SECS`) or `X-API-Key`
-//!    (verified by the security service, cached `API_KEY_CACHE_SECS`) → 401;
+//!    JWT (EdDSA, keys from `JWKS_URL`, `iss`/`aud` = `JWT_ISSUER`/
+//!    `JWT_AUDIENCE`, plus the shared revocation list `revoked:*` in Redis,
+//!    read on every request: no cache) or `X-API-Key` (verified by the
+//!    security service, cached `API_KEY_CACHE_SECS`, but checked against
+//!    `revoked:apikey:<id>` on every request) → 401; 503 when the list
+//!    cannot be read;
 //! 4. RBAC from the route table → 403;
 //! 5. per-user token bucket → 429;
 //! 6. the upstream's circuit breaker → 503 + `Retry-After` while open;
 //! 7. forwarding with streamed bodies, identity headers (`x-user-id`,
-//!    `x-user-roles`, `x-auth-method`; client copies stripped),
+//!    `x-user-roles`, `x-auth-method`) with their proof
+//!    (`x-identity-timestamp`, `x-identity-proof`: HMAC-SHA256 over them,
+//!    the method and the upstream path and query, keyed with
+//!    `INTERNAL_AUTH_KEY_FILE`; see `kit::identity`; client copies of all
+//!    five stripped),
 //!    `x-request-id`, `x-forwarded-for`; idempotent methods retried once on
 //!    a connect error (or a connection closed before any answer); 504 after `UPSTREAM_TIMEOUT` without response headers.
 //!
-//! A successful `POST /api/v1/user-management/auth/logout` also revokes the
-//! caller's access token (`jti`) and its session (`sid:<sid>`) in the
-//! security service; both are checked for every JWT.
+//! Revocations are written by user-management (logout, password change,
+//! force logout, disable, role change, delete) and security (single tokens,
+//! API keys) to the shared list, which every replica reads per request.
 //!
 //! Environment (besides kit's `PORT`, `REDIS_URL`, `JWKS_URL`, ...):
 //!
@@ -29,15 +36,17 @@
 //! |---|---|---|
 //! | `SERVICE_URL_<NAME>` | — | upstreams (http only) |
 //! | `SERVICE_TOKEN_FILE` | — | shared token sent to the security service |
+//! | `INTERNAL_AUTH_KEY_FILE` | — | per-stack key signing every forwarded identity (without it upstreams accept no forwarded identity) |
+//! | `JWT_ISSUER` / `JWT_AUDIENCE` | `user-management` / `ai-assistants-1c` | required `iss` / `aud` |
+//! | `REDIS_USERNAME`, `REDIS_PASSWORD_FILE` | — | the gateway's Redis ACL user |
 //! | `RATE_LIMIT_RPS` / `RATE_LIMIT_BURST` | 20 / 40 | token bucket per IP and per user (0 disables) |
 //! | `CORS_ORIGINS` | — | comma-separated allowed origins, `*` for any; unset: no CORS |
 //! | `UPSTREAM_TIMEOUT` | 25 | seconds to the upstream's response headers |
 //! | `UPSTREAM_CONNECT_TIMEOUT` | 2 | seconds |
 //! | `BREAKER_THRESHOLD` / `BREAKER_COOLDOWN` | 5 / 10 | consecutive failures to open; seconds before the half-open probe |
-//! | `REVOCATION_CACHE_SECS` / `API_KEY_CACHE_SECS` | 5 / 30 | cache lifetimes |
+//! | `API_KEY_CACHE_SECS` | 30 | how long a verified key is cached (revocations still apply at once) |
 //! | `TRUST_FORWARDED_FOR` | true | client IP = last `X-Forwarded-For` entry (set by Nginx) instead of the TCP peer |
-//! | `REDIS_KEY_PREFIX` | `gateway:` | prefix of the rate-limit keys |
-//! | `SESSION_REVOCATION_SECS` | 3600 | how long a logged-out session stays listed (≥ access-token TTL) |
+//! | `REDIS_KEY_PREFIX` | `<SERVICE_NAME>:` (`api-gateway:`) | prefix of the rate-limit keys |
 //!
 //! Breaker failures are connect errors, timeouts, other transport errors and
 //! 502/503/504 answers; any other status counts as success.
@@ -62,7 +71,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use kit::http::RequestId;
-use kit::{ApiError, Secret, Verifier};
+use kit::revocation::Revocations;
+use kit::{ApiError, InternalAuthKey, Secret, Verifier};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{Authenticator, Identity, SecurityClient};
@@ -80,6 +90,11 @@ pub struct GatewayConfig {
     /// service name → base URL (`http://host:port[/prefix]`).
     pub upstreams: BTreeMap<String, String>,
     pub jwks_url: Option<String>,
+    /// Required `iss` / `aud` of access tokens (`None`: not checked).
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Signs every forwarded identity (`INTERNAL_AUTH_KEY_FILE`).
+    pub internal_auth: Option<InternalAuthKey>,
     pub service_token: Option<Secret<String>>,
     pub redis_url: Option<Secret<String>>,
     pub redis_prefix: String,
@@ -90,10 +105,8 @@ pub struct GatewayConfig {
     pub upstream_connect_timeout: Duration,
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
-    pub revocation_cache: Duration,
     pub api_key_cache: Duration,
     pub trust_forwarded_for: bool,
-    pub session_revocation: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub connect_retry: Duration,
@@ -107,9 +120,12 @@ impl GatewayConfig {
             port: 3000,
             upstreams,
             jwks_url: None,
+            jwt_issuer: Some(kit::config::DEFAULT_JWT_ISSUER.into()),
+            jwt_audience: Some(kit::config::DEFAULT_JWT_AUDIENCE.into()),
+            internal_auth: None,
             service_token: None,
             redis_url: None,
-            redis_prefix: "gateway:".into(),
+            redis_prefix: "api-gateway:".into(),
             rate_limit_rps: 20.0,
             rate_limit_burst: 40.0,
             cors_origins: Vec::new(),
@@ -117,10 +133,8 @@ impl GatewayConfig {
             upstream_connect_timeout: Duration::from_secs(2),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(10),
-            revocation_cache: Duration::from_secs(5),
             api_key_cache: Duration::from_secs(30),
             trust_forwarded_for: true,
-            session_revocation: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             connect_retry: Duration::from_secs(60),
@@ -146,11 +160,12 @@ impl GatewayConfig {
                 .get("user-management")
                 .map(|u| format!("{u}/.well-known/jwks.json"))
         });
+        c.jwt_issuer = Some(cfg.jwt_issuer.clone());
+        c.jwt_audience = Some(cfg.jwt_audience.clone());
+        c.internal_auth = cfg.internal_auth_key.clone();
         c.service_token = env.secret("SERVICE_TOKEN")?;
         c.redis_url = cfg.redis_url.clone();
-        c.redis_prefix = env
-            .var("REDIS_KEY_PREFIX")
-            .unwrap_or_else(|| "gateway:".into());
+        c.redis_prefix = cfg.redis_key_prefix.clone();
         c.rate_limit_rps = env.parse_or("RATE_LIMIT_RPS", c.rate_limit_rps)?;
         c.rate_limit_burst = env.parse_or("RATE_LIMIT_BURST", c.rate_limit_burst)?;
         c.cors_origins = env
@@ -167,11 +182,16 @@ impl GatewayConfig {
             env.duration_secs_or("UPSTREAM_CONNECT_TIMEOUT", c.upstream_connect_timeout)?;
         c.breaker_threshold = env.parse_or("BREAKER_THRESHOLD", c.breaker_threshold)?;
         c.breaker_cooldown = env.duration_secs_or("BREAKER_COOLDOWN", c.breaker_cooldown)?;
-        c.revocation_cache = env.duration_secs_or("REVOCATION_CACHE_SECS", c.revocation_cache)?;
         c.api_key_cache = env.duration_secs_or("API_KEY_CACHE_SECS", c.api_key_cache)?;
         c.trust_forwarded_for = env.parse_or("TRUST_FORWARDED_FOR", true)?;
-        c.session_revocation =
-            env.duration_secs_or("SESSION_REVOCATION_SECS", c.session_revocation)?;
+        for gone in ["REVOCATION_CACHE_SECS", "SESSION_REVOCATION_SECS"] {
+            if env.var(gone).is_some() {
+                tracing::warn!(
+                    variable = gone,
+                    "ignored: revocations are read from the shared Redis list on every request"
+                );
+            }
+        }
         c.request_timeout = cfg.request_timeout;
         c.shutdown_timeout = cfg.shutdown_timeout;
         c.connect_retry = cfg.connect_timeout;
@@ -367,14 +387,26 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let peer_ip = peer
         .map(|p| p.ip().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let headers = proxy::upstream_headers(
+    let mut headers = proxy::upstream_headers(
         parts.headers,
         &peer_ip,
         identity
             .as_ref()
             .map(|i| (i.user_id.as_str(), i.roles.as_slice(), i.method.as_str())),
     );
-    let method = parts.method.clone();
+    // The proof that this identity comes from the gateway, for this very
+    // method, path and query, now.
+    if let (Some(id), Some(key)) = (&identity, &gw.cfg.internal_auth) {
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        if let Err(e) = key.sign_into(&mut headers, &parts.method, pq, &id.forwarded()) {
+            tracing::warn!(error = %e, "cannot sign the forwarded identity");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_identity",
+                "the identity cannot be forwarded",
+            );
+        }
+    }
     let start = Instant::now();
     let result = proxy::forward(
         &gw.client,
@@ -404,15 +436,6 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
                 .upstream_requests
                 .with_label_values(&[name, class])
                 .inc();
-            if status.is_success()
-                && method == Method::POST
-                && target.service == "user-management"
-                && target.upstream_path.trim_end_matches('/') == "/auth/logout"
-            {
-                if let Some(id) = &identity {
-                    revoke_on_logout(&gw, id, &request_id).await;
-                }
-            }
             proxy::downstream_response(resp)
         }
         Err(e) => {
@@ -446,33 +469,6 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
                 .with_label_values(&[name, outcome])
                 .inc();
             error(status, code, format!("{name}: {code}"))
-        }
-    }
-}
-
-/// After a successful logout: revoke the caller's access token and its
-/// whole session, so every access token of the session is refused here even
-/// before it expires. Session entries live `SESSION_REVOCATION_SECS` (at
-/// least the access-token lifetime).
-async fn revoke_on_logout(gw: &Gateway, id: &Identity, request_id: &str) {
-    let (Some(jti), Some(exp)) = (&id.jti, id.exp) else {
-        return;
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut entries = vec![(jti.clone(), exp)];
-    if let Some(sid) = &id.sid {
-        let session_exp = exp.max(now + gw.cfg.session_revocation.as_secs() as i64);
-        entries.push((auth::session_key(sid), session_exp));
-    }
-    for (key, until) in entries {
-        gw.auth.remember_revocation(&key, true, until);
-        if let Some(sec) = &gw.auth.security {
-            if let Err(e) = sec.revoke(&key, until, request_id).await {
-                tracing::error!(error = %e, "cannot revoke on logout");
-            }
         }
     }
 }
@@ -558,13 +554,18 @@ pub async fn build(cfg: GatewayConfig) -> anyhow::Result<Router> {
 
     let mut infra = kit::Infra::named(&cfg.service_name, env!("CARGO_PKG_VERSION"));
     infra.request_timeout = cfg.request_timeout;
+    let redis = match &cfg.redis_url {
+        Some(url) => {
+            let conn = kit::db::connect_redis(url.expose(), cfg.connect_retry).await?;
+            infra = infra.with_redis(conn.clone());
+            Some(conn)
+        }
+        None => None,
+    };
     let limiter = if cfg.rate_limit_rps > 0.0 {
-        let url = cfg
-            .redis_url
-            .as_ref()
+        let conn = redis
+            .clone()
             .context("REDIS_URL is required for rate limiting (or set RATE_LIMIT_RPS=0)")?;
-        let conn = kit::db::connect_redis(url.expose(), cfg.connect_retry).await?;
-        infra = infra.with_redis(conn.clone());
         Some((
             RateLimiter::new(cfg.rate_limit_rps, cfg.rate_limit_burst, &cfg.redis_prefix),
             conn,
@@ -573,9 +574,25 @@ pub async fn build(cfg: GatewayConfig) -> anyhow::Result<Router> {
         tracing::warn!("rate limiting disabled (RATE_LIMIT_RPS=0)");
         None
     };
+    let revocations = redis.map(Revocations::new);
+    if revocations.is_none() {
+        tracing::warn!("no REDIS_URL: revoked tokens and API keys are honoured until they expire");
+    }
+    if cfg.internal_auth.is_none() {
+        tracing::warn!(
+            "INTERNAL_AUTH_KEY_FILE not set: forwarded identities are unsigned, and upstreams \
+             accept none of them (API-key callers cannot reach kit services)"
+        );
+    }
 
     let verifier = cfg.jwks_url.as_ref().map(|u| {
-        let v = Verifier::from_url(u.clone());
+        let mut v = Verifier::from_url(u.clone());
+        if let Some(iss) = &cfg.jwt_issuer {
+            v = v.with_issuer(iss.clone());
+        }
+        if let Some(aud) = &cfg.jwt_audience {
+            v = v.with_audience(aud.clone());
+        }
         v.spawn_refresh(Duration::from_secs(300));
         v
     });
@@ -587,17 +604,17 @@ pub async fn build(cfg: GatewayConfig) -> anyhow::Result<Router> {
         .get("security")
         .map(|u| SecurityClient::new(u.clone(), cfg.service_token.clone(), Duration::from_secs(3)));
     if security.is_none() {
-        tracing::warn!("no SERVICE_URL_SECURITY: no API keys and no token revocation checks");
+        tracing::warn!("no SERVICE_URL_SECURITY: no API keys");
     } else if cfg.service_token.is_none() {
         tracing::warn!(
-            "SERVICE_TOKEN_FILE not set: the security service will refuse the gateway's \
-             revocation checks and API key verification"
+            "SERVICE_TOKEN_FILE not set: the security service will refuse the gateway's API key \
+             verification"
         );
     }
     let metrics = GatewayMetrics::register(infra.metrics.registry(), Arc::new(breakers))?;
     let gw = Arc::new(Gateway {
         client: proxy::client(cfg.upstream_connect_timeout),
-        auth: Authenticator::new(verifier, security, cfg.revocation_cache, cfg.api_key_cache),
+        auth: Authenticator::new(verifier, security, revocations, cfg.api_key_cache),
         upstreams,
         limiter,
         metrics,

@@ -14,8 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Identity headers the gateway sets; any client-sent copies are removed.
-pub const IDENTITY_HEADERS: &[&str] = &["x-user-id", "x-user-roles", "x-auth-method"];
+/// Identity headers the gateway sets (with their proof); any client-sent
+/// copies are removed.
+pub const IDENTITY_HEADERS: &[&str] = kit::identity::HEADERS;
 
 /// Headers that only concern one connection (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -274,6 +275,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user-id", "admin".parse().unwrap());
         h.insert("x-user-roles", "admin".parse().unwrap());
+        h.insert("x-identity-proof", "v1=00".parse().unwrap());
+        h.insert("x-identity-timestamp", "1".parse().unwrap());
         h.insert("x-service-token", "guess".parse().unwrap());
         h.insert("x-api-key", "sk_secret".parse().unwrap());
         h.insert("host", "evil".parse().unwrap());
@@ -281,6 +284,8 @@ mod tests {
         let out = upstream_headers(h.clone(), "192.0.2.7", None);
         assert!(!out.contains_key("x-user-id"));
         assert!(!out.contains_key("x-user-roles"));
+        assert!(!out.contains_key("x-identity-proof"));
+        assert!(!out.contains_key("x-identity-timestamp"));
         assert!(!out.contains_key("x-service-token"));
         assert!(!out.contains_key("x-api-key"));
         assert!(!out.contains_key("host"));

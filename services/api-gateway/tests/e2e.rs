@@ -25,6 +25,12 @@ use tokio::net::TcpListener;
 const ADMIN_EMAIL: &str = "admin@localhost";
 const ADMIN_PW: &str = "Admin-Password-1";
 const SERVICE_TOKEN: &str = "e2e-service-token-0123456789";
+/// The per-stack key the gateway signs forwarded identities with.
+const INTERNAL_KEY: &str = "e2e-internal-auth-key-0123456789abcdef";
+
+fn internal_key() -> kit::InternalAuthKey {
+    kit::InternalAuthKey::new(&Secret::new(INTERNAL_KEY.into())).unwrap()
+}
 
 // ---------------------------------------------------------------------------
 // A small upstream: echoes what it received; streams on request.
@@ -44,7 +50,18 @@ async fn echo(req: Request) -> axum::Json<Value> {
         len += chunk.expect("body chunk").len();
     }
     let h = &parts.headers;
+    // What a kit upstream would conclude from the identity headers.
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let proof = match internal_key().verify(&parts.method, pq, h) {
+        Ok(id) => json!(format!("ok:{}", id.user_id)),
+        Err(e) => json!(e.to_string()),
+    };
     axum::Json(json!({
+        "proof": proof,
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
@@ -55,6 +72,8 @@ async fn echo(req: Request) -> axum::Json<Value> {
         "x-request-id": pick(h, "x-request-id"),
         "x-forwarded-for": pick(h, "x-forwarded-for"),
         "x-service-token": pick(h, "x-service-token"),
+        "x-identity-timestamp": pick(h, "x-identity-timestamp"),
+        "x-identity-proof": pick(h, "x-identity-proof"),
     }))
 }
 
@@ -196,9 +215,13 @@ impl Stack {
         )
         .await
         .unwrap();
-        let state = user_management::AppState::new(pool.clone(), s)
+        let redis = kit::db::connect_redis(&test_redis_url(), Duration::from_secs(5))
             .await
             .unwrap();
+        let state = user_management::AppState::new(pool.clone(), s)
+            .await
+            .unwrap()
+            .with_revocations(kit::revocation::Revocations::new(redis));
         let infra = Infra::named("user-management", "test").with_pg(pool);
         serve(user_management::app(state, &infra), um_l).await;
 
@@ -210,6 +233,9 @@ impl Stack {
             redis_url: Secret::new(test_redis_url()),
             redis_prefix: redis_prefix(),
             jwks_url: Some(format!("{um}/.well-known/jwks.json")),
+            jwt_issuer: Some("user-management".into()),
+            jwt_audience: Some("ai-assistants-1c".into()),
+            internal_auth: Some(internal_key()),
             encryption_key: Secret::new([5u8; 32]),
             service_token: Some(Secret::new(SERVICE_TOKEN.into())),
             connect_timeout: Duration::from_secs(5),
@@ -236,14 +262,14 @@ impl Stack {
         let mut c = GatewayConfig::new(up);
         c.jwks_url = Some(format!("{}/.well-known/jwks.json", self.um));
         c.service_token = Some(Secret::new(SERVICE_TOKEN.into()));
+        c.internal_auth = Some(internal_key());
         c.redis_url = Some(Secret::new(test_redis_url()));
         c.redis_prefix = redis_prefix();
         c.rate_limit_rps = 1000.0;
         c.rate_limit_burst = 1000.0;
         c.breaker_threshold = 3;
         c.breaker_cooldown = Duration::from_secs(1);
-        c.api_key_cache = Duration::from_millis(500);
-        c.revocation_cache = Duration::from_millis(500);
+        c.api_key_cache = Duration::from_secs(30);
         c.connect_retry = Duration::from_secs(5);
         c
     }
@@ -396,6 +422,11 @@ async fn auth_flow_rbac_identity_headers_and_logout_revocation() {
     );
     assert_eq!(v["x-user-roles"], "viewer");
     assert_eq!(v["x-auth-method"], "jwt");
+    assert_eq!(
+        v["proof"],
+        format!("ok:{user_id}"),
+        "the forwarded identity carries the gateway's proof"
+    );
     assert_eq!(v["x-service-token"], Value::Null);
     assert_eq!(v["x-request-id"], "req-e2e-1");
     assert_eq!(v["x-forwarded-for"], "127.0.0.1");
@@ -463,8 +494,8 @@ async fn auth_flow_rbac_identity_headers_and_logout_revocation() {
         assert_eq!(st, 401, "{v}");
         assert_eq!(v["error"]["code"], "token_revoked", "{v}");
     }
-    // A second gateway replica (empty caches) refuses them too: the
-    // revocation lives in the security service.
+    // A second gateway replica refuses them too: the revocation lives in
+    // the shared list.
     let gw2 = stack.gateway(stack.config()).await;
     let (st, v) = gw2
         .call(M::GET, "/api/v1/ai-assistant/echo", Some(&t1), None)
@@ -532,6 +563,10 @@ async fn admin_routes_and_api_keys() {
     assert_eq!(v["x-user-id"], "svc-bot");
     assert_eq!(v["x-user-roles"], "analyst");
     assert_eq!(v["x-auth-method"], "api_key");
+    assert_eq!(
+        v["proof"], "ok:svc-bot",
+        "API-key callers carry the same proof"
+    );
     let (st, _) = json_of(with_key("/api/v1/security/audit").await.unwrap()).await;
     assert_eq!(st, 403, "analyst key is not admin");
     let (st, v) = json_of(
@@ -545,7 +580,8 @@ async fn admin_routes_and_api_keys() {
     assert_eq!(st, 401, "{v}");
     assert_eq!(v["error"]["code"], "invalid_api_key");
 
-    // Revoke; after the gateway's short cache the key is refused.
+    // Revoke: although the gateway caches the verified key for 30 s, the
+    // next request is refused (the revocation list is read every time).
     let (st, v) = gw
         .call(
             M::DELETE,
@@ -555,9 +591,14 @@ async fn admin_routes_and_api_keys() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (st, _) = json_of(with_key("/api/v1/analytics/usage").await.unwrap()).await;
-    assert_eq!(st, 401);
+    let revoked_at = Instant::now();
+    let (st, v) = json_of(with_key("/api/v1/analytics/usage").await.unwrap()).await;
+    println!(
+        "revoked API key refused by the gateway {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_api_key");
 
     // The security audit chain recorded it and still verifies.
     let (st, v) = gw
@@ -863,4 +904,201 @@ async fn cors_preflight_from_configured_origin() {
         .await
         .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn every_revocation_is_refused_by_the_gateway_within_a_second() {
+    let stack = Stack::start().await;
+    let gw = stack.gateway(stack.config()).await;
+    let gw2 = stack.gateway(stack.config()).await;
+    let admin = gw.login(ADMIN_EMAIL, ADMIN_PW).await;
+    let at = admin["access_token"].as_str().unwrap().to_string();
+    let (st, v) = gw
+        .call(
+            M::POST,
+            "/api/v1/user-management/users",
+            Some(&at),
+            Some(json!({"email": "rev@example.com", "password": "Revoke-Pass-1"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let uid = v["id"].as_str().unwrap().to_string();
+
+    /// Runs `revoke`, then polls both gateway replicas with `token` until
+    /// they refuse it; returns the delay.
+    async fn refused_after(
+        gws: [&Gw; 2],
+        token: &str,
+        revoke: impl std::future::Future<Output = ()>,
+    ) -> Duration {
+        for g in gws {
+            let (st, v) = g
+                .call(M::GET, "/api/v1/ai-assistant/echo", Some(token), None)
+                .await;
+            assert_eq!(st, 200, "accepted before the revocation: {v}");
+        }
+        revoke.await;
+        let start = Instant::now();
+        loop {
+            let mut refused = 0;
+            for g in gws {
+                let (st, v) = g
+                    .call(M::GET, "/api/v1/ai-assistant/echo", Some(token), None)
+                    .await;
+                if st == 401 {
+                    assert_eq!(v["error"]["code"], "token_revoked", "{v}");
+                    refused += 1;
+                }
+            }
+            if refused == 2 {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "still accepted after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let login = |pw: &'static str| {
+        let gw = &gw;
+        async move {
+            let v = gw.login("rev@example.com", pw).await;
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let mut delays = Vec::new();
+
+    // Admin force logout.
+    let t = login("Revoke-Pass-1").await;
+    let d = refused_after([&gw, &gw2], &t, async {
+        let (st, v) = gw
+            .call(
+                M::DELETE,
+                &format!("/api/v1/user-management/users/{uid}/sessions"),
+                Some(&at),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    })
+    .await;
+    delays.push(("force logout", d));
+
+    // Role change.
+    let t = login("Revoke-Pass-1").await;
+    let d = refused_after([&gw, &gw2], &t, async {
+        let (st, v) = gw
+            .call(
+                M::PUT,
+                &format!("/api/v1/user-management/users/{uid}/roles"),
+                Some(&at),
+                Some(json!({"roles": ["analyst"]})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    })
+    .await;
+    delays.push(("role change", d));
+
+    // Password change (the other sessions).
+    let other = login("Revoke-Pass-1").await;
+    let me = login("Revoke-Pass-1").await;
+    let d = refused_after([&gw, &gw2], &other, async {
+        let (st, v) = gw
+            .call(
+                M::POST,
+                "/api/v1/user-management/auth/password",
+                Some(&me),
+                Some(json!({"current_password": "Revoke-Pass-1", "new_password": "Revoke-Pass-2"})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    })
+    .await;
+    delays.push(("password change", d));
+
+    // Refresh-token reuse.
+    let v = gw.login("rev@example.com", "Revoke-Pass-2").await;
+    let (t, rt) = (
+        v["access_token"].as_str().unwrap().to_string(),
+        v["refresh_token"].clone(),
+    );
+    let d = refused_after([&gw, &gw2], &t, async {
+        let refresh = || {
+            gw.call(
+                M::POST,
+                "/api/v1/user-management/auth/refresh",
+                None,
+                Some(json!({"refresh_token": rt})),
+            )
+        };
+        assert_eq!(refresh().await.0, 200);
+        let (st, v) = refresh().await;
+        assert_eq!(v["error"]["code"], "refresh_token_reused", "{st} {v}");
+    })
+    .await;
+    delays.push(("refresh-token reuse", d));
+
+    // Disable.
+    let t = login("Revoke-Pass-2").await;
+    let d = refused_after([&gw, &gw2], &t, async {
+        let (st, v) = gw
+            .call(
+                M::PATCH,
+                &format!("/api/v1/user-management/users/{uid}"),
+                Some(&at),
+                Some(json!({"is_active": false})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    })
+    .await;
+    delays.push(("disable", d));
+
+    for (what, d) in &delays {
+        println!("{what}: the gateway (2 replicas) refused the token {d:?} after the revocation answered");
+    }
+}
+
+#[tokio::test]
+async fn forged_identity_headers_never_reach_an_upstream_as_an_identity() {
+    let stack = Stack::start().await;
+    let gw = stack.gateway(stack.config()).await;
+    // Straight to the upstream (as anything on a shared network could):
+    // headers without the gateway's proof are not an identity.
+    let r = reqwest::Client::new()
+        .get(format!("{}/chat", stack.echo.url()))
+        .header("x-user-id", "admin-1")
+        .header("x-user-roles", "admin")
+        .header("x-auth-method", "jwt")
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = json_of(r).await;
+    assert_eq!(v["proof"], "identity headers without a proof");
+    // A proof copied from a real request does not fit another path.
+    let login = gw.login(ADMIN_EMAIL, ADMIN_PW).await;
+    let t = login["access_token"].as_str().unwrap();
+    let (_, seen) = gw
+        .call(M::GET, "/api/v1/ai-assistant/chat", Some(t), None)
+        .await;
+    let r = reqwest::Client::new()
+        .delete(format!("{}/conversations", stack.echo.url()))
+        .header("x-user-id", seen["x-user-id"].as_str().unwrap())
+        .header("x-user-roles", seen["x-user-roles"].as_str().unwrap())
+        .header("x-auth-method", "jwt")
+        .header(
+            "x-identity-timestamp",
+            seen["x-identity-timestamp"].as_str().unwrap(),
+        )
+        .header(
+            "x-identity-proof",
+            seen["x-identity-proof"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = json_of(r).await;
+    assert_eq!(v["proof"], "identity proof does not match");
 }
