@@ -48,48 +48,20 @@ pub fn bsl_check_max_bytes() -> usize {
 /// Turns of history handed to the provider.
 pub const HISTORY_TURNS: i64 = 20;
 
-/// How the caller is identified.
+/// How the caller is identified (kit's [`kit::AuthUser`] does the work).
 #[derive(Clone)]
 pub enum AuthMode {
-    /// `Authorization: Bearer <jwt>` verified with kit's verifier (JWKS_URL);
-    /// the user id is the token's `sub`. The api-gateway forwards the header.
+    /// `Authorization: Bearer <jwt>` verified with kit's verifier (JWKS_URL,
+    /// `iss`/`aud` required); the user id is the token's `sub`.
     Jwt(kit::Verifier),
-    /// `X-User-Id` set by the api-gateway after it verified the token
-    /// (TRUST_X_USER_ID=true; only behind the gateway on the internal network).
-    TrustedHeader,
-    /// Both (JWKS_URL and TRUST_X_USER_ID=true): a bearer token, when sent,
-    /// is verified and decides; otherwise `X-User-Id` from the gateway
-    /// (callers that used an API key reach the service without a JWT).
-    JwtOrTrustedHeader(kit::Verifier),
-}
-
-async fn jwt_user(
-    parts: &mut Parts,
-    state: &AppState,
-    verifier: &kit::Verifier,
-) -> Result<CurrentUser, Response> {
-    parts.extensions.insert(verifier.clone());
-    let user = kit::AuthUser::from_request_parts(parts, state)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    Ok(CurrentUser(user.sub.clone()))
-}
-
-fn header_user(parts: &Parts) -> Result<CurrentUser, ApiError> {
-    parts
-        .headers
-        .get("x-user-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(|v| CurrentUser(v.to_string()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_user",
-                "the X-User-Id header (set by the api-gateway) is required",
-            )
-        })
+    /// Only identities the api-gateway proved (`x-user-id` & co. with the
+    /// HMAC of `INTERNAL_AUTH_KEY_FILE`, see `kit::identity`): API-key and
+    /// JWT callers alike. A bare `X-User-Id` is refused.
+    Gateway(kit::InternalAuthKey),
+    /// Both: a bearer token, when sent, is verified and decides; otherwise
+    /// the gateway's proved identity (callers that used an API key reach
+    /// the service without a JWT).
+    JwtOrGateway(kit::Verifier, kit::InternalAuthKey),
 }
 
 #[derive(Clone)]
@@ -111,16 +83,21 @@ impl FromRequestParts<AppState> for CurrentUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         match &state.auth {
-            AuthMode::Jwt(verifier) => jwt_user(parts, state, verifier).await,
-            AuthMode::TrustedHeader => header_user(parts).map_err(IntoResponse::into_response),
-            AuthMode::JwtOrTrustedHeader(verifier) => {
-                if parts.headers.contains_key(header::AUTHORIZATION) {
-                    jwt_user(parts, state, verifier).await
-                } else {
-                    header_user(parts).map_err(IntoResponse::into_response)
-                }
+            AuthMode::Jwt(v) => {
+                parts.extensions.insert(v.clone());
+            }
+            AuthMode::Gateway(k) => {
+                parts.extensions.insert(k.clone());
+            }
+            AuthMode::JwtOrGateway(v, k) => {
+                parts.extensions.insert(v.clone());
+                parts.extensions.insert(k.clone());
             }
         }
+        let user = kit::AuthUser::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(CurrentUser(user.sub.clone()))
     }
 }
 

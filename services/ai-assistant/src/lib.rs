@@ -12,13 +12,17 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `JWKS_URL` | verify `Authorization: Bearer` JWTs (user = `sub`) |
-//! | `TRUST_X_USER_ID=true` | trust `X-User-Id` from the api-gateway (when no bearer token is sent) |
+//! | `JWKS_URL` | verify `Authorization: Bearer` JWTs (user = `sub`; `iss`/`aud` = `JWT_ISSUER`/`JWT_AUDIENCE`) |
+//! | `INTERNAL_AUTH_KEY_FILE` | accept identities the api-gateway proved (HMAC, see `kit::identity`) when no bearer token is sent: API-key callers |
 //! | `LLM_BASE_URL`, `LLM_MODEL`, `LLM_API_KEY_FILE` | OpenAI-compatible provider (else offline) |
 //! | `LLM_TIMEOUT` (s, 60), `LLM_MAX_RETRIES` (2), `LLM_RETRY_BACKOFF_MS` (250) | its limits |
 //! | `SERVICE_URL_1C_INTEGRATION` | metadata questions via `GET /metadata` |
 //! | `SERVICE_URL_ANALYTICS`, `INGEST_TOKEN_FILE` | question/answer events to `POST /events` |
 //! | `ANALYTICS_QUEUE` (1000) | bounded analytics queue size |
+//!
+//! `TRUST_X_USER_ID` is gone: a bare `X-User-Id` is never trusted (anything
+//! on a shared network could send one). A config that still sets it gets a
+//! warning at start and the variable is ignored.
 
 pub mod analytics;
 pub mod api;
@@ -60,16 +64,23 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(cfg: &kit::Config, env: &kit::config::Env) -> anyhow::Result<Self> {
-        let trust_header = env
-            .var("TRUST_X_USER_ID")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
-        let auth = match (&cfg.jwks_url, trust_header) {
-            (Some(url), true) => AuthMode::JwtOrTrustedHeader(kit::Verifier::from_url(url.clone())),
-            (Some(url), false) => AuthMode::Jwt(kit::Verifier::from_url(url.clone())),
-            (None, true) => AuthMode::TrustedHeader,
-            (None, false) => anyhow::bail!(
-                "JWKS_URL is required to identify users (or TRUST_X_USER_ID=true when only \
-                 the api-gateway can reach this service and sets X-User-Id)"
+        if let Some(warning) = trust_x_user_id_warning(env) {
+            tracing::warn!("{warning}");
+        }
+        let auth = match (cfg.verifier(), cfg.internal_auth_key.clone()) {
+            (Some(v), Some(k)) => AuthMode::JwtOrGateway(v, k),
+            (Some(v), None) => {
+                tracing::warn!(
+                    "INTERNAL_AUTH_KEY_FILE is not set: only bearer JWTs are accepted (API-key \
+                     callers of the gateway cannot use the assistant)"
+                );
+                AuthMode::Jwt(v)
+            }
+            (None, Some(k)) => AuthMode::Gateway(k),
+            (None, None) => anyhow::bail!(
+                "JWKS_URL or INTERNAL_AUTH_KEY_FILE is required to identify users \
+                 (TRUST_X_USER_ID no longer exists: the api-gateway proves identities with \
+                 the INTERNAL_AUTH_KEY_FILE secret)"
             ),
         };
         Ok(Settings {
@@ -81,6 +92,18 @@ impl Settings {
             analytics_queue: env.parse_or("ANALYTICS_QUEUE", 1000usize)?,
         })
     }
+}
+
+/// The start-up warning for a config that still sets `TRUST_X_USER_ID`.
+pub fn trust_x_user_id_warning(env: &kit::config::Env) -> Option<String> {
+    env.var("TRUST_X_USER_ID").map(|v| {
+        format!(
+            "TRUST_X_USER_ID={v} is no longer supported and is ignored: X-User-Id is never \
+             trusted on its own. The api-gateway now signs every identity it forwards with the \
+             per-stack key INTERNAL_AUTH_KEY_FILE (secret internal-auth-key); give this service \
+             that secret and remove TRUST_X_USER_ID"
+        )
+    })
 }
 
 /// Builds the application state (knowledge-base index, provider, clients);
@@ -124,7 +147,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cfg = kit::Config::from_env(SERVICE_NAME, DEFAULT_PORT)?;
     let env = kit::config::Env::process();
     let settings = Settings::from_env(&cfg, &env)?;
-    if let AuthMode::Jwt(v) | AuthMode::JwtOrTrustedHeader(v) = &settings.auth {
+    if let AuthMode::Jwt(v) | AuthMode::JwtOrGateway(v, _) = &settings.auth {
         v.spawn_refresh(Duration::from_secs(300));
     }
     let pool = kit::db::connect_pg(

@@ -54,12 +54,38 @@ async fn start(settings: Settings) -> Svc {
     }
 }
 
+/// The per-stack key the (test) api-gateway signs identities with.
+fn gateway_key() -> kit::InternalAuthKey {
+    kit::InternalAuthKey::new(&kit::Secret::new(
+        "ai-assistant-test-internal-key-0123456789".into(),
+    ))
+    .unwrap()
+}
+
+/// The headers the api-gateway sets for `user` on `method path`.
+fn proved(method: &reqwest::Method, path: &str, user: &str) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    let id = kit::identity::ForwardedIdentity {
+        user_id: user.into(),
+        roles: vec!["viewer".into()],
+        method: kit::identity::AuthMethod::ApiKey,
+    };
+    gateway_key().sign_into(&mut h, method, path, &id).unwrap();
+    h
+}
+
 impl Svc {
+    /// A request as the api-gateway forwards it for `user`.
+    fn as_user(&self, method: reqwest::Method, path: &str, user: &str) -> reqwest::RequestBuilder {
+        let h = proved(&method, path, user);
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .headers(h)
+    }
+
     async fn chat(&self, user: &str, body: Value) -> (u16, Value) {
         let r = self
-            .http
-            .post(format!("{}/chat", self.base))
-            .header("x-user-id", user)
+            .as_user(reqwest::Method::POST, "/chat", user)
             .json(&body)
             .send()
             .await
@@ -69,9 +95,7 @@ impl Svc {
 
     async fn get(&self, user: &str, path: &str) -> (u16, Value) {
         let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("x-user-id", user)
+            .as_user(reqwest::Method::GET, path, user)
             .send()
             .await
             .unwrap();
@@ -81,7 +105,7 @@ impl Svc {
 
 #[tokio::test]
 async fn stock_question_answer_cites_register_balance_passages() {
-    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
     let (status, body) = svc
         .chat(
             "u1",
@@ -103,7 +127,7 @@ async fn stock_question_answer_cites_register_balance_passages() {
 
 #[tokio::test]
 async fn conversations_persist_per_user() {
-    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
     let (s, first) = svc
         .chat(
             "alice",
@@ -176,10 +200,12 @@ async fn conversations_persist_per_user() {
 
     // Deleting: only the owner, then it is gone.
     let del = |user: &'static str| {
-        svc.http
-            .delete(format!("{}/conversations/{cid}", svc.base))
-            .header("x-user-id", user)
-            .send()
+        svc.as_user(
+            reqwest::Method::DELETE,
+            &format!("/conversations/{cid}"),
+            user,
+        )
+        .send()
     };
     assert_eq!(del("bob").await.unwrap().status().as_u16(), 404);
     assert_eq!(del("alice").await.unwrap().status().as_u16(), 204);
@@ -192,7 +218,7 @@ async fn conversations_persist_per_user() {
 
 #[tokio::test]
 async fn code_in_message_is_checked_and_cited() {
-    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
     let msg = "Почему этот код медленный?\n```bsl\nПроцедура Заполнить(Товары)\n\tДля Каждого Строка Из Товары Цикл\n\t\tЗапрос = Новый Запрос(\"ВЫБРАТЬ 1 КАК Поле\");\n\t\tРезультат = Запрос.Выполнить();\n\tКонецЦикла;\nКонецПроцедуры\n```";
     let (s, body) = svc.chat("dev", json!({"message": msg})).await;
     assert_eq!(s, 200, "{body}");
@@ -228,11 +254,9 @@ async fn code_in_message_is_checked_and_cited() {
 
 #[tokio::test]
 async fn streaming_chat_sends_sse_and_stores_answer() {
-    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
     let r = svc
-        .http
-        .post(format!("{}/chat?stream=true", svc.base))
-        .header("x-user-id", "streamer")
+        .as_user(reqwest::Method::POST, "/chat?stream=true", "streamer")
         .json(&json!({"message": "как получить остатки товаров на складе запросом?"}))
         .send()
         .await
@@ -262,9 +286,7 @@ async fn streaming_chat_sends_sse_and_stores_answer() {
 
     // Accept: text/event-stream works too.
     let r = svc
-        .http
-        .post(format!("{}/chat", svc.base))
-        .header("x-user-id", "streamer")
+        .as_user(reqwest::Method::POST, "/chat", "streamer")
         .header("accept", "text/event-stream")
         .json(&json!({"message": "default.vrd"}))
         .send()
@@ -294,7 +316,7 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn bsl_check_endpoint_and_health() {
-    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
     let r = svc
         .http
         .post(format!("{}/bsl/check", svc.base))
@@ -381,7 +403,7 @@ async fn questions_and_answers_go_to_analytics_and_its_outage_is_harmless() {
         }),
     );
     let addr = serve(app).await;
-    let mut s = settings(AuthMode::TrustedHeader);
+    let mut s = settings(AuthMode::Gateway(gateway_key()));
     s.analytics_url = Some(format!("http://{addr}"));
     let svc = start(s).await;
     let (status, body) = svc
@@ -433,7 +455,7 @@ async fn questions_and_answers_go_to_analytics_and_its_outage_is_harmless() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let mut s = settings(AuthMode::TrustedHeader);
+    let mut s = settings(AuthMode::Gateway(gateway_key()));
     s.analytics_url = Some(format!("http://{dead}"));
     let svc = start(s).await;
     for _ in 0..3 {
@@ -479,13 +501,11 @@ async fn metadata_questions_are_answered_from_1c_integration() {
         }),
     );
     let addr = serve(app).await;
-    let mut s = settings(AuthMode::TrustedHeader);
+    let mut s = settings(AuthMode::Gateway(gateway_key()));
     s.integration_url = Some(format!("http://{addr}"));
     let svc = start(s).await;
     let r = svc
-        .http
-        .post(format!("{}/chat", svc.base))
-        .header("x-user-id", "erin")
+        .as_user(reqwest::Method::POST, "/chat", "erin")
         .header("authorization", "Bearer forwarded-token")
         .json(&json!({"message": "какие реквизиты у Справочник.Номенклатура?"}))
         .send()
@@ -549,21 +569,23 @@ fn test_verifier() -> kit::Verifier {
 }
 
 #[tokio::test]
-async fn bearer_token_wins_over_gateway_header_in_combined_mode() {
-    let svc = start(settings(AuthMode::JwtOrTrustedHeader(test_verifier()))).await;
-    // API-key caller: no bearer, the gateway's X-User-Id identifies.
+async fn bearer_token_wins_over_gateway_identity_in_combined_mode() {
+    let svc = start(settings(AuthMode::JwtOrGateway(
+        test_verifier(),
+        gateway_key(),
+    )))
+    .await;
+    // API-key caller: no bearer, the gateway's proved identity identifies.
     let (s, _) = svc
         .chat("api-key-user", json!({"message": "default.vrd"}))
         .await;
     assert_eq!(s, 200);
     let (_, list) = svc.get("api-key-user", "/conversations").await;
     assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
-    // A bearer token decides even when X-User-Id says otherwise.
+    // A bearer token decides even when a proved identity says otherwise.
     let list: Value = svc
-        .http
-        .get(format!("{}/conversations", svc.base))
+        .as_user(reqwest::Method::GET, "/conversations", "api-key-user")
         .bearer_auth(token("jwt-user"))
-        .header("x-user-id", "api-key-user")
         .send()
         .await
         .unwrap()
@@ -571,16 +593,99 @@ async fn bearer_token_wins_over_gateway_header_in_combined_mode() {
         .await
         .unwrap();
     assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
-    // An invalid token is rejected, not replaced by the header.
+    // An invalid token is rejected, not replaced by the identity headers.
     let r = svc
-        .http
-        .get(format!("{}/conversations", svc.base))
+        .as_user(reqwest::Method::GET, "/conversations", "api-key-user")
         .bearer_auth("not-a-jwt")
-        .header("x-user-id", "api-key-user")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn forged_x_user_id_is_refused() {
+    // What TRUST_X_USER_ID=true accepted: a bare header from anything on the
+    // network. Now refused in every mode.
+    for auth in [
+        AuthMode::Gateway(gateway_key()),
+        AuthMode::JwtOrGateway(test_verifier(), gateway_key()),
+    ] {
+        let svc = start(settings(auth)).await;
+        let r = svc
+            .http
+            .get(format!("{}/conversations", svc.base))
+            .header("x-user-id", "victim")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_identity_proof", "{v}");
+        // Signed by another key (another stack, or a guess): refused.
+        let mut h = reqwest::header::HeaderMap::new();
+        kit::InternalAuthKey::new(&kit::Secret::new("not-this-stacks-key-0123".into()))
+            .unwrap()
+            .sign_into(
+                &mut h,
+                &reqwest::Method::GET,
+                "/conversations",
+                &kit::identity::ForwardedIdentity {
+                    user_id: "victim".into(),
+                    roles: vec![],
+                    method: kit::identity::AuthMethod::Jwt,
+                },
+            )
+            .unwrap();
+        let r = svc
+            .http
+            .get(format!("{}/conversations", svc.base))
+            .headers(h)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        // A proof for another path (replayed): refused.
+        let r = svc
+            .http
+            .get(format!("{}/conversations", svc.base))
+            .headers(proved(&reqwest::Method::GET, "/kb/search", "victim"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        // The gateway's proof for this request: accepted.
+        let r = svc
+            .as_user(reqwest::Method::GET, "/conversations", "victim")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+}
+
+#[test]
+fn trust_x_user_id_gets_a_warning_naming_its_replacement() {
+    let env = kit::config::Env::from_pairs([("TRUST_X_USER_ID", "true")]);
+    let w = ai_assistant::trust_x_user_id_warning(&env).unwrap();
+    assert!(w.contains("no longer supported"), "{w}");
+    assert!(w.contains("INTERNAL_AUTH_KEY_FILE"), "{w}");
+    let env = kit::config::Env::from_pairs::<[(&str, &str); 0], _, _>([]);
+    assert!(ai_assistant::trust_x_user_id_warning(&env).is_none());
+    // And the variable alone no longer makes the service start.
+    let cfg = kit::Config::from_source(
+        &kit::config::Env::from_pairs([("TRUST_X_USER_ID", "true")]),
+        "ai-assistant",
+        8000,
+    )
+    .unwrap();
+    let err = Settings::from_env(
+        &cfg,
+        &kit::config::Env::from_pairs([("TRUST_X_USER_ID", "true")]),
+    )
+    .err()
+    .expect("no way to identify users");
+    assert!(err.to_string().contains("INTERNAL_AUTH_KEY_FILE"), "{err}");
 }
 
 #[tokio::test]
@@ -617,11 +722,10 @@ async fn jwt_subject_identifies_the_user() {
         .await
         .unwrap();
     assert_eq!(other["conversations"].as_array().unwrap().len(), 0);
-    // x-user-id is ignored in JWT mode.
+    // Without the gateway's key configured, even a proved identity is not
+    // accepted in JWT mode.
     let r = svc
-        .http
-        .get(format!("{}/conversations", svc.base))
-        .header("x-user-id", "user-42")
+        .as_user(reqwest::Method::GET, "/conversations", "user-42")
         .send()
         .await
         .unwrap();
@@ -669,7 +773,7 @@ fn llm_settings(addr: SocketAddr, key: &str) -> Settings {
         ("LLM_TIMEOUT", "5".to_string()),
         ("LLM_MAX_RETRIES", "0".to_string()),
     ]);
-    let mut s = settings(AuthMode::TrustedHeader);
+    let mut s = settings(AuthMode::Gateway(gateway_key()));
     s.llm = ai_assistant::llm::LlmConfig::from_env(&env).unwrap();
     s
 }
@@ -690,9 +794,7 @@ async fn chat_with_llm_provider_streams_and_maps_errors() {
     assert_eq!(body["sources"][0]["file"], "kb/query-language.md");
 
     let r = svc
-        .http
-        .post(format!("{}/chat?stream=true", svc.base))
-        .header("x-user-id", "frank")
+        .as_user(reqwest::Method::POST, "/chat?stream=true", "frank")
         .json(&json!({"conversation_id": body["conversation_id"], "message": "а обороты?"}))
         .send()
         .await
@@ -727,9 +829,7 @@ async fn chat_with_llm_provider_streams_and_maps_errors() {
         .unwrap()
         .contains("LLM_API_KEY_FILE"));
     let r = svc
-        .http
-        .post(format!("{}/chat?stream=true", svc.base))
-        .header("x-user-id", "gina")
+        .as_user(reqwest::Method::POST, "/chat?stream=true", "gina")
         .json(&json!({"message": "default.vrd"}))
         .send()
         .await
@@ -741,7 +841,7 @@ async fn chat_with_llm_provider_streams_and_maps_errors() {
 
 #[tokio::test]
 async fn short_follow_up_is_searched_with_the_previous_question() {
-    let svc = start(settings(AuthMode::TrustedHeader)).await;
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
     let (_, first) = svc
         .chat(
             "henry",
