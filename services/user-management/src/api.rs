@@ -121,8 +121,7 @@ fn invalid_credentials() -> ApiError {
 
 fn revocation_unavailable(e: redis::RedisError) -> ApiError {
     tracing::error!(error = %e, "cannot publish a revocation");
-    ApiError::unavailable("the revocation list is unavailable; nothing was changed, retry")
-        .with_retry_after(1)
+    ApiError::unavailable("the revocation list is unavailable; retry").with_retry_after(1)
 }
 
 /// Every access token of these sessions is refused by the gateway and

@@ -36,7 +36,7 @@
 //! force logout, disable, password reset, a role change and delete write
 //! `revoked:user:<id>` (tokens issued before now; the user may refresh into
 //! new roles). TTL: `ACCESS_TOKEN_TTL` + 90 s. When Redis does not answer
-//! the change is refused (503, nothing changed) rather than half done.
+//! the change is refused (503; before the commit where there is one) rather than left unpublished.
 //! Every bearer-authenticated route also checks the database: the user is
 //! active and the token's session (`sid`) is not revoked; permission checks
 //! use the user's current roles.
