@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
-use stackctl::images::{ensure, recipe_hash, Ensured, InfraKind};
+use stackctl::images::{ensure, recipe_hash, Ensured, Recipe};
 
 async fn docker() -> Docker {
     Docker::connect_with_socket_defaults()
@@ -41,23 +41,31 @@ fn printer(prefix: &'static str) -> impl Fn(&str) + Sync {
     move |line: &str| eprintln!("[{prefix}] {line}")
 }
 
+fn builtin(name: &str) -> Recipe {
+    Recipe::named(name).unwrap_or_else(|| panic!("built-in recipe {name}"))
+}
+
 /// ensure() on a possibly cold cache, reported; then again, which must be instant.
-async fn ensure_twice(docker: &Docker, kind: InfraKind) -> Ensured {
-    let progress = printer(kind.name());
-    let first = tokio::time::timeout(Duration::from_secs(1800), ensure(docker, kind, &progress))
-        .await
-        .expect("ensure finishes within 30 minutes")
-        .unwrap_or_else(|e| panic!("ensure {kind:?}: {e:#}"));
+async fn ensure_twice(docker: &Docker, name: &'static str) -> Ensured {
+    let recipe = builtin(name);
+    let progress = printer(name);
+    let first = tokio::time::timeout(
+        Duration::from_secs(1800),
+        ensure(docker, &recipe, &progress),
+    )
+    .await
+    .expect("ensure finishes within 30 minutes")
+    .unwrap_or_else(|e| panic!("ensure {name}: {e:#}"));
     eprintln!(
         "[{}] ensure: built={} {:.1}s size={:.1} MB id={}",
-        kind.name(),
+        name,
         first.built,
         first.seconds,
         first.size as f64 / 1e6,
         first.image_id
     );
-    assert_eq!(first.tag, kind.tag());
-    assert_eq!(first.recipe, recipe_hash(kind));
+    assert_eq!(first.tag, recipe.tag);
+    assert_eq!(first.recipe, recipe_hash(&recipe));
     assert!(
         first.size > 10_000_000,
         "a real rootfs: {} bytes",
@@ -65,13 +73,13 @@ async fn ensure_twice(docker: &Docker, kind: InfraKind) -> Ensured {
     );
 
     let t = Instant::now();
-    let second = ensure(docker, kind, &progress)
+    let second = ensure(docker, &recipe, &progress)
         .await
         .expect("cached ensure");
     let elapsed = t.elapsed();
     eprintln!(
         "[{}] cached ensure: built={} {:.3}s",
-        kind.name(),
+        name,
         second.built,
         elapsed.as_secs_f64()
     );
@@ -81,11 +89,11 @@ async fn ensure_twice(docker: &Docker, kind: InfraKind) -> Ensured {
         elapsed < Duration::from_millis(500),
         "cached ensure took {elapsed:?}"
     );
-    let img = docker.inspect_image(kind.tag()).await.unwrap();
+    let img = docker.inspect_image(&recipe.tag).await.unwrap();
     let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
     assert_eq!(
         labels.get("io.stackctl.recipe"),
-        Some(&recipe_hash(kind)),
+        Some(&recipe_hash(&recipe)),
         "the image carries its recipe label"
     );
     first
@@ -317,13 +325,12 @@ fn hardened(cap_add: &[&str], tmpfs: &[&str], binds: Vec<String>, network: &str)
 
 #[test]
 fn recipe_hash_is_stable_and_tracks_the_package_list() {
-    use stackctl::images::Recipe;
-    for kind in InfraKind::all() {
-        assert_eq!(recipe_hash(kind), recipe_hash(kind));
-        assert_eq!(recipe_hash(kind), Recipe::of(kind).hash());
-        assert_eq!(InfraKind::from_tag(kind.tag()), Some(kind));
+    for tag in stackctl::images::builtin_tags() {
+        let r = Recipe::resolve(tag, &[]).unwrap();
+        assert_eq!(recipe_hash(&r), recipe_hash(&Recipe::builtin(tag).unwrap()));
+        assert_eq!(r.tag, tag);
     }
-    let base = Recipe::of(InfraKind::Postgres);
+    let base = builtin("postgres");
     let mut changed = base.clone();
     changed.packages.push("postgresql-contrib".into());
     assert_ne!(base.hash(), changed.hash(), "a new package is a new recipe");
@@ -340,7 +347,7 @@ fn recipe_hash_is_stable_and_tracks_the_package_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_image_runs_like_the_compose_service() {
     let docker = docker().await;
-    let ensured = ensure_twice(&docker, InfraKind::Redis).await;
+    let ensured = ensure_twice(&docker, "redis").await;
     let id = suffix();
     let created = Created {
         containers: vec![format!("stackctl-images-test-redis-{id}")],
@@ -454,7 +461,7 @@ async fn redis_image_runs_like_the_compose_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_image_runs_like_the_compose_service() {
     let docker = docker().await;
-    let ensured = ensure_twice(&docker, InfraKind::Postgres).await;
+    let ensured = ensure_twice(&docker, "postgres").await;
     let id = suffix();
     let created = Created {
         containers: vec![format!("stackctl-images-test-pg-{id}")],
@@ -778,7 +785,7 @@ async fn stop(docker: &Docker, name: &str, t: i32) -> Result<(i64, f64), String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_image_serves_the_rendered_config() {
     let docker = docker().await;
-    let ensured = ensure_twice(&docker, InfraKind::Nginx).await;
+    let ensured = ensure_twice(&docker, "nginx").await;
     let conf = deploy_path("nginx/nginx.conf");
     let id = suffix();
     let created = Created {
@@ -861,7 +868,7 @@ async fn nginx_image_serves_the_rendered_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_image_runs_the_rendered_config() {
     let docker = docker().await;
-    let ensured = ensure_twice(&docker, InfraKind::Prometheus).await;
+    let ensured = ensure_twice(&docker, "prometheus").await;
     let conf_dir = deploy_path("prometheus");
     let id = suffix();
     let created = Created {
@@ -937,18 +944,17 @@ async fn prometheus_image_runs_the_rendered_config() {
 /// it must come back as an error naming the step, with that step's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_build_step_is_reported_with_its_step() {
-    use stackctl::images::docker::{base_tag, build_final};
-    use stackctl::images::recipe::{ContextFile, Recipe};
+    use stackctl::images::docker::{build_final, layer_tag};
+    use stackctl::images::recipe::ContextFile;
     let docker = docker().await;
-    ensure_twice(&docker, InfraKind::Redis).await;
-    let mut recipe = Recipe::of(InfraKind::Redis);
-    recipe.files = vec![ContextFile {
-        name: "Dockerfile",
-        mode: 0o644,
-        contents:
-            b"ARG BASE\nFROM ${BASE}\nRUN echo output-of-the-broken-step && false\nCMD [\"true\"]\n",
-    }];
-    let base = base_tag(&recipe);
+    ensure_twice(&docker, "redis").await;
+    let mut recipe = builtin("redis");
+    recipe.files = vec![ContextFile::new(
+        "Dockerfile",
+        0o644,
+        &b"ARG BASE\nFROM ${BASE}\nRUN echo output-of-the-broken-step && false\nCMD [\"true\"]\n"[..],
+    )];
+    let base = layer_tag(&recipe);
     let tag = format!("stackctl-images-test/broken:{}", suffix());
     let err = build_final(
         &docker,
@@ -981,7 +987,7 @@ async fn a_failing_build_step_is_reported_with_its_step() {
 async fn an_image_a_container_uses_is_never_removed() {
     use stackctl::images::docker::remove_if_unused;
     let docker = docker().await;
-    let ensured = ensure_twice(&docker, InfraKind::Redis).await;
+    let ensured = ensure_twice(&docker, "redis").await;
     let id = suffix();
     let created = Created {
         containers: vec![format!("stackctl-images-test-keep-{id}")],
@@ -1016,9 +1022,219 @@ async fn an_image_a_container_uses_is_never_removed() {
     })
     .await;
     // And the tag still names it.
-    let again = ensure(&docker, InfraKind::Redis, &printer("redis"))
+    let again = ensure(&docker, &builtin("redis"), &printer("redis"))
         .await
         .unwrap();
     assert_eq!(again.image_id, ensured.image_id);
     assert!(!again.built);
+}
+
+/// Run `image` once (entrypoint overridden when given) as a hardened
+/// container: (exit code, output, the user it ran as).
+async fn run_once(
+    docker: &Docker,
+    name: &str,
+    image: &str,
+    entrypoint: Option<&[&str]>,
+    cmd: &[&str],
+) -> Result<(i64, String), String> {
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }),
+            ContainerCreateBody {
+                image: Some(image.to_string()),
+                entrypoint: entrypoint.map(|e| e.iter().map(|s| s.to_string()).collect()),
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                host_config: Some(HostConfig {
+                    cap_drop: Some(vec!["ALL".into()]),
+                    readonly_rootfs: Some(true),
+                    security_opt: Some(vec!["no-new-privileges:true".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("create {name}: {e}"))?;
+    let start = Instant::now();
+    docker
+        .start_container(
+            name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .map_err(|e| format!("start {name}: {e}"))?;
+    let (code, _) = wait_exit(docker, name, start).await?;
+    Ok((code, logs(docker, name).await))
+}
+
+/// Every built-in recipe and a component's own package list, made by
+/// ensure_all (the shared base once, then in parallel), each image's binary
+/// answering as the image's (non-root) user; a second ensure_all touches
+/// nothing and takes well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_builtin_image_builds_in_parallel_and_runs_as_its_user() {
+    use stackctl::images::{ensure_all, Display};
+    let docker = docker().await;
+    let mut recipes = Recipe::builtins();
+    let jq = Recipe::packages("stackctl-images-test/jq:bookworm", &["jq".to_string()]);
+    recipes.push(jq.clone());
+    let t = Instant::now();
+    let first = tokio::time::timeout(
+        Duration::from_secs(1800),
+        ensure_all(&docker, recipes.clone(), Display::Lines),
+    )
+    .await
+    .expect("ensure_all finishes within 30 minutes")
+    .unwrap_or_else(|e| panic!("ensure_all: {e:#}"));
+    eprintln!("[all] ensure_all: {:.1}s", t.elapsed().as_secs_f64());
+    assert_eq!(first.len(), recipes.len());
+    for e in &first {
+        eprintln!(
+            "[all] {:<40} built={} {:>6.1}s {:>7.1} MB",
+            e.tag,
+            e.built,
+            e.seconds,
+            e.size as f64 / 1e6
+        );
+    }
+    let t = Instant::now();
+    let again = ensure_all(&docker, recipes.clone(), Display::Lines)
+        .await
+        .expect("cached ensure_all");
+    let warm = t.elapsed();
+    eprintln!("[all] cached ensure_all: {:.3}s", warm.as_secs_f64());
+    assert!(again.iter().all(|e| !e.built), "nothing is rebuilt");
+    assert!(
+        warm < Duration::from_secs(1),
+        "cached ensure_all took {warm:?}"
+    );
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(a.image_id, b.image_id);
+    }
+
+    // (tag, entrypoint override, command, expected uid, text the output holds)
+    type Check<'a> = (
+        &'a str,
+        Option<&'a [&'a str]>,
+        Vec<&'a str>,
+        &'a str,
+        &'a str,
+    );
+    let checks: Vec<Check> = vec![
+        (
+            "stackctl/node-exporter:bookworm",
+            None,
+            vec!["--version"],
+            "65534",
+            "node_exporter",
+        ),
+        (
+            "stackctl/postgres-exporter:bookworm",
+            None,
+            vec!["--version"],
+            "65534",
+            "postgres_exporter",
+        ),
+        (
+            "stackctl/redis-exporter:bookworm",
+            None,
+            vec!["--version"],
+            "65534",
+            "",
+        ),
+        (
+            "stackctl/nginx-exporter:bookworm",
+            None,
+            vec!["-version"],
+            "65534",
+            "",
+        ),
+        (
+            "stackctl/alertmanager:bookworm",
+            None,
+            vec!["--version"],
+            "65534",
+            "alertmanager",
+        ),
+        (
+            "stackctl/alertmanager:bookworm",
+            Some(&["amtool"]),
+            vec!["--version"],
+            "65534",
+            "amtool",
+        ),
+        (
+            "stackctl/pgbouncer:bookworm",
+            None,
+            vec!["--version"],
+            "70",
+            "PgBouncer",
+        ),
+        (
+            "stackctl-images-test/jq:bookworm",
+            Some(&["jq"]),
+            vec!["--version"],
+            "0",
+            "jq-1",
+        ),
+    ];
+    let id = suffix();
+    let names: Vec<String> = (0..checks.len() * 3)
+        .map(|i| format!("stackctl-images-test-all-{id}-{i}"))
+        .collect();
+    let created = Created {
+        containers: names.clone(),
+        volumes: vec![],
+        networks: vec![],
+    };
+    with_cleanup(&docker, &created, async {
+        for (i, (tag, entrypoint, cmd, uid, text)) in checks.iter().enumerate() {
+            let (code, out) = run_once(&docker, &names[3 * i], tag, *entrypoint, cmd).await?;
+            eprintln!("[all] {tag} {cmd:?}: {code} {}", out.trim());
+            assert_eq!(code, 0, "{tag} {cmd:?}: {out}");
+            assert!(out.contains(text), "{tag}: {out}");
+            let (code, out) =
+                run_once(&docker, &names[3 * i + 1], tag, Some(&["id"]), &["-u"]).await?;
+            assert_eq!((code, out.trim()), (0, *uid), "{tag} runs as {uid}");
+            // Every HTTP service can run its health check with wget.
+            let (code, out) = run_once(
+                &docker,
+                &names[3 * i + 2],
+                tag,
+                Some(&["wget"]),
+                &["--version"],
+            )
+            .await?;
+            assert_eq!(code, 0, "{tag} has wget: {out}");
+        }
+        let (code, out) = run_once(
+            &docker,
+            &format!("stackctl-images-test-all-{id}-am"),
+            "stackctl/alertmanager:bookworm",
+            Some(&["stat"]),
+            &["-c", "%u", "/alertmanager"],
+        )
+        .await
+        .map_err(|e| e + " (alertmanager data dir)")?;
+        let _ = docker
+            .remove_container(
+                &format!("stackctl-images-test-all-{id}-am"),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        assert_eq!(
+            (code, out.trim()),
+            (0, "65534"),
+            "/alertmanager belongs to the user"
+        );
+        Ok(())
+    })
+    .await;
 }

@@ -1,8 +1,8 @@
-//! The Engine API side: inspect, import the rootfs, build, clean up.
-//! [`super::ensure`] is the entry point; these are public for tests and tools.
+//! The Engine API side: inspect, import the base, load an image's layer on
+//! top of it, build, clean up. [`super::ensure`] is the entry point; these are
+//! public for tests and tools.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::errors::Error as BollardError;
@@ -14,8 +14,10 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::recipe::Recipe;
-use super::{rootfs, KIND_LABEL, RECIPE_LABEL, ROOTFS_REPO};
+use super::layer::{self, Layer};
+use super::recipe::{Base, Recipe};
+use super::rootfs::BaseTree;
+use super::{BASE_LABEL, KIND_LABEL, RECIPE_LABEL, ROOTFS_REPO};
 
 /// The parts of an image inspect this module uses.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct ImageFacts {
     pub id: String,
     pub size: u64,
     pub labels: HashMap<String, String>,
+    /// The diff ids of its layers, bottom first.
+    pub layers: Vec<String>,
 }
 
 fn engine_hint(e: &BollardError) -> &'static str {
@@ -44,6 +48,7 @@ pub async fn inspect(docker: &Docker, reference: &str) -> Result<Option<ImageFac
             id: img.id.unwrap_or_default(),
             size: img.size.unwrap_or(0).max(0) as u64,
             labels: img.config.and_then(|c| c.labels).unwrap_or_default(),
+            layers: img.root_fs.and_then(|r| r.layers).unwrap_or_default(),
         })),
         Err(BollardError::DockerResponseServerError {
             status_code: 404, ..
@@ -55,96 +60,291 @@ pub async fn inspect(docker: &Docker, reference: &str) -> Result<Option<ImageFac
     }
 }
 
-/// The base image tag of a recipe: one per kind and rootfs hash.
-pub fn base_tag(recipe: &Recipe) -> String {
+/// The shared base image of a suite: `stackctl/rootfs:<suite>-<hash16>`.
+pub fn base_tag(base: &Base) -> String {
+    format!("{ROOTFS_REPO}:{}-{}", base.suite, &base.hash()[..16])
+}
+
+/// An image's rootfs (the base plus its packages layer):
+/// `stackctl/rootfs:<name>-<rootfs hash16>`.
+pub fn layer_tag(recipe: &Recipe) -> String {
     format!(
         "{ROOTFS_REPO}:{}-{}",
-        recipe.kind.name(),
+        recipe.name,
         &recipe.rootfs_hash()[..16]
     )
 }
 
-/// Make sure the recipe's rootfs is an image in the engine; its tag.
-pub async fn ensure_base(
-    docker: &Docker,
-    recipe: &Recipe,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<String> {
-    let tag = base_tag(recipe);
-    if inspect(docker, &tag).await?.is_some() {
-        progress(&format!("rootfs: image {tag} present"));
-        return Ok(tag);
-    }
-    let (tarball, _) = rootfs::ensure_tarball(recipe, progress).await?;
-    import(docker, &tarball, &tag, recipe, progress).await?;
-    Ok(tag)
+/// The imported base: its tag and the diff id of its one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    pub tag: String,
+    pub diff_id: String,
+    /// The base tree's build id (the image's `io.stackctl.base-build` label).
+    pub build: String,
 }
 
-/// `POST /images/create?fromSrc=-` with the tarball streamed as the body.
-async fn import(
+/// Make sure the base tree is an image in the engine (imported from this
+/// very tree: its build id is in a label); its tag and layer.
+pub async fn ensure_base_image(
     docker: &Docker,
-    tarball: &Path,
+    base: &Base,
+    tree: &BaseTree,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<BaseImage> {
+    let tag = base_tag(base);
+    if let Some(img) = inspect(docker, &tag).await? {
+        if img.labels.get(BASE_LABEL) == Some(&tree.id) && img.layers.len() == 1 {
+            progress(&format!("base: image {tag} present"));
+            return Ok(BaseImage {
+                tag,
+                diff_id: img.layers[0].clone(),
+                build: tree.id.clone(),
+            });
+        }
+    }
+    import_tree(docker, base, tree, &tag, progress).await?;
+    let img = inspect(docker, &tag)
+        .await?
+        .ok_or_else(|| anyhow!("importing the base as {tag} ended without an image"))?;
+    let diff_id = img
+        .layers
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("the imported base {tag} has no layer"))?;
+    Ok(BaseImage {
+        tag,
+        diff_id,
+        build: tree.id.clone(),
+    })
+}
+
+/// `POST /images/create?fromSrc=-` with `tar -c` of the tree streamed as the body.
+async fn import_tree(
+    docker: &Docker,
+    base: &Base,
+    tree: &BaseTree,
     tag: &str,
-    recipe: &Recipe,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
     let (repo, version) = tag.rsplit_once(':').expect("base tags have a version");
-    let file = tokio::fs::File::open(tarball)
-        .await
-        .with_context(|| format!("cannot open the rootfs tarball {}", tarball.display()))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     progress(&format!(
-        "rootfs: importing {} ({:.0} MB) as {tag}",
-        tarball.display(),
-        len as f64 / 1e6
+        "base: importing {} as {tag}",
+        tree.rootfs().display()
     ));
-    let body = futures::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 1 << 20];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(buf.into()), Some(file)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    });
+    let mut child = tokio::process::Command::new("tar")
+        .arg("--numeric-owner")
+        .arg("--one-file-system")
+        .arg("-cf")
+        .arg("-")
+        .arg("-C")
+        .arg(tree.rootfs())
+        .arg(".")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run tar (apt-get install tar)")?;
+    let stdout = child.stdout.take().context("tar's output")?;
     let options = CreateImageOptions {
         from_src: Some("-".into()),
         repo: Some(repo.to_string()),
         tag: Some(version.to_string()),
         message: Some(format!(
             "stackctl: debootstrap --variant={} {} + {}",
-            recipe.variant,
-            recipe.suite,
-            recipe.package_set().join(",")
+            base.variant,
+            base.suite,
+            base.packages.join(",")
         )),
         changes: vec![
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            format!("LABEL {KIND_LABEL}={}", recipe.kind.name()),
+            format!("LABEL {KIND_LABEL}=base {BASE_LABEL}={}", tree.id),
         ],
         ..Default::default()
     };
-    let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+    let mut stream = docker.create_image(
+        Some(options),
+        Some(bollard::body_try_stream(read_stream(stdout))),
+        None,
+    );
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
                 if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                    bail!("importing the rootfs as {tag} failed: {detail}");
+                    bail!("importing the base as {tag} failed: {detail}");
                 }
             }
             Err(e) => bail!(
-                "importing the rootfs {} as {tag} failed: {e}{}",
-                tarball.display(),
+                "importing the base {} as {tag} failed: {e}{}",
+                tree.rootfs().display(),
                 engine_hint(&e)
             ),
         }
     }
-    if inspect(docker, tag).await?.is_none() {
-        bail!("importing the rootfs as {tag} ended without an image");
+    let status = child.wait().await.context("waiting for tar")?;
+    if !status.success() {
+        bail!("tar of {} failed ({status})", tree.rootfs().display());
     }
     Ok(())
+}
+
+/// An async reader as a stream of 1 MiB chunks.
+fn read_stream<R, B>(reader: R) -> impl futures::Stream<Item = std::io::Result<B>> + Send + 'static
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    B: From<Vec<u8>> + Send + 'static,
+{
+    futures::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        let mut buf = vec![0u8; 1 << 20];
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf.into()), Some(reader)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// Make sure the recipe's rootfs (the base plus its packages layer) is an
+/// image on top of `base`; its tag.
+pub async fn ensure_layer_image(
+    docker: &Docker,
+    recipe: &Recipe,
+    base: &BaseImage,
+    tree: &BaseTree,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<String> {
+    let tag = layer_tag(recipe);
+    if let Some(img) = inspect(docker, &tag).await? {
+        if img.layers.len() == 2 && img.layers[0] == base.diff_id {
+            progress(&format!("layer: image {tag} present"));
+            return Ok(tag);
+        }
+    }
+    let (layer, _) = layer::ensure_layer(recipe, tree, progress).await?;
+    load_layer(docker, recipe, base, &layer, &tag, progress).await?;
+    Ok(tag)
+}
+
+/// The `docker save` form of an image made of the base's layer and `layer`:
+/// manifest.json, the config, and the new layer only (the engine has the
+/// base's, so `docker load` does not read it).
+pub fn image_config(recipe: &Recipe, base: &BaseImage, layer: &Layer) -> serde_json::Value {
+    serde_json::json!({
+        "architecture": docker_arch(),
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Labels": {
+                KIND_LABEL: recipe.name,
+                BASE_LABEL: base.build,
+            },
+        },
+        "rootfs": {"type": "layers", "diff_ids": [base.diff_id, layer.diff_id]},
+        "history": [
+            {"created": "1970-01-01T00:00:00Z", "created_by": format!("stackctl: base {}", base.tag)},
+            {"created": "1970-01-01T00:00:00Z", "created_by": format!(
+                "stackctl: apt-get install --no-install-recommends {}",
+                recipe.package_set().join(" ")
+            )},
+        ],
+    })
+}
+
+fn docker_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+fn tar_entry_header(name: &str, size: u64) -> Result<Vec<u8>> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name).context("tar entry name")?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    Ok(header.as_bytes().to_vec())
+}
+
+fn padding(size: u64) -> Vec<u8> {
+    vec![0u8; ((512 - size % 512) % 512) as usize]
+}
+
+/// `POST /images/load` of the image archive, the layer streamed from its file.
+async fn load_layer(
+    docker: &Docker,
+    recipe: &Recipe,
+    base: &BaseImage,
+    layer: &Layer,
+    tag: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let file = tokio::fs::File::open(&layer.path)
+        .await
+        .with_context(|| format!("cannot open the layer {}", layer.path.display()))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    progress(&format!(
+        "layer: loading {} ({:.0} MB) as {tag}",
+        layer.path.display(),
+        len as f64 / 1e6
+    ));
+    let config = serde_json::to_vec(&image_config(recipe, base, layer))?;
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [tag],
+        "Layers": ["base/layer.tar", "layer/layer.tar"],
+    }]))?;
+    let mut head = Vec::new();
+    for (name, bytes) in [("manifest.json", &manifest), ("config.json", &config)] {
+        head.extend(tar_entry_header(name, bytes.len() as u64)?);
+        head.extend_from_slice(bytes);
+        head.extend(padding(bytes.len() as u64));
+    }
+    head.extend(tar_entry_header("layer/layer.tar", len)?);
+    let mut tail = padding(len);
+    tail.extend(vec![0u8; 1024]);
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(head.into())])
+        .chain(read_stream(file))
+        .chain(futures::stream::iter([Ok(tail.into())]));
+    let options = bollard::query_parameters::ImportImageOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let mut stream = docker.import_image_stream(options, body, None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                    bail!("loading the layer of {tag} failed: {detail}");
+                }
+            }
+            Err(e) => bail!(
+                "loading the layer {} as {tag} failed: {e}{}",
+                layer.path.display(),
+                engine_hint(&e)
+            ),
+        }
+    }
+    match inspect(docker, tag).await? {
+        Some(img) if img.layers.len() == 2 && img.layers[1] == layer.diff_id => Ok(()),
+        Some(_) => bail!("loading the layer as {tag} gave an image with other layers"),
+        None => bail!("loading the layer as {tag} ended without an image"),
+    }
 }
 
 /// The build context (Dockerfile first, then the files), as a tar in memory.
@@ -159,7 +359,7 @@ pub fn context_tar(recipe: &Recipe) -> Result<Vec<u8>> {
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
         builder
-            .append_data(&mut header, f.name, f.contents)
+            .append_data(&mut header, &f.name, &f.contents[..])
             .with_context(|| format!("adding {} to the build context", f.name))?;
     }
     builder.into_inner().context("finishing the build context")
@@ -176,10 +376,9 @@ pub async fn build_final(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<String> {
     let context = context_tar(recipe)?;
-    let labels = HashMap::from([
-        (RECIPE_LABEL.to_string(), hash.to_string()),
-        (KIND_LABEL.to_string(), recipe.kind.name().to_string()),
-    ]);
+    // The kind label comes from the rootfs image's config: every LABEL the
+    // build adds is one more step (a container commit).
+    let labels = HashMap::from([(RECIPE_LABEL.to_string(), hash.to_string())]);
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(tag.to_string()),
@@ -254,16 +453,17 @@ fn build_error(tag: &str, step: &str, error: &str, recent: &[String]) -> anyhow:
     anyhow!("building {tag} failed at {step}: {error}{output}{hint}")
 }
 
-/// Remove this kind's base images of other package sets. Never forced: the
-/// engine refuses (and we keep) one that a container or a child image uses.
+/// Remove stackctl's stale rootfs images: this recipe's rootfs images of
+/// other package sets (and the per-kind bases of the layout before the
+/// shared base), and bases of this suite other than `keep_base`. Never forced:
+/// the engine refuses (and we keep) one that a container or a child image uses.
 pub async fn remove_stale_bases(
     docker: &Docker,
     recipe: &Recipe,
-    keep: &str,
+    keep: &[&str],
     progress: &(dyn Fn(&str) + Sync),
 ) {
-    let pattern = format!("{ROOTFS_REPO}:{}-*", recipe.kind.name());
-    let filters = HashMap::from([("reference".to_string(), vec![pattern])]);
+    let filters = HashMap::from([("reference".to_string(), vec![format!("{ROOTFS_REPO}:*")])]);
     let images = match docker
         .list_images(Some(ListImagesOptions {
             filters: Some(filters),
@@ -273,13 +473,13 @@ pub async fn remove_stale_bases(
     {
         Ok(images) => images,
         Err(e) => {
-            progress(&format!("rootfs: cannot list old base images: {e}"));
+            progress(&format!("cannot list old rootfs images: {e}"));
             return;
         }
     };
     for img in images {
         for tag in img.repo_tags {
-            if tag == keep || !tag.starts_with(ROOTFS_REPO) {
+            if keep.contains(&tag.as_str()) || !is_stale_rootfs_tag(&tag, recipe) {
                 continue;
             }
             match docker
@@ -294,11 +494,29 @@ pub async fn remove_stale_bases(
                 )
                 .await
             {
-                Ok(_) => progress(&format!("rootfs: removed the stale base {tag}")),
-                Err(e) => progress(&format!("rootfs: kept the stale base {tag}: {e}")),
+                Ok(_) => progress(&format!("removed the stale {tag}")),
+                Err(e) => progress(&format!("kept the stale {tag}: {e}")),
             }
         }
     }
+}
+
+/// `stackctl/rootfs:<recipe name>-<16 hex>` or `stackctl/rootfs:<suite>-<16 hex>`.
+pub fn is_stale_rootfs_tag(tag: &str, recipe: &Recipe) -> bool {
+    let Some(version) = tag
+        .strip_prefix(ROOTFS_REPO)
+        .and_then(|t| t.strip_prefix(':'))
+    else {
+        return false;
+    };
+    [recipe.name.as_str(), recipe.suite.as_str()]
+        .iter()
+        .any(|prefix| {
+            version
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        })
 }
 
 /// Remove untagged images of this kind that nothing uses (left by a build
@@ -308,7 +526,7 @@ pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn F
         ("dangling".to_string(), vec!["true".to_string()]),
         (
             "label".to_string(),
-            vec![format!("{KIND_LABEL}={}", recipe.kind.name())],
+            vec![format!("{KIND_LABEL}={}", recipe.name)],
         ),
     ]);
     let images = match docker
@@ -320,10 +538,7 @@ pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn F
     {
         Ok(images) => images,
         Err(e) => {
-            progress(&format!(
-                "cannot list untagged {} images: {e}",
-                recipe.kind.name()
-            ));
+            progress(&format!("cannot list untagged {} images: {e}", recipe.name));
             return;
         }
     };
@@ -388,11 +603,10 @@ pub async fn remove_if_unused(docker: &Docker, id: &str, progress: &(dyn Fn(&str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::InfraKind;
 
     #[test]
     fn context_holds_the_recipe_files_with_modes() {
-        let recipe = Recipe::of(InfraKind::Postgres);
+        let recipe = Recipe::named("postgres").unwrap();
         let bytes = context_tar(&recipe).unwrap();
         let mut archive = tar::Archive::new(&bytes[..]);
         let mut seen = Vec::new();
@@ -411,10 +625,63 @@ mod tests {
     }
 
     #[test]
-    fn base_tag_names_kind_and_rootfs() {
-        let r = Recipe::of(InfraKind::Redis);
-        let t = base_tag(&r);
+    fn tags_name_base_and_layer() {
+        let r = Recipe::named("redis").unwrap();
+        let t = layer_tag(&r);
         assert!(t.starts_with("stackctl/rootfs:redis-"));
         assert_eq!(t.len(), "stackctl/rootfs:redis-".len() + 16);
+        let b = base_tag(&r.base());
+        assert!(b.starts_with("stackctl/rootfs:bookworm-"), "{b}");
+        assert_eq!(
+            base_tag(&Recipe::named("postgres").unwrap().base()),
+            b,
+            "one base for all"
+        );
+    }
+
+    #[test]
+    fn stale_tags_are_only_this_recipes_or_bases() {
+        let pg = Recipe::named("postgres").unwrap();
+        assert!(is_stale_rootfs_tag(
+            "stackctl/rootfs:postgres-0123456789abcdef",
+            &pg
+        ));
+        assert!(is_stale_rootfs_tag(
+            "stackctl/rootfs:bookworm-0123456789abcdef",
+            &pg
+        ));
+        assert!(!is_stale_rootfs_tag(
+            "stackctl/rootfs:postgres-exporter-0123456789abcdef",
+            &pg
+        ));
+        assert!(!is_stale_rootfs_tag("stackctl/postgres:15-bookworm", &pg));
+        assert!(!is_stale_rootfs_tag(
+            "other/rootfs:postgres-0123456789abcdef",
+            &pg
+        ));
+    }
+
+    #[test]
+    fn the_load_archive_config_stacks_the_layer_on_the_base() {
+        let r = Recipe::named("redis").unwrap();
+        let base = BaseImage {
+            tag: "stackctl/rootfs:bookworm-0123456789abcdef".into(),
+            diff_id: "sha256:aa".into(),
+            build: "b1".into(),
+        };
+        let layer = Layer {
+            path: "/x.layer.tar".into(),
+            diff_id: "sha256:bb".into(),
+        };
+        let c = image_config(&r, &base, &layer);
+        assert_eq!(
+            c["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:aa", "sha256:bb"])
+        );
+        assert_eq!(c["config"]["Labels"][KIND_LABEL], "redis");
+        assert_eq!(c["history"].as_array().unwrap().len(), 2);
+        assert_eq!(tar_entry_header("config.json", 3).unwrap().len(), 512);
+        assert_eq!(padding(512).len(), 0);
+        assert_eq!(padding(3).len(), 509);
     }
 }

@@ -1,19 +1,68 @@
-//! A minbase Debian rootfs made by debootstrap, slimmed and cached as a tarball
-//! under /var/tmp/stackctl-rootfs/, one per package set.
+//! The shared base root file system of a Debian suite: debootstrap minbase
+//! (signatures checked) plus what every image needs, upgraded from the update
+//! and security pockets, slimmed, and kept unpacked under the cache directory
+//! (`/var/tmp/stackctl-rootfs/base-<suite>-<hash>/`, with the apt lists it was
+//! installed from beside it). Each image adds its packages on top of it (see
+//! [`super::layer`]); the base is debootstrapped once.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use super::recipe::Recipe;
+use super::recipe::Base;
 
-/// Where rootfs tarballs (and debootstrap's work directories) live.
+/// Where the base rootfs, the image layers (and the work directories) live.
 pub const CACHE_DIR: &str = "/var/tmp/stackctl-rootfs";
+
+/// The cache directory: `STACKCTL_ROOTFS_CACHE`, else [`CACHE_DIR`].
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("STACKCTL_ROOTFS_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CACHE_DIR))
+}
+
+/// Where builds do their work: a tmpfs (/dev/shm) when it has room (dpkg's
+/// many fsyncs cost nothing there), else the cache directory.
+/// `STACKCTL_ROOTFS_SCRATCH` overrides.
+pub fn scratch_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STACKCTL_ROOTFS_SCRATCH").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    let is_tmpfs = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == "/dev/shm" && f[2] == "tmpfs"
+        })
+    });
+    if is_tmpfs && statvfs_free(shm).is_some_and(|b| b >= SCRATCH_MIN_BYTES) {
+        return shm.join("stackctl-rootfs");
+    }
+    cache_dir()
+}
+
+/// The room a tmpfs needs to be used for builds (several images at once).
+pub const SCRATCH_MIN_BYTES: u64 = 6 << 30;
+
+fn statvfs_free(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The keyring debootstrap checks Debian's Release signatures with when the
+/// host's apt source names none.
+pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// The package that provides [`DEBIAN_KEYRING`].
+pub const KEYRING_PACKAGE: &str = "debian-archive-keyring";
 
 /// An apt source for the suite: the mirror debootstrap downloads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +71,6 @@ pub struct Mirror {
     pub keyring: Option<PathBuf>,
     /// The file it was read from, for messages.
     pub source: PathBuf,
-}
-
-/// The tarball of a recipe's rootfs.
-pub fn tarball_path(recipe: &Recipe) -> PathBuf {
-    Path::new(CACHE_DIR).join(format!(
-        "{}-{}.tar",
-        recipe.kind.name(),
-        &recipe.rootfs_hash()[..16]
-    ))
 }
 
 /// The host's apt source files, in the order apt reads them (deb822
@@ -169,33 +209,59 @@ pub fn parse_one_line(text: &str, suite: &str) -> Option<(String, Option<String>
 }
 
 /// Effective uid of this process, from /proc/self/status.
-fn effective_uid() -> Option<u32> {
+pub fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+/// `name` on `PATH` (the usual system directories when PATH is unset).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH")
+        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    path.split(':')
+        .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
-/// debootstrap must be installed and we must be root: the error says how to fix it.
-pub fn preflight(debootstrap: Option<PathBuf>, euid: Option<u32>, tag: &str) -> Result<PathBuf> {
+/// The keyring debootstrap verifies the mirror with: the one the host's apt
+/// source names (`Signed-By`), else Debian's.
+pub fn keyring_for(mirror: Option<&Mirror>) -> PathBuf {
+    mirror
+        .and_then(|m| m.keyring.clone())
+        .filter(|k| k.is_file())
+        .unwrap_or_else(|| PathBuf::from(DEBIAN_KEYRING))
+}
+
+/// debootstrap must be installed, the keyring present, and we must be root:
+/// the error says how to fix it.
+pub fn preflight(
+    debootstrap: Option<PathBuf>,
+    keyring: &Path,
+    euid: Option<u32>,
+    what: &str,
+) -> Result<PathBuf> {
     let debootstrap = debootstrap.ok_or_else(|| {
         anyhow!(
-            "debootstrap is not installed; it builds the Debian rootfs of {tag}\n  \
-             hint: apt-get install debootstrap"
+            "debootstrap is not installed; it builds the Debian rootfs of {what}\n  \
+             hint: apt-get install debootstrap (`stackctl setup` installs it when run as root)"
         )
     })?;
+    if !keyring.is_file() {
+        bail!(
+            "the Debian archive keyring {} is missing: debootstrap cannot check the mirror's signatures for {what}\n  \
+             hint: apt-get install {KEYRING_PACKAGE} (`stackctl setup` installs it when run as root)",
+            keyring.display()
+        );
+    }
     if euid != Some(0) {
         bail!(
-            "building the {tag} image's rootfs needs root: debootstrap creates device nodes, chroots and sets file owners\n  \
+            "building the rootfs of {what} needs root: debootstrap creates device nodes, chroots and sets file owners\n  \
              hint: run stackctl as root (sudo stackctl ...), or build the images once as root"
         );
     }
@@ -224,100 +290,224 @@ pub fn parse_df_available(text: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Make sure the recipe's rootfs tarball exists; build it when it does not.
-/// Returns the tarball path and whether debootstrap ran.
-pub async fn ensure_tarball(
-    recipe: &Recipe,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<(PathBuf, bool)> {
-    let tarball = tarball_path(recipe);
-    if tarball.is_file() {
-        progress(&format!("rootfs: cached {}", tarball.display()));
-        return Ok((tarball, false));
+/// A base rootfs unpacked in the cache: `rootfs/` (what the base image is
+/// made of and every image's overlay lower directory), `lists/` (the apt
+/// lists the base was installed from) and `id` (a random build id: an image
+/// layer is only valid on top of the very tree it was computed against).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseTree {
+    pub dir: PathBuf,
+    pub id: String,
+    pub suite: String,
+}
+
+impl BaseTree {
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
     }
-    std::fs::create_dir_all(CACHE_DIR)
-        .map_err(|e| io_hint(e, &format!("cannot create {CACHE_DIR}")))?;
+    pub fn lists(&self) -> PathBuf {
+        self.dir.join("lists")
+    }
+}
+
+/// The cache directory of a base: `base-<suite>-<hash16>`.
+pub fn base_dir(base: &Base) -> PathBuf {
+    cache_dir().join(format!("base-{}-{}", base.suite, &base.hash()[..16]))
+}
+
+/// The base tree when it is complete in the cache.
+pub fn cached_base(base: &Base) -> Option<BaseTree> {
+    let dir = base_dir(base);
+    let id = std::fs::read_to_string(dir.join("id")).ok()?;
+    let id = id.trim().to_string();
+    (!id.is_empty() && dir.join("rootfs/etc/os-release").exists()).then_some(BaseTree {
+        dir,
+        id,
+        suite: base.suite.clone(),
+    })
+}
+
+fn new_id() -> String {
+    use sha2::{Digest, Sha256};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let r: u64 = rand::random();
+    hex::encode(Sha256::digest(format!(
+        "{nanos} {} {r}",
+        std::process::id()
+    )))[..16]
+        .to_string()
+}
+
+/// Make sure the suite's base tree is in the cache; debootstrap it when it is
+/// not. Returns it and whether it was built now.
+pub async fn ensure_base_tree(
+    base: &Base,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(BaseTree, bool)> {
+    if let Some(tree) = cached_base(base) {
+        progress(&format!("base: cached {}", tree.dir.display()));
+        return Ok((tree, false));
+    }
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| io_hint(e, &format!("cannot create {}", cache.display())))?;
+    let what = format!("the shared Debian {} base", base.suite);
+    let mirror = find_source(&base.suite);
+    let keyring = keyring_for(mirror.as_ref());
     let debootstrap = preflight(
         find_program("debootstrap"),
+        &keyring,
         effective_uid(),
-        recipe.kind.tag(),
+        &what,
     )?;
-    if let Some(free) = free_bytes(Path::new(CACHE_DIR)) {
+    let mirror = match mirror {
+        Some(m) => m,
+        None => find_mirror(&base.suite)?,
+    };
+    if let Some(free) = free_bytes(&cache) {
         if free < MIN_FREE_BYTES {
             bail!(
-                "the disk is full: {:.0} MB free under {CACHE_DIR}, building the {} rootfs needs about {:.0} MB\n  \
-                 hint: free space on that file system (df -h /var/tmp), then run again",
+                "the disk is full: {:.0} MB free under {}, building the Debian images needs about {:.0} MB\n  \
+                 hint: free space on that file system (df -h {}), then run again",
                 free as f64 / 1e6,
-                recipe.kind.tag(),
-                MIN_FREE_BYTES as f64 / 1e6
+                cache.display(),
+                MIN_FREE_BYTES as f64 / 1e6,
+                cache.display()
             );
         }
     }
-    let mirror = find_mirror(recipe.suite)?;
-    let work = WorkDir::new(recipe)?;
+    let work = WorkDir::new(&format!("base-{}", base.suite))?;
     let target = work.path.join("rootfs");
-    run_debootstrap(&debootstrap, recipe, &mirror, &target, progress).await?;
-    let mut sources = vec![(recipe.suite.to_string(), mirror.clone())];
+    run_debootstrap(&debootstrap, base, &mirror, &keyring, &target, progress).await?;
+    let mut sources = vec![(base.suite.clone(), mirror.clone())];
     for pocket in UPDATE_POCKETS {
-        let suite = format!("{}-{pocket}", recipe.suite);
+        let suite = format!("{}-{pocket}", base.suite);
         if let Some(m) = find_source(&suite) {
             sources.push((suite, m));
         }
     }
-    upgrade(&target, &sources, progress).await?;
-    progress("rootfs: slimming (docs, man pages, locales, apt lists)");
+    configure_base(&target, &sources, progress).await?;
+    // The apt lists stay beside the tree (each image installs from them), not in it.
+    let lists = target.join("var/lib/apt/lists");
+    std::fs::rename(&lists, work.path.join("lists"))
+        .map_err(|e| io_hint(e, "cannot move the apt lists out of the base"))?;
+    std::fs::create_dir_all(lists.join("partial"))
+        .map_err(|e| io_hint(e, "cannot recreate the apt lists directory"))?;
+    progress("base: slimming (docs, man pages, locales, apt caches)");
     unmount_under(&target);
-    slim(&target, &recipe.prune)?;
-    progress("rootfs: writing tarball");
-    let partial = work.path.join("rootfs.tar");
-    write_tar(&target, &partial).await?;
-    std::fs::rename(&partial, &tarball).map_err(|e| {
-        io_hint(
-            e,
-            &format!("cannot move the rootfs tarball to {}", tarball.display()),
-        )
-    })?;
-    drop(work);
-    prune_other_tarballs(recipe, &tarball);
-    Ok((tarball, true))
+    slim(&target, &base.prune)?;
+    let id = new_id();
+    std::fs::write(work.path.join("id"), format!("{id}\n"))
+        .map_err(|e| io_hint(e, "cannot write the base's id"))?;
+    let dir = base_dir(base);
+    // Into the cache (from a tmpfs: a copy), then renamed into place at once.
+    let staged = cache.join(format!(
+        ".{}.{}",
+        dir.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staged);
+    progress("base: keeping the tree in the cache");
+    copy_tree(&work.path, &staged).await?;
+    if std::fs::rename(&staged, &dir).is_err() {
+        // Another process finished first: use its tree (ours is removed).
+        let _ = std::fs::remove_dir_all(&staged);
+        if let Some(tree) = cached_base(base) {
+            return Ok((tree, false));
+        }
+        bail!("cannot move the base rootfs to {}", dir.display());
+    }
+    prune_other_bases(base, &dir);
+    Ok((
+        BaseTree {
+            dir,
+            id,
+            suite: base.suite.clone(),
+        },
+        true,
+    ))
 }
 
-async fn run_debootstrap(
-    debootstrap: &Path,
-    recipe: &Recipe,
-    mirror: &Mirror,
-    target: &Path,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<()> {
-    let packages = recipe.package_set().join(",");
-    let mut cmd = Command::new(debootstrap);
-    cmd.arg(format!("--variant={}", recipe.variant))
-        .arg(format!("--include={packages}"))
-        .arg("--components=main");
-    if let Some(k) = &mirror.keyring {
-        if k.is_file() {
-            cmd.arg(format!("--keyring={}", k.display()));
+/// `cp -a` (hard links, owners, modes, devices kept): the work may be on a tmpfs.
+async fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| anyhow!("cannot run cp: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(to);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.to_ascii_lowercase().contains("no space left") {
+            bail!("copying the base rootfs to {} failed: the disk is full\n  hint: free space on that file system (df -h /var/tmp), then run again", to.display());
+        }
+        bail!(
+            "copying the base rootfs to {} failed: {}",
+            to.display(),
+            err.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Bases of other hashes (an older stackctl's) and the per-kind tarballs of
+/// the layout before the shared base are no longer needed.
+fn prune_other_bases(base: &Base, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(cache_dir()) else {
+        return;
+    };
+    let prefix = format!("base-{}-", base.suite);
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let p = entry.path();
+        if p == keep {
+            continue;
+        }
+        let old_base = name
+            .strip_prefix(&prefix)
+            .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if old_base && !still_mounted_under(&p) {
+            let _ = std::fs::remove_dir_all(&p);
+        } else if is_legacy_tarball(&name) {
+            let _ = std::fs::remove_file(&p);
         }
     }
-    cmd.arg(recipe.suite)
-        .arg(target)
-        .arg(&mirror.uri)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
+}
+
+/// `<kind>-<16 hex>.tar`: a rootfs tarball of the layout before the shared base.
+fn is_legacy_tarball(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".tar") else {
+        return false;
+    };
+    let Some((kind, hash)) = stem.rsplit_once('-') else {
+        return false;
+    };
+    ["postgres", "redis", "nginx", "prometheus"].contains(&kind)
+        && hash.len() == 16
+        && hash.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Run a command, passing the lines `keep` selects to `progress` and keeping
+/// the last 40 of all; Err((status text, tail)) when it fails.
+pub async fn run_logged(
+    mut cmd: Command,
+    progress: &(dyn Fn(&str) + Sync),
+    keep: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<(), (String, String)> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    progress(&format!(
-        "rootfs: debootstrap --variant={} {} from {} (from {}), packages {packages}",
-        recipe.variant,
-        recipe.suite,
-        mirror.uri,
-        mirror.source.display()
-    ));
+    let program = format!("{:?}", cmd.as_std().get_program());
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot start {}", debootstrap.display()))?;
+        .map_err(|e| (format!("cannot start {program}: {e}"), String::new()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     for reader in [
         child
@@ -345,22 +535,61 @@ async fn run_debootstrap(
     drop(tx);
     let mut tail: VecDeque<String> = VecDeque::new();
     while let Some(line) = rx.recv().await {
-        // debootstrap's progress lines are "I: ..."; pass them on.
-        if line.starts_with("I: ") || line.starts_with("W: ") || line.starts_with("E: ") {
-            progress(&format!("rootfs: {}", line));
+        if let Some(l) = keep(&line) {
+            progress(&l);
         }
         tail.push_back(line);
         if tail.len() > 40 {
             tail.pop_front();
         }
     }
-    let status = child.wait().await.context("waiting for debootstrap")?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| (format!("waiting for {program}: {e}"), String::new()))?;
     if status.success() {
         return Ok(());
     }
-    let tail: Vec<String> = tail.into_iter().collect();
-    let text = tail.join("\n");
-    let hint = classify_debootstrap_failure(&text, mirror);
+    Err((status.to_string(), Vec::from(tail).join("\n")))
+}
+
+async fn run_debootstrap(
+    debootstrap: &Path,
+    base: &Base,
+    mirror: &Mirror,
+    keyring: &Path,
+    target: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let packages = base.packages.join(",");
+    let mut cmd = Command::new(debootstrap);
+    cmd.arg("--force-check-gpg")
+        .arg(format!("--keyring={}", keyring.display()))
+        .arg(format!("--variant={}", base.variant))
+        .arg(format!("--include={packages}"))
+        .arg("--components=main")
+        .arg(&base.suite)
+        .arg(target)
+        .arg(&mirror.uri)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C");
+    progress(&format!(
+        "base: debootstrap --variant={} {} from {} (from {}), packages {packages}, signatures checked with {}",
+        base.variant,
+        base.suite,
+        mirror.uri,
+        mirror.source.display(),
+        keyring.display()
+    ));
+    // debootstrap's progress lines are "I: ..."; pass them on.
+    let keep = |line: &str| {
+        (line.starts_with("I: ") || line.starts_with("W: ") || line.starts_with("E: "))
+            .then(|| format!("base: {line}"))
+    };
+    let Err((status, tail)) = run_logged(cmd, progress, &keep).await else {
+        return Ok(());
+    };
+    let hint = classify_debootstrap_failure(&tail, mirror);
     // The real reason is often in the target's debootstrap.log.
     let log = std::fs::read_to_string(target.join("debootstrap/debootstrap.log"))
         .map(|l| {
@@ -374,15 +603,15 @@ async fn run_debootstrap(
         format!("\n  debootstrap.log (last lines):\n{log}")
     };
     let disk = classify_debootstrap_failure(&log, mirror);
+    let lines: Vec<&str> = tail.lines().collect();
     bail!(
-        "debootstrap of the {} rootfs failed ({status}):\n{}{log_hint}\n  hint: {}",
-        recipe.kind.tag(),
-        tail[tail.len().saturating_sub(15)..].join("\n"),
+        "debootstrap of the Debian {} base failed ({status}):\n{}{log_hint}\n  hint: {}",
+        base.suite,
+        lines[lines.len().saturating_sub(15)..].join("\n"),
         if hint.is_empty() { disk } else { hint }
     )
 }
 
-/// The pockets whose fixes are applied on top of the release (when the host
 /// has apt sources for them).
 pub const UPDATE_POCKETS: [&str; 2] = ["updates", "security"];
 
@@ -404,10 +633,48 @@ pub fn sources_deb822(sources: &[(String, Mirror)], root: &Path) -> String {
     out
 }
 
-/// Apply the update and security pockets inside the new rootfs (`apt-get
-/// upgrade` in a chroot, services kept from starting by policy-rc.d), and
-/// leave the image with apt sources for all of them.
-async fn upgrade(
+/// A command run inside `root` by chroot, with apt's non-interactive settings.
+pub fn chroot_command(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root)
+        .args(args)
+        .env_clear()
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C")
+        .env("HOME", "/root")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    cmd
+}
+
+/// apt-get arguments that never ask: keep changed configuration files.
+pub const APT_QUIET: [&str; 6] = [
+    "-q",
+    "-y",
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+];
+
+/// No service starts while an image is built.
+pub const POLICY_RC_D: &str =
+    "#!/bin/sh\n# stackctl: no service starts while building an image\nexit 101\n";
+
+pub fn write_policy_rc_d(root: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let policy = root.join("usr/sbin/policy-rc.d");
+    std::fs::write(&policy, POLICY_RC_D).map_err(|e| io_hint(e, "cannot write policy-rc.d"))?;
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| io_hint(e, "cannot chmod policy-rc.d"))?;
+    Ok(policy)
+}
+
+/// Write the base's apt sources (the release and its update pockets), fetch
+/// the lists and apply the pockets' fixes (`apt-get upgrade` in a chroot).
+async fn configure_base(
     root: &Path,
     sources: &[(String, Mirror)],
     progress: &(dyn Fn(&str) + Sync),
@@ -419,21 +686,10 @@ async fn upgrade(
     )
     .map_err(|e| io_hint(e, "cannot write the rootfs' apt sources"))?;
     let _ = std::fs::remove_file(apt.join("sources.list"));
-    if sources.len() < 2 {
-        progress("rootfs: no update/security sources on this host; packages stay at the release versions");
-        return Ok(());
-    }
-    let policy = root.join("usr/sbin/policy-rc.d");
-    std::fs::write(
-        &policy,
-        "#!/bin/sh\n# stackctl: no service starts while building an image\nexit 101\n",
-    )
-    .map_err(|e| io_hint(e, "cannot write policy-rc.d"))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| io_hint(e, "cannot chmod policy-rc.d"))?;
-    }
+    let policy = write_policy_rc_d(root)?;
+    let unsafe_io = root.join("etc/dpkg/dpkg.cfg.d/stackctl-build");
+    std::fs::write(&unsafe_io, "force-unsafe-io\n")
+        .map_err(|e| io_hint(e, "cannot write the dpkg build settings"))?;
     let proc_dir = root.join("proc");
     let mounted = std::process::Command::new("mount")
         .args(["-t", "proc", "proc"])
@@ -442,75 +698,50 @@ async fn upgrade(
         .map(|s| s.success())
         .unwrap_or(false);
     let pockets: Vec<&str> = sources.iter().skip(1).map(|(s, _)| s.as_str()).collect();
-    progress(&format!(
-        "rootfs: apt-get upgrade from {}",
-        pockets.join(", ")
-    ));
+    let mut steps: Vec<Vec<&str>> = vec![vec!["apt-get", "-q", "update"]];
+    if pockets.is_empty() {
+        progress(
+            "base: no update/security sources on this host; packages stay at the release versions",
+        );
+    } else {
+        progress(&format!(
+            "base: apt-get upgrade from {}",
+            pockets.join(", ")
+        ));
+        let mut upgrade = vec!["apt-get"];
+        upgrade.extend(APT_QUIET);
+        upgrade.push("upgrade");
+        steps.push(upgrade);
+    }
+    steps.push(vec!["apt-get", "clean"]);
     let mut result = Ok(());
-    for args in [
-        vec!["apt-get", "-q", "update"],
-        vec![
-            "apt-get",
-            "-q",
-            "-y",
-            "-o",
-            "Dpkg::Options::=--force-confdef",
-            "-o",
-            "Dpkg::Options::=--force-confold",
-            "upgrade",
-        ],
-        vec!["apt-get", "clean"],
-    ] {
-        let out = Command::new("chroot")
-            .arg(root)
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C")
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => {
-                let text = String::from_utf8_lossy(&o.stdout);
-                for line in text
-                    .lines()
-                    .filter(|l| l.starts_with("Unpacking ") || l.contains(" upgraded, "))
-                {
-                    progress(&format!("rootfs: {line}"));
+    for args in steps {
+        let keep = |l: &str| {
+            (l.starts_with("Unpacking ") || l.contains(" upgraded, ") || l.starts_with("Fetched "))
+                .then(|| format!("base: {l}"))
+        };
+        if let Err((status, tail)) = run_logged(chroot_command(root, &args), progress, &keep).await
+        {
+            let hint = classify_debootstrap_failure(&tail, &sources[sources.len() - 1].1);
+            let lines: Vec<&str> = tail.lines().collect();
+            result = Err(anyhow!(
+                "`{}` in the new base rootfs failed ({status}):\n{}{}",
+                args.join(" "),
+                lines[lines.len().saturating_sub(15)..].join("\n"),
+                if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n  hint: {hint}")
                 }
-            }
-            Ok(o) => {
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-                let hint = classify_debootstrap_failure(&text, &sources[1].1);
-                result = Err(anyhow!(
-                    "`{}` in the new rootfs failed ({}):\n{tail}{}",
-                    args.join(" "),
-                    o.status,
-                    if hint.is_empty() {
-                        String::new()
-                    } else {
-                        format!("\n  hint: {hint}")
-                    }
-                ));
-                break;
-            }
-            Err(e) => {
-                result = Err(anyhow!("cannot run chroot {}: {e}", root.display()));
-                break;
-            }
+            ));
+            break;
         }
     }
     if mounted {
         let _ = std::process::Command::new("umount").arg(&proc_dir).status();
     }
     let _ = std::fs::remove_file(&policy);
+    let _ = std::fs::remove_file(&unsafe_io);
     result
 }
 
@@ -541,7 +772,7 @@ pub fn classify_debootstrap_failure(output: &str, mirror: &Mirror) -> String {
         return "the mirror's Release file fails signature checks: apt-get install debian-archive-keyring".into();
     }
     if o.contains("couldn't find these debs") {
-        return "a package of the recipe is not in the mirror: check the names in images/<kind>/packages".into();
+        return "a package of the recipe is not in the mirror: check the names in the recipe's packages (images/<name>/packages, or the component's list)".into();
     }
     String::new()
 }
@@ -558,7 +789,7 @@ pub fn io_hint(e: std::io::Error, what: &str) -> anyhow::Error {
 }
 
 /// Lazily unmount whatever debootstrap left mounted inside `dir` (proc, sys on failure).
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
         return;
     };
@@ -583,7 +814,7 @@ fn unmount_under(dir: &Path) {
     }
 }
 
-fn still_mounted_under(dir: &Path) -> bool {
+pub fn still_mounted_under(dir: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
         return false;
     };
@@ -627,9 +858,9 @@ fn remove_path(p: &Path) -> std::io::Result<()> {
 pub const HOST_FILES: [(&str, &str); 2] =
     [("etc/resolv.conf", ""), ("etc/hostname", "localhost\n")];
 
-/// Remove the recipe's prune paths (the `*` may only be in the last component),
-/// and empty /dev, /proc, /sys (the engine provides them).
-pub fn slim(root: &Path, prune: &[String]) -> Result<()> {
+/// Remove the prune paths under `root` (the `*` may only be in the last
+/// component); a missing path is not an error.
+pub fn prune_paths(root: &Path, prune: &[String]) -> Result<()> {
     for pattern in prune {
         let rel = pattern.trim_start_matches('/');
         if rel.is_empty() || rel.split('/').any(|c| c == "..") {
@@ -656,6 +887,13 @@ pub fn slim(root: &Path, prune: &[String]) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Remove the prune paths, neutralise the build host's files and empty /dev,
+/// /proc, /sys (the engine provides them).
+pub fn slim(root: &Path, prune: &[String]) -> Result<()> {
+    prune_paths(root, prune)?;
     // debootstrap copies the build host's resolver and name in: the engine
     // mounts its own over both at run time, so keep only neutral files.
     for (file, contents) in HOST_FILES {
@@ -678,72 +916,24 @@ pub fn slim(root: &Path, prune: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Tar the rootfs with numeric owners (GNU tar keeps hard links, devices and modes).
-async fn write_tar(root: &Path, out: &Path) -> Result<()> {
-    let output = Command::new("tar")
-        .arg("--numeric-owner")
-        .arg("--one-file-system")
-        .arg("-cf")
-        .arg(out)
-        .arg("-C")
-        .arg(root)
-        .arg(".")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("cannot run tar (apt-get install tar)")?;
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        if err.to_ascii_lowercase().contains("no space left") {
-            bail!("writing the rootfs tarball {} failed: the disk is full\n  hint: free space on the file system holding {CACHE_DIR} (df -h /var/tmp), then run again", out.display());
-        }
-        bail!(
-            "writing the rootfs tarball {} failed: {}",
-            out.display(),
-            err.trim()
-        );
-    }
-    Ok(())
-}
-
-/// Older tarballs of the same kind (another package set) are no longer needed.
-fn prune_other_tarballs(recipe: &Recipe, keep: &Path) {
-    let prefix = format!("{}-", recipe.kind.name());
-    let Ok(rd) = std::fs::read_dir(CACHE_DIR) else {
-        return;
-    };
-    for entry in rd.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let p = entry.path();
-        if name.starts_with(&prefix) && name.ends_with(".tar") && p != keep {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// A scratch directory under the cache dir, removed (after unmounting anything
-/// debootstrap left inside) when dropped, on success and on failure alike.
-struct WorkDir {
-    path: PathBuf,
+/// left inside) when dropped, on success and on failure alike.
+pub struct WorkDir {
+    pub path: PathBuf,
 }
 
 impl WorkDir {
-    fn new(recipe: &Recipe) -> Result<WorkDir> {
+    pub fn new(what: &str) -> Result<WorkDir> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = Path::new(CACHE_DIR).join(format!(
-            "work-{}-{}-{nanos:x}",
-            recipe.kind.name(),
-            std::process::id()
-        ));
+        let path = scratch_root().join(format!("work-{what}-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&path)
             .map_err(|e| io_hint(e, &format!("cannot create {}", path.display())))?;
         Ok(WorkDir { path })
     }
 }
-
 impl Drop for WorkDir {
     fn drop(&mut self) {
         unmount_under(&self.path);
@@ -842,12 +1032,28 @@ mod tests {
 
     #[test]
     fn preflight_says_how_to_fix_it() {
-        let e = preflight(None, Some(0), "stackctl/redis:7-bookworm")
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().join("k.gpg");
+        std::fs::write(&keyring, "k").unwrap();
+        let e = preflight(None, &keyring, Some(0), "stackctl/redis:7-bookworm")
             .unwrap_err()
             .to_string();
         assert!(e.contains("apt-get install debootstrap"), "{e}");
         let e = preflight(
             Some("/usr/sbin/debootstrap".into()),
+            &dir.path().join("missing.gpg"),
+            Some(0),
+            "the base",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("keyring") && e.contains("apt-get install debian-archive-keyring"),
+            "{e}"
+        );
+        let e = preflight(
+            Some("/usr/sbin/debootstrap".into()),
+            &keyring,
             Some(1000),
             "stackctl/redis:7-bookworm",
         )
@@ -855,9 +1061,18 @@ mod tests {
         .to_string();
         assert!(e.contains("needs root") && e.contains("sudo"), "{e}");
         assert_eq!(
-            preflight(Some("/usr/sbin/debootstrap".into()), Some(0), "t").unwrap(),
+            preflight(Some("/usr/sbin/debootstrap".into()), &keyring, Some(0), "t").unwrap(),
             PathBuf::from("/usr/sbin/debootstrap")
         );
+    }
+
+    #[test]
+    fn legacy_tarballs_are_recognised() {
+        assert!(is_legacy_tarball("postgres-0123456789abcdef.tar"));
+        assert!(!is_legacy_tarball("postgres-exporter-0123456789abcdef.tar"));
+        assert!(!is_legacy_tarball(
+            "postgres-0123456789abcdef-01234567.layer.tar"
+        ));
     }
 
     #[test]
