@@ -107,7 +107,7 @@ fn refusal_error(missing: &[Missing], why: Refusal) -> HostError {
     let packages: Vec<&str> = missing.iter().map(|m| m.package).collect();
     let what: Vec<&str> = missing.iter().map(|m| m.what.as_str()).collect();
     let message = format!(
-        "{} {} not installed; building the Debian-based images needs {}",
+        "{} {} not installed (the base root file system of the Debian-built images is made with {})",
         what.join(" and "),
         if missing.len() == 1 { "is" } else { "are" },
         if missing.len() == 1 { "it" } else { "them" },
@@ -159,7 +159,7 @@ pub async fn prepare(say: &(dyn Fn(&str) + Sync)) -> Result<Vec<String>, HostErr
     let lists_empty = std::fs::read_dir("/var/lib/apt/lists")
         .map(|rd| {
             !rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
         })
         .unwrap_or(true);
     let mut updated = false;
@@ -183,9 +183,10 @@ pub async fn prepare(say: &(dyn Fn(&str) + Sync)) -> Result<Vec<String>, HostErr
         let what: Vec<&str> = still.iter().map(|m| m.what.as_str()).collect();
         return Err(HostError {
             message: format!(
-                "`{}` succeeded, yet {} still missing",
+                "`{}` succeeded, yet {} {} still missing",
                 install_command(&packages),
-                what.join(" and ")
+                what.join(" and "),
+                if still.len() == 1 { "is" } else { "are" }
             ),
             hint: "check that debootstrap is on PATH (/usr/sbin for root) and that the package installed cleanly (dpkg -L debootstrap)".into(),
         });

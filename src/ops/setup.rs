@@ -1,8 +1,9 @@
-//! `stackctl setup`: daemon and disk checks, secrets, networks, volumes,
-//! infrastructure images. Idempotent: a second run changes nothing.
+//! `stackctl setup`: host tools, daemon and disk checks, secrets, networks,
+//! volumes, infrastructure images. Idempotent: a second run changes nothing.
 
 use super::stackenv::StackEnv;
 use crate::error::{Error, Result};
+use crate::images::{self, Recipe};
 use crate::model::{SecretKind, Stack};
 use crate::ui::Ui;
 use std::os::unix::fs::PermissionsExt;
@@ -185,7 +186,58 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// The Debian-built images the stack's containers use, as recipes.
+pub fn debian_recipes(
+    containers: &[crate::model::containers::ContainerSpec],
+) -> Result<Vec<Recipe>> {
+    let mut out: Vec<Recipe> = Vec::new();
+    for c in containers {
+        let crate::model::containers::Image::Infra { image, local: true } = &c.image else {
+            continue;
+        };
+        if out.iter().any(|r| r.tag == *image) {
+            continue;
+        }
+        let recipe = Recipe::resolve(image, &[]).map_err(|e| {
+            Error::usage(
+                format!("{}: {e}", c.name),
+                "use a built-in Debian image tag, or a registry image",
+            )
+        })?;
+        out.push(recipe);
+    }
+    Ok(out)
+}
+
+/// The host tools the Debian images need (debootstrap, the archive keyring),
+/// checked before anything else when the stack has such images and the
+/// suite's base rootfs is not cached yet: installed through apt-get when
+/// allowed, else the exact command to run (exit 33).
+pub async fn prepare_host(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
+    let recipes = debian_recipes(&crate::model::containers(stack))?;
+    let uncached = recipes
+        .iter()
+        .any(|r| images::rootfs::cached_base(&r.base()).is_none());
+    if !uncached {
+        return Ok(Vec::new());
+    }
+    let say = |m: &str| ui.info(format!("→ {m}"));
+    let installed = images::host::prepare(&say)
+        .await
+        .map_err(|e| Error::Build {
+            service: "the Debian-based images".into(),
+            step: " (host tools)".into(),
+            message: e.message,
+            hint: e.hint,
+        })?;
+    if !installed.is_empty() {
+        ui.ok(format!("installed {}", installed.join(", ")));
+    }
+    Ok(installed)
+}
+
 pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
+    let installed = prepare_host(stack, ui).await?;
     let env = StackEnv::connect(stack).await?;
     ui.ok(format!(
         "Docker Engine {} (API {}) at {}",
@@ -215,8 +267,39 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let secrets = ensure_secrets(stack, ui)?;
     let nets = env.ensure_networks().await?;
     let vols = env.ensure_volumes().await?;
-    let built = env.ensure_infra_images(ui, true).await?;
+    // The base once, then every Debian image in parallel; what stays for
+    // ensure_infra_images (stackenv's) is only a check.
+    let ensured = images::ensure_all(
+        &env.engine.docker,
+        debian_recipes(&env.containers)?,
+        images::Display::from_ui(ui),
+    )
+    .await
+    .map_err(|e| Error::Build {
+        service: "the Debian-based images".into(),
+        step: String::new(),
+        message: format!("{e:#}"),
+        hint: "see the message; `stackctl images -v` shows each step".into(),
+    })?;
+    let mut built: Vec<String> = Vec::new();
+    for e in ensured.iter().filter(|e| e.built) {
+        ui.ok(format!(
+            "built {} ({:.0} MB) in {:.0} s",
+            e.tag,
+            e.size as f64 / 1e6,
+            e.seconds
+        ));
+        built.push(e.tag.clone());
+    }
+    for b in env.ensure_infra_images(ui, true).await? {
+        if !built.contains(&b) {
+            built.push(b);
+        }
+    }
     let mut changes = Vec::new();
+    if !installed.is_empty() {
+        changes.push(format!("host packages ({})", installed.join(", ")));
+    }
     if !secrets.is_empty() {
         changes.push(format!(
             "{} secrets ({})",
@@ -236,11 +319,12 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let skipped = env.missing_optional().await?;
     for (c, image) in &skipped {
         ui.warn(format!(
-            "{c} needs {image}, which is not on this host and Debian does not package it: `start` skips it until the image is loaded (docker load) or a registry is reachable"
+            "{c} needs {image}, which is not on this host and no built-in Debian recipe makes it: `start` skips it until the image is loaded (docker load) or a registry is reachable"
         ));
     }
     if ui.json {
         ui.print_json(&serde_json::json!({
+            "host_packages_installed": installed,
             "secrets_created": secrets, "networks_created": nets, "volumes_created": vols, "images_built": built,
             "skipped": skipped.iter().map(|(c, i)| serde_json::json!({"container": c, "image": i})).collect::<Vec<_>>(),
         }));
