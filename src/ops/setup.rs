@@ -236,6 +236,40 @@ pub async fn prepare_host(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
     Ok(installed)
 }
 
+/// Every Debian-built image the stack uses, made (the base once, then in
+/// parallel, with progress) or found; the tags built now. What stays for
+/// stackenv's ensure_infra_images is only a check.
+async fn build_debian_images(env: &StackEnv<'_>, ui: &Ui) -> Result<Vec<String>> {
+    let ensured = images::ensure_all(
+        &env.engine.docker,
+        debian_recipes(&env.containers)?,
+        images::Display::from_ui(ui),
+    )
+    .await
+    .map_err(|e| Error::Build {
+        service: "the Debian-based images".into(),
+        step: String::new(),
+        message: format!("{e:#}"),
+        hint: "see the message; `stackctl images -v` shows each step".into(),
+    })?;
+    let mut built: Vec<String> = Vec::new();
+    for e in ensured.iter().filter(|e| e.built) {
+        ui.ok(format!(
+            "built {} ({:.0} MB) in {:.0} s",
+            e.tag,
+            e.size as f64 / 1e6,
+            e.seconds
+        ));
+        built.push(e.tag.clone());
+    }
+    for b in env.ensure_infra_images(ui, true).await? {
+        if !built.contains(&b) {
+            built.push(b);
+        }
+    }
+    Ok(built)
+}
+
 pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let installed = prepare_host(stack, ui).await?;
     let env = StackEnv::connect(stack).await?;
@@ -267,35 +301,7 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let secrets = ensure_secrets(stack, ui)?;
     let nets = env.ensure_networks().await?;
     let vols = env.ensure_volumes().await?;
-    // The base once, then every Debian image in parallel; what stays for
-    // ensure_infra_images (stackenv's) is only a check.
-    let ensured = images::ensure_all(
-        &env.engine.docker,
-        debian_recipes(&env.containers)?,
-        images::Display::from_ui(ui),
-    )
-    .await
-    .map_err(|e| Error::Build {
-        service: "the Debian-based images".into(),
-        step: String::new(),
-        message: format!("{e:#}"),
-        hint: "see the message; `stackctl images -v` shows each step".into(),
-    })?;
-    let mut built: Vec<String> = Vec::new();
-    for e in ensured.iter().filter(|e| e.built) {
-        ui.ok(format!(
-            "built {} ({:.0} MB) in {:.0} s",
-            e.tag,
-            e.size as f64 / 1e6,
-            e.seconds
-        ));
-        built.push(e.tag.clone());
-    }
-    for b in env.ensure_infra_images(ui, true).await? {
-        if !built.contains(&b) {
-            built.push(b);
-        }
-    }
+    let built = build_debian_images(&env, ui).await?;
     let mut changes = Vec::new();
     if !installed.is_empty() {
         changes.push(format!("host packages ({})", installed.join(", ")));
@@ -339,8 +345,9 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
 /// `stackctl images`: every image the stack needs, built (Debian recipes),
 /// present, or missing, in one table.
 pub async fn images(stack: &Stack, ui: &Ui) -> Result<i32> {
+    prepare_host(stack, ui).await?;
     let env = StackEnv::connect(stack).await?;
-    env.ensure_infra_images(ui, true).await?;
+    build_debian_images(&env, ui).await?;
     let tag = super::image_tag(stack);
     let mut rows = Vec::new();
     let mut seen = Vec::new();
