@@ -209,6 +209,16 @@ where
     })
 }
 
+/// The recipe's rootfs image when the engine has it (the base plus its
+/// packages layer: the tag's hash pins both recipes).
+pub async fn existing_layer_image(docker: &Docker, recipe: &Recipe) -> Result<Option<String>> {
+    let tag = layer_tag(recipe);
+    Ok(inspect(docker, &tag)
+        .await?
+        .filter(|img| img.layers.len() == 2)
+        .map(|_| tag))
+}
+
 /// Make sure the recipe's rootfs (the base plus its packages layer) is an
 /// image on top of `base`; its tag.
 pub async fn ensure_layer_image(
@@ -522,12 +532,15 @@ pub fn is_stale_rootfs_tag(tag: &str, recipe: &Recipe) -> bool {
 /// Remove untagged images of this kind that nothing uses (left by a build
 /// that raced another process, or an interrupted one). Never forced.
 pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn Fn(&str) + Sync)) {
+    for kind in [recipe.name.as_str(), "base"] {
+        remove_dangling_kind(docker, kind, progress).await;
+    }
+}
+
+async fn remove_dangling_kind(docker: &Docker, kind: &str, progress: &(dyn Fn(&str) + Sync)) {
     let filters = HashMap::from([
         ("dangling".to_string(), vec!["true".to_string()]),
-        (
-            "label".to_string(),
-            vec![format!("{KIND_LABEL}={}", recipe.name)],
-        ),
+        ("label".to_string(), vec![format!("{KIND_LABEL}={kind}")]),
     ]);
     let images = match docker
         .list_images(Some(ListImagesOptions {
@@ -538,7 +551,7 @@ pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn F
     {
         Ok(images) => images,
         Err(e) => {
-            progress(&format!("cannot list untagged {} images: {e}", recipe.name));
+            progress(&format!("cannot list untagged {kind} images: {e}"));
             return;
         }
     };

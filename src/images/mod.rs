@@ -165,8 +165,11 @@ pub async fn ensure(
     }
     say_why(existing.as_ref(), &hash, progress);
     let long = long_docker(docker);
-    let (tree, base) = prepare_base(&long, &recipe.base(), progress).await?;
-    build_on(&long, recipe, &tree, &base, start, progress).await
+    let prepared = match docker::existing_layer_image(&long, recipe).await? {
+        Some(_) => None,
+        None => Some(prepare_base(&long, &recipe.base(), progress).await?),
+    };
+    build_on(&long, recipe, prepared.as_ref(), start, progress).await
 }
 
 fn say_why(existing: Option<&docker::ImageFacts>, hash: &str, progress: &(dyn Fn(&str) + Sync)) {
@@ -190,12 +193,12 @@ fn long_docker(docker: &bollard::Docker) -> bollard::Docker {
         .with_timeout(std::time::Duration::from_secs(3 * 3600))
 }
 
-/// Build the recipe's layer image and final image on the prepared base.
+/// Build the recipe's rootfs image (unless the engine has it; then the base
+/// is not needed) and its final image.
 async fn build_on(
     docker: &bollard::Docker,
     recipe: &Recipe,
-    tree: &rootfs::BaseTree,
-    base: &docker::BaseImage,
+    prepared: Option<&Prepared>,
     start: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Ensured> {
@@ -207,9 +210,17 @@ async fn build_on(
     if let Some(e) = done {
         return Ok(e);
     }
-    let rootfs_tag = {
-        let _permit = jobs().acquire().await;
-        docker::ensure_layer_image(docker, recipe, base, tree, progress).await?
+    let rootfs_tag = match docker::existing_layer_image(docker, recipe).await? {
+        Some(t) => {
+            progress(&format!("layer: image {t} present"));
+            t
+        }
+        None => {
+            let (tree, base) =
+                prepared.ok_or_else(|| anyhow!("the shared base of {tag} was not prepared"))?;
+            let _permit = jobs().acquire().await;
+            docker::ensure_layer_image(docker, recipe, base, tree, progress).await?
+        }
     };
     let image_id = docker::build_final(docker, recipe, tag, &rootfs_tag, &hash, progress).await?;
     let built = docker::inspect(docker, tag).await?.ok_or_else(|| {
@@ -220,7 +231,8 @@ async fn build_on(
             docker::remove_if_unused(docker, &old.id, progress).await;
         }
     }
-    docker::remove_stale_bases(docker, recipe, &[&rootfs_tag, &base.tag], progress).await;
+    let base_tag = docker::base_tag(&recipe.base());
+    docker::remove_stale_bases(docker, recipe, &[&rootfs_tag, &base_tag], progress).await;
     docker::remove_dangling(docker, recipe, progress).await;
     let seconds = start.elapsed().as_secs_f64();
     progress(&format!(
@@ -277,10 +289,20 @@ pub async fn ensure_all(
     todo.sort_by_key(|(i, _)| build_order(&unique[*i]));
     let reporter = progress::Reporter::new(display);
     let long = long_docker(docker);
+    // Only images whose rootfs image is missing need the shared base.
+    let layers = futures::future::join_all(
+        todo.iter()
+            .map(|(i, _)| docker::existing_layer_image(&long, &unique[*i])),
+    )
+    .await;
+    let mut need_base = Vec::new();
+    for l in layers {
+        need_base.push(l?.is_none());
+    }
     let mut bases: Vec<(Base, Result<Prepared, String>)> = Vec::new();
-    for (i, _) in &todo {
+    for ((i, _), need) in todo.iter().zip(&need_base) {
         let base = unique[*i].base();
-        if bases.iter().any(|(b, _)| *b == base) {
+        if !*need || bases.iter().any(|(b, _)| *b == base) {
             continue;
         }
         let line = reporter.line(&docker::base_tag(&base));
@@ -297,15 +319,17 @@ pub async fn ensure_all(
         let base = bases
             .iter()
             .find(|(b, _)| *b == recipe.base())
-            .map(|(_, r)| r.clone())
-            .expect("every base was prepared");
+            .map(|(_, r)| r.clone());
         let long = &long;
         async move {
             let progress = |m: &str| line.say(m);
             say_why(existing.as_ref(), &recipe.hash(), &progress);
             let result = match base {
-                Ok((tree, base)) => build_on(long, recipe, &tree, &base, start, &progress).await,
-                Err(e) => Err(anyhow!("the shared base could not be made: {e}")),
+                Some(Ok(prepared)) => {
+                    build_on(long, recipe, Some(&prepared), start, &progress).await
+                }
+                Some(Err(e)) => Err(anyhow!("the shared base could not be made: {e}")),
+                None => build_on(long, recipe, None, start, &progress).await,
             };
             match &result {
                 Ok(e) => line.finish(&format!(
