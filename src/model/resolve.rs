@@ -695,7 +695,7 @@ impl Resolver<'_> {
                 maxmemory_policy: redis_def
                     .maxmemory_policy
                     .clone()
-                    .unwrap_or_else(|| "allkeys-lru".into()),
+                    .unwrap_or_else(|| "noeviction".into()),
                 appendonly: redis_def.appendonly.unwrap_or(true),
                 password_secret,
                 acl_secret,
