@@ -861,3 +861,44 @@ async fn short_follow_up_is_searched_with_the_previous_question() {
         .unwrap()
         .contains("Обороты(&Начало, &Конец"));
 }
+
+/// A real module is 0.4–0.6 MB, a generated one several MB: the whole of it
+/// is checked over HTTP (the old 200,000-character cap refused both), and the
+/// answer says how many lines were checked and how long it took.
+#[tokio::test]
+async fn bsl_check_takes_a_module_of_several_megabytes() {
+    let svc = start(settings(AuthMode::Gateway(gateway_key()))).await;
+    let procedures = 25_000;
+    let mut code = String::new();
+    for i in 0..procedures {
+        code.push_str(&format!(
+            "Процедура ЗаполнитьДатуДокумента{i}(Документ) Экспорт\n\tДокумент.Дата = ТекущаяДата(); // дата записи\nКонецПроцедуры\n\n"
+        ));
+    }
+    assert!(code.len() > 3_000_000, "{} bytes", code.len());
+    let r = svc
+        .http
+        .post(format!("{}/bsl/check", svc.base))
+        .json(&json!({ "code": code, "kind": "module" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["lines"].as_u64(), Some(4 * procedures as u64));
+    let d = body["diagnostics"].as_array().unwrap();
+    // One deprecated-current-date warning per procedure, on its second line.
+    assert_eq!(d.len(), procedures, "{:?}", &d[..d.len().min(3)]);
+    assert!(d.iter().all(|x| x["rule"] == "deprecated-current-date"));
+    assert_eq!(
+        d[procedures - 1]["line"].as_u64(),
+        Some(4 * procedures as u64 - 2)
+    );
+    let ms = body["elapsed_ms"].as_f64().unwrap();
+    assert!(ms > 0.0);
+    println!(
+        "checked {} bytes, {} lines in {ms:.0} ms over HTTP",
+        code.len(),
+        body["lines"]
+    );
+}
