@@ -9,7 +9,7 @@ REDIS_PORT=6379
 
 need_apt=()
 for pair in psql:postgresql pg_ctlcluster:postgresql-common redis-server:redis-server nginx:nginx-light \
-            promtool:prometheus openssl:openssl docker-compose:docker-compose debootstrap:debootstrap \
+            promtool:prometheus amtool:prometheus-alertmanager openssl:openssl docker-compose:docker-compose debootstrap:debootstrap \
             docker-registry:docker-registry curl:curl; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
@@ -25,6 +25,10 @@ fi
 # need only the binary, and the stack's own Nginx needs the port.
 if [[ " ${need_apt[*]:-} " == *" nginx-light "* ]]; then
   nginx -s quit 2>/dev/null || true
+fi
+# Only amtool is needed (to check rendered Alertmanager configs), not a server.
+if [[ " ${need_apt[*]:-} " == *" prometheus-alertmanager "* ]]; then
+  pkill -f /usr/bin/prometheus-alertmanager 2>/dev/null || true
 fi
 
 # Linters for rendered files, in their own venv (PyPI).

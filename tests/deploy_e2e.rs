@@ -326,7 +326,17 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
     let load = Load::start(&token);
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
-    let out = ok(Some("e2e-v2"), &["deploy", "--watch", "5s"]);
+    // From another directory with a relative `-f`: every path handed to the
+    // engine (secret and config bind mounts) must still be absolute.
+    let mut relative = cmd(
+        Some("e2e-v2"),
+        &["-f", "../stack.toml", "deploy", "--watch", "5s"],
+    );
+    relative.current_dir(repo().join("services"));
+    let out = succeeded(
+        &run_logged(&mut relative, "-f ../stack.toml deploy (from services/)"),
+        "stackctl -f ../stack.toml deploy",
+    );
     let deploy_secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let (served, failed, samples) = load.finish();

@@ -234,6 +234,8 @@ fn day_one_path_on_the_real_engine() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    monitoring_sees_everything_and_alerts_reach_alertmanager();
+
     // Plain HTTP is redirected to HTTPS.
     let r = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -337,4 +339,118 @@ fn an_unreachable_daemon_is_a_clear_error_with_its_own_code() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(30), "{}", stderr(&o));
+}
+
+/// GET a URL from inside one of the stack's containers (wget is in every
+/// Debian-built image); the monitoring ports are not published beyond
+/// loopback, and Alertmanager's not at all.
+fn from_inside(container: &str, url: &str) -> serde_json::Value {
+    let name = format!("{PROJECT}-{container}-1");
+    let out = docker_ok(&["exec", &name, "wget", "-qO-", url]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
+}
+
+/// The air-gapped monitoring stack: Prometheus scrapes every service and
+/// every exporter (all `up == 1`), and a stopped service's ServiceDown alert
+/// reaches Alertmanager.
+fn monitoring_sees_everything_and_alerts_reach_alertmanager() {
+    let want_jobs = [
+        "prometheus",
+        "api-gateway",
+        "user-management",
+        "security",
+        "analytics",
+        "ai-assistant",
+        "1c-integration",
+        "onec-simulator",
+        "node-exporter",
+        "postgres-exporter",
+        "redis-exporter",
+        "nginx-exporter",
+        "alertmanager",
+    ];
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    let up = loop {
+        let v = from_inside("prometheus", "http://127.0.0.1:9090/api/v1/query?query=up");
+        let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let all_up = series.iter().all(|s| s["value"][1] == "1");
+        let jobs: Vec<String> = series
+            .iter()
+            .filter_map(|s| s["metric"]["job"].as_str().map(str::to_string))
+            .collect();
+        if all_up && want_jobs.iter().all(|j| jobs.iter().any(|x| x == j)) {
+            break series;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw every target up: {v}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    eprintln!(
+        "FIGURE Prometheus targets up: {} of {} ({} jobs), {:.0}s after start",
+        up.iter().filter(|s| s["value"][1] == "1").count(),
+        up.len(),
+        want_jobs.len(),
+        t.elapsed().as_secs_f64()
+    );
+    // Each exporter reads what it exports: the databases, Redis and Nginx answer.
+    let probe = |q: &str| {
+        let v = from_inside(
+            "prometheus",
+            &format!("http://127.0.0.1:9090/api/v1/query?query={q}"),
+        );
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pg = probe("pg_up");
+        let redis = probe("redis_up");
+        let nginx = probe("nginx_up");
+        let ok = pg.len() == 5
+            && pg.iter().all(|s| s["value"][1] == "1")
+            && redis.iter().any(|s| s["value"][1] == "1")
+            && nginx.iter().any(|s| s["value"][1] == "1");
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exporters: pg_up {pg:?} redis_up {redis:?} nginx_up {nginx:?}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    // Prometheus knows its Alertmanager.
+    let am = from_inside("prometheus", "http://127.0.0.1:9090/api/v1/alertmanagers");
+    assert!(
+        am["data"]["activeAlertmanagers"]
+            .to_string()
+            .contains(":9093"),
+        "{am}"
+    );
+
+    // A stopped service: its alert reaches Alertmanager.
+    ok(&["stop", "analytics"]);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(240);
+    loop {
+        let alerts = from_inside("alertmanager", "http://127.0.0.1:9093/api/v2/alerts");
+        let found = alerts.as_array().into_iter().flatten().any(|a| {
+            a["labels"]["alertname"] == "ServiceDown" && a["labels"]["job"] == "analytics"
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ServiceDown alert for analytics in Alertmanager: {alerts}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!(
+        "FIGURE stopped service to its ServiceDown alert in Alertmanager: {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
+    ok(&["start"]);
 }

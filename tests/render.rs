@@ -427,3 +427,125 @@ fn grafana_dashboard_and_filebeat_config_parse() {
         serde_json::from_slice(&std::fs::read(out.join("filebeat/ilm-policy.json")).unwrap())
             .unwrap();
 }
+
+#[test]
+fn amtool_accepts_the_alertmanager_config_with_and_without_a_receiver() {
+    let amtool = tool("amtool");
+    let (_p, out) = rendered(".", &[]);
+    let said = check(
+        Command::new(&amtool)
+            .current_dir(&out)
+            .args(["check-config", "components/alertmanager/alertmanager.yml"]),
+        "amtool check-config (no receiver)",
+    );
+    assert!(said.contains("SUCCESS"), "{said}");
+    // A webhook receiver set in stack.toml reaches the rendered config.
+    let text = std::fs::read_to_string(repo().join("stack.toml"))
+        .unwrap()
+        .replace(
+            "settings = { webhook_url = \"\" }",
+            "settings = { webhook_url = \"http://alerts.internal:8080/hook\" }",
+        );
+    let p = Project::at(".", &text);
+    let o = p.run(&["render"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let conf = p
+        .path()
+        .join("deploy/components/alertmanager/alertmanager.yml");
+    let said = check(
+        Command::new(&amtool).arg("check-config").arg(&conf),
+        "amtool check-config (webhook)",
+    );
+    assert!(
+        said.contains("1 receivers") || said.contains("2 receivers"),
+        "{said}"
+    );
+    let yml = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        yml.contains("receiver: webhook") && yml.contains("http://alerts.internal:8080/hook"),
+        "{yml}"
+    );
+}
+
+#[test]
+fn prometheus_scrapes_every_component_and_alerts_to_alertmanager() {
+    let (_p, out) = rendered(".", &[]);
+    let prom = std::fs::read_to_string(out.join("prometheus/prometheus.yml")).unwrap();
+    for (job, port) in [
+        ("node-exporter", 9100),
+        ("postgres-exporter", 9187),
+        ("redis-exporter", 9121),
+        ("nginx-exporter", 9113),
+        ("alertmanager", 9093),
+    ] {
+        assert!(
+            prom.contains(&format!("job_name: {job}\n"))
+                && prom.contains(&format!("names: [\"{job}\"]"))
+                && prom.contains(&format!("port: {port}\n")),
+            "{job} is scraped on {port}:\n{prom}"
+        );
+    }
+    assert!(prom.contains("targets: [\"alertmanager:9093\"]"), "{prom}");
+    let rules = std::fs::read_to_string(out.join("prometheus/alerts.yml")).unwrap();
+    assert!(
+        rules.contains("absent(up{job=\"user-management\"} == 1)"),
+        "a stopped service (no DNS target left) still raises ServiceDown:\n{rules}"
+    );
+    let nginx = std::fs::read_to_string(out.join("nginx/nginx.conf")).unwrap();
+    assert!(
+        nginx.contains("listen 8081;") && nginx.contains("stub_status;"),
+        "{nginx}"
+    );
+    // The status port is never published.
+    let compose = std::fs::read_to_string(out.join("docker-compose.yml")).unwrap();
+    assert!(!compose.contains(":8081"), "{compose}");
+}
+
+#[test]
+fn only_nginx_is_published_beyond_loopback() {
+    for (name, rel) in stacks() {
+        let (_p, out) = rendered(rel, &[]);
+        let text = std::fs::read_to_string(out.join("docker-compose.yml")).unwrap();
+        let mut listed = Vec::new();
+        // Service keys are indented two spaces; their port entries are "    - ...".
+        let mut svc = String::new();
+        let mut in_ports = false;
+        for line in text.lines() {
+            if let Some(k) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+                if !k.starts_with(' ') {
+                    svc = k.to_string();
+                }
+            }
+            let key = line
+                .strip_prefix("    ")
+                .filter(|l| !l.starts_with([' ', '-']));
+            if let Some(k) = key {
+                in_ports = k == "ports:";
+                continue;
+            }
+            let Some(p) = line.strip_prefix("    - ").filter(|_| in_ports) else {
+                continue;
+            };
+            let p = p.trim_matches('\'');
+            {
+                let svc = svc.as_str();
+                // "IP:${VAR:-HOST}:CONTAINER" or "${VAR:-HOST}:CONTAINER" (every interface).
+                let bind = if p.starts_with("${") {
+                    "0.0.0.0"
+                } else {
+                    p.split(':').next().unwrap()
+                };
+                listed.push(format!("{name}: {svc} {p} -> bound to {bind}"));
+                if svc == "nginx" {
+                    continue;
+                }
+                assert_eq!(
+                    bind, "127.0.0.1",
+                    "{name}: {svc} publishes {p} beyond loopback"
+                );
+            }
+        }
+        eprintln!("{}", listed.join("\n"));
+        assert!(listed.iter().any(|l| l.contains(" nginx ")), "{listed:?}");
+    }
+}

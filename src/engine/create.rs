@@ -97,14 +97,15 @@ pub fn desired(
     for p in &spec.expose {
         exposed.push(format!("{p}/tcp"));
     }
-    for (h, c) in &spec.ports {
-        let h = host_port(&spec.name, *h, *c);
-        published.push((h, *c));
+    for p in &spec.ports {
+        let c = p.container;
+        let h = host_port(&spec.name, p.host, c);
+        published.push((h, c));
         exposed.push(format!("{c}/tcp"));
         port_bindings.insert(
             format!("{c}/tcp"),
             Some(vec![PortBinding {
-                host_ip: None,
+                host_ip: p.ip.clone(),
                 host_port: Some(h.to_string()),
             }]),
         );
@@ -125,6 +126,7 @@ pub fn desired(
     let mut body = ContainerCreateBody {
         hostname: Some(spec.name.chars().take(63).collect()),
         image: Some(image.to_string()),
+        entrypoint: spec.entrypoint.clone(),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         user: spec.user.clone(),

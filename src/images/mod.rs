@@ -47,19 +47,6 @@ pub const BASE_LABEL: &str = "io.stackctl.base-build";
 /// Repository of the base and per-image rootfs images.
 pub const ROOTFS_REPO: &str = "stackctl/rootfs";
 
-/// Transitional: the closed list of kinds is gone, recipes are data. Kept so
-/// callers written against it still compile; use [`Recipe::resolve`].
-pub struct InfraKind;
-
-impl InfraKind {
-    /// The built-in recipe tagged `image` (see [`Recipe::builtin`]).
-    pub fn from_tag(image: &str) -> Option<&'static Recipe> {
-        static BUILTINS: LazyLock<Vec<Recipe>> = LazyLock::new(Recipe::builtins);
-        let image = image.strip_prefix("docker.io/").unwrap_or(image);
-        BUILTINS.iter().find(|r| r.tag == image)
-    }
-}
-
 /// What [`ensure`] found or built.
 #[derive(Debug, Clone)]
 pub struct Ensured {
@@ -383,12 +370,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_transitional_lookup_finds_builtins() {
+    fn builtin_lookup_finds_every_builtin_tag() {
         for tag in builtin_tags() {
-            assert_eq!(InfraKind::from_tag(tag).map(|r| r.tag.as_str()), Some(tag));
-            assert!(InfraKind::from_tag(&format!("docker.io/{tag}")).is_some());
+            assert_eq!(Recipe::builtin(tag).map(|r| r.tag), Some(tag.to_string()));
+            assert!(Recipe::builtin(&format!("docker.io/{tag}")).is_some());
         }
-        assert!(InfraKind::from_tag("postgres:15").is_none());
+        assert!(Recipe::builtin("postgres:15").is_none());
     }
 
     #[test]

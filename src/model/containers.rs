@@ -14,10 +14,11 @@ pub enum Kind {
     Nginx,
     Prometheus,
     Grafana,
-    NodeExporter,
     Elasticsearch,
     Kibana,
     Filebeat,
+    /// A `[components.NAME]` container.
+    Component,
 }
 
 impl Kind {
@@ -29,24 +30,24 @@ impl Kind {
             Kind::Nginx => "nginx",
             Kind::Prometheus => "prometheus",
             Kind::Grafana => "grafana",
-            Kind::NodeExporter => "node-exporter",
             Kind::Elasticsearch => "elasticsearch",
             Kind::Kibana => "kibana",
             Kind::Filebeat => "filebeat",
+            Kind::Component => "component",
         }
     }
 
     /// Keeps data that must survive a redeploy (never recreated lightly).
-    pub fn stateful(self) -> bool {
+    fn stateful(self) -> bool {
         matches!(self, Kind::Postgres | Kind::Redis | Kind::Elasticsearch)
     }
 
-    pub fn group(self) -> &'static str {
+    fn group(self) -> &'static str {
         match self {
-            Kind::App => "services",
+            Kind::App | Kind::Component => "services",
             Kind::Postgres | Kind::Redis => "data",
             Kind::Nginx => "edge",
-            Kind::Prometheus | Kind::Grafana | Kind::NodeExporter => "monitoring",
+            Kind::Prometheus | Kind::Grafana => "monitoring",
             Kind::Elasticsearch | Kind::Kibana | Kind::Filebeat => "logging",
         }
     }
@@ -91,10 +92,12 @@ pub struct ContainerSpec {
     pub name: String,
     pub kind: Kind,
     pub image: Image,
+    /// Replaces the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    /// (host, container) port pairs to publish.
-    pub ports: Vec<(u16, u16)>,
+    /// Ports published on the host.
+    pub ports: Vec<Publish>,
     /// Ports the container listens on inside its networks.
     pub expose: Vec<u16>,
     pub networks: Vec<String>,
@@ -112,6 +115,11 @@ pub struct ContainerSpec {
     pub cap_add: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub stop_grace_period: Duration,
+    /// Keeps data that must survive a redeploy: recreated only when its
+    /// config changed, never rolled side by side.
+    pub stateful: bool,
+    /// The part of the stack it belongs to: services, data, edge, monitoring, logging.
+    pub group: String,
 }
 
 impl ContainerSpec {
@@ -128,9 +136,10 @@ pub const APP_DIR: &str = "/app";
 pub const LABEL_STACK: &str = "io.stackctl.stack";
 pub const LABEL_SERVICE: &str = "io.stackctl.service";
 pub const LABEL_KIND: &str = "io.stackctl.kind";
+pub const LABEL_PRESET: &str = "io.stackctl.preset";
 
 /// A shell health probe that works with curl or busybox wget, whichever the image has.
-fn http_probe(url: &str) -> Vec<String> {
+pub(crate) fn http_probe(url: &str) -> Vec<String> {
     vec![
         "CMD-SHELL".into(),
         format!("curl -fsS -o /dev/null {url} || wget -q -O /dev/null {url}"),
@@ -161,6 +170,15 @@ fn host(path: &str, target: &str) -> Mount {
     }
 }
 
+/// Published on loopback only: reachable from this host, not from outside.
+fn local(host: u16, container: u16) -> Publish {
+    Publish {
+        ip: Some("127.0.0.1".into()),
+        host,
+        container,
+    }
+}
+
 fn infra_image(src: &ImageSource) -> Image {
     Image::Infra {
         image: src.image().to_string(),
@@ -180,6 +198,7 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             name: name.to_string(),
             kind,
             image,
+            entrypoint: None,
             command: vec![],
             env: BTreeMap::new(),
             ports: vec![],
@@ -198,6 +217,8 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             cap_add: vec![],
             labels,
             stop_grace_period: d.stop_grace_period,
+            stateful: kind.stateful(),
+            group: kind.group().to_string(),
         }
     };
     let mut out = Vec::new();
@@ -345,7 +366,7 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
         c.command = s.args.clone();
         c.expose = vec![s.port];
         if let Some(p) = s.publish {
-            c.ports.push((p, s.port));
+            c.ports.push(local(p, s.port));
         }
         c.networks = s.networks.clone();
         c.user = Some(s.user.clone());
@@ -364,7 +385,19 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
 
     if let Some(n) = &stack.nginx {
         let mut c = base(&n.name, Kind::Nginx, infra_image(&n.image), n.resources);
-        c.ports = vec![(n.http_port, 80), (n.https_port, 443)];
+        // The one public entry: every interface.
+        c.ports = vec![
+            Publish {
+                ip: None,
+                host: n.http_port,
+                container: 80,
+            },
+            Publish {
+                ip: None,
+                host: n.https_port,
+                container: 443,
+            },
+        ];
         c.networks = n.networks.clone();
         c.mounts = vec![rendered("nginx/nginx.conf", "/etc/nginx/nginx.conf")];
         c.secrets = vec![n.tls_cert_secret.clone(), n.tls_key_secret.clone()];
@@ -400,9 +433,8 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             "--config.file=/etc/prometheus/prometheus.yml".into(),
             "--storage.tsdb.path=/prometheus".into(),
             format!("--storage.tsdb.retention.time={}", m.retention),
-            "--web.enable-lifecycle".into(),
         ];
-        c.ports = vec![(p.port, 9090)];
+        c.ports = vec![local(p.port, 9090)];
         c.networks = vec![m.network.clone()];
         c.mounts = vec![
             vol("prometheus-data", "/prometheus"),
@@ -414,28 +446,6 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             timing: infra_health,
         });
         out.push(c);
-        if let Some(ne) = &m.node_exporter {
-            let mut c = base(
-                &ne.name,
-                Kind::NodeExporter,
-                infra_image(&ne.image),
-                ne.resources,
-            );
-            c.command = vec![
-                "--path.procfs=/host/proc".into(),
-                "--path.sysfs=/host/sys".into(),
-                format!("--web.listen-address=:{}", ne.port),
-            ];
-            c.expose = vec![ne.port];
-            c.networks = vec![m.network.clone()];
-            c.mounts = vec![host("/proc", "/host/proc"), host("/sys", "/host/sys")];
-            c.user = Some("65534:65534".into());
-            c.healthcheck = Some(HealthSpec {
-                test: http_probe(&format!("http://127.0.0.1:{}/metrics", ne.port)),
-                timing: infra_health,
-            });
-            out.push(c);
-        }
         if let Some(g) = &m.grafana {
             let mut c = base(&g.name, Kind::Grafana, infra_image(&g.image), g.resources);
             if let Some(s) = &g.admin_password_secret {
@@ -451,7 +461,7 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
                 "GF_PATHS_PROVISIONING".into(),
                 "/etc/grafana/provisioning".into(),
             );
-            c.ports = vec![(g.port, 3000)];
+            c.ports = vec![local(g.port, 3000)];
             c.networks = vec![m.network.clone()];
             c.mounts = vec![
                 vol("grafana-data", "/var/lib/grafana"),
@@ -482,7 +492,7 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
         let heap = (es.resources.memory.mib() / 2).max(256);
         c.env
             .insert("ES_JAVA_OPTS".into(), format!("-Xms{heap}m -Xmx{heap}m"));
-        c.ports = vec![(es.port, 9200)];
+        c.ports = vec![local(es.port, 9200)];
         c.networks = vec![l.network.clone()];
         c.mounts = vec![vol("elasticsearch-data", "/usr/share/elasticsearch/data")];
         c.read_only = false;
@@ -501,7 +511,7 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             "ELASTICSEARCH_HOSTS".into(),
             format!("http://{}:9200", es.name),
         );
-        c.ports = vec![(k.port, 5601)];
+        c.ports = vec![local(k.port, 5601)];
         c.networks = vec![l.network.clone()];
         c.read_only = false;
         c.user = Some("1000:0".into());
@@ -544,6 +554,78 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             timing: infra_health,
         });
         out.push(c);
+    }
+    for comp in &stack.components {
+        out.push(component(
+            comp,
+            base(
+                &comp.name,
+                Kind::Component,
+                match &comp.source {
+                    ComponentSource::Registry { image } => Image::Infra {
+                        image: image.clone(),
+                        local: false,
+                    },
+                    ComponentSource::Debian { image, .. } => Image::Infra {
+                        image: image.clone(),
+                        local: true,
+                    },
+                },
+                comp.resources,
+            ),
+        ));
+    }
+    start_order(out)
+}
+
+/// A component's container: everything comes from its resolved definition.
+fn component(comp: &Component, mut c: ContainerSpec) -> ContainerSpec {
+    c.entrypoint = comp.entrypoint.clone();
+    c.command = comp.command.clone();
+    c.env = comp.env.clone();
+    c.secrets = comp.secrets.clone();
+    c.expose = comp.port.into_iter().collect();
+    if let Some(m) = &comp.metrics {
+        if !c.expose.contains(&m.port) {
+            c.expose.push(m.port);
+        }
+    }
+    c.ports = comp.publish.clone();
+    c.networks = comp.networks.clone();
+    c.mounts = comp.mounts.clone();
+    c.mounts
+        .extend(comp.files.iter().map(|f| rendered(&f.rendered, &f.target)));
+    c.tmpfs = comp.tmpfs.clone();
+    c.healthcheck = comp.healthcheck.clone();
+    c.user = comp.user.clone();
+    c.read_only = comp.read_only;
+    c.restart = comp.restart.clone();
+    c.replicas = comp.replicas;
+    c.depends_on = comp.depends_on.clone();
+    c.cap_add = comp.cap_add.clone();
+    c.labels.extend(comp.labels.clone());
+    if let Some(p) = &comp.preset {
+        c.labels.insert(LABEL_PRESET.to_string(), p.clone());
+    }
+    c.stateful = comp.stateful();
+    c.group = comp.group.clone();
+    c
+}
+
+/// Dependencies first, otherwise in the order given (the model rejects cycles).
+fn start_order(mut left: Vec<ContainerSpec>) -> Vec<ContainerSpec> {
+    let names: Vec<String> = left.iter().map(|c| c.name.clone()).collect();
+    let mut out: Vec<ContainerSpec> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let ready = left
+            .iter()
+            .position(|c| {
+                c.depends_on
+                    .iter()
+                    .all(|d| !names.contains(d) || out.iter().any(|o| &o.name == d))
+            })
+            .unwrap_or(0);
+        out.push(left.remove(ready));
     }
     out
 }

@@ -8,6 +8,7 @@ pub mod schema;
 pub mod units;
 
 pub use containers::{containers, ContainerSpec};
+pub use resolve::presets;
 pub use resolve::{find_stack_file, load, load_str};
 pub use units::{Duration, Memory};
 
@@ -59,6 +60,8 @@ pub struct Stack {
     /// One-shot jobs, in stack.toml order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<Job>,
+    /// Every other container: `[components.NAME]`, presets expanded.
+    pub components: Vec<Component>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -327,8 +330,9 @@ pub struct Nginx {
     pub upstream_replicas: u32,
 }
 
+/// A third-party add-on of [monitoring] or [logging] (Grafana, the Elastic stack).
 #[derive(Debug, Clone, Serialize)]
-pub struct Component {
+pub struct Addon {
     pub name: String,
     pub image: ImageSource,
     /// Port inside the container; published on the host under the same number.
@@ -341,13 +345,11 @@ pub struct Component {
 #[derive(Debug, Clone, Serialize)]
 pub struct Monitoring {
     pub network: String,
-    pub prometheus: Component,
+    pub prometheus: Addon,
     pub scrape_interval: Duration,
     pub retention: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub grafana: Option<Component>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_exporter: Option<Component>,
+    pub grafana: Option<Addon>,
     pub alerts: Alerts,
 }
 
@@ -357,18 +359,127 @@ pub struct Alerts {
     pub latency_p99: Duration,
     pub memory_ratio: f64,
     pub for_duration: Duration,
+    pub down_for: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Logging {
     pub network: String,
-    pub elasticsearch: Component,
-    pub kibana: Component,
-    pub filebeat: Component,
+    pub elasticsearch: Addon,
+    pub kibana: Addon,
+    pub filebeat: Addon,
     pub retention: Duration,
 }
 
+/// Where a component's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ComponentSource {
+    /// Pulled from a registry (stackctl never builds it).
+    Registry { image: String },
+    /// Built by stackctl from Debian packages: a built-in recipe when
+    /// `packages` is empty, else those packages on the shared base.
+    Debian {
+        image: String,
+        packages: Vec<String>,
+    },
+}
+
+impl ComponentSource {
+    pub fn image(&self) -> &str {
+        match self {
+            ComponentSource::Registry { image } | ComponentSource::Debian { image, .. } => image,
+        }
+    }
+}
+
+/// A published port: `ip` None means every interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Publish {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub host: u16,
+    pub container: u16,
+}
+
+/// A config file rendered from a template and mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComponentFile {
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Template name (built-in, or in the project's templates/).
+    pub template: String,
+    /// Where it is rendered, relative to the output directory.
+    pub rendered: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metrics {
+    pub port: u16,
+    pub path: String,
+}
+
+/// One container of `[components.NAME]`, presets applied and validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub source: ComponentSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub publish: Vec<Publish>,
+    pub networks: Vec<String>,
+    pub mounts: Vec<containers::Mount>,
+    pub tmpfs: Vec<String>,
+    pub files: Vec<ComponentFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<containers::HealthSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub read_only: bool,
+    pub resources: Resources,
+    pub restart: String,
+    pub replicas: u32,
+    pub depends_on: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cap_add: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    pub settings: toml::Table,
+    pub backup: bool,
+    /// The part of the stack it belongs to (compose profile, architecture).
+    pub group: String,
+}
+
+impl Component {
+    /// Keeps data in a named volume: recreated only when its config changed.
+    pub fn stateful(&self) -> bool {
+        self.mounts
+            .iter()
+            .any(|m| matches!(m.source, containers::Source::Volume { .. }))
+    }
+}
+
 impl Stack {
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The component made from `preset`, if the stack has one.
+    pub fn preset(&self, preset: &str) -> Option<&Component> {
+        self.components
+            .iter()
+            .find(|c| c.preset.as_deref() == Some(preset))
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }

@@ -9,6 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use toml::Spanned;
 
+mod components;
+pub mod presets;
+
 pub const STACK_FILE: &str = "stack.toml";
 
 /// Find stack.toml in `start` or the nearest parent directory.
@@ -41,6 +44,13 @@ pub fn load(file: &Path, env: Option<&str>) -> Result<Stack, Error> {
     } else {
         root
     };
+    // Every path stackctl derives from the root (secret and config bind
+    // mounts, build contexts) reaches the engine, which takes only absolute
+    // paths, whatever `-f` was given.
+    let root = std::path::absolute(&root).map_err(|source| Error::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
     Ok(load_str(&src, file, &root, env, true)?)
 }
 
@@ -243,6 +253,14 @@ impl Resolver<'_> {
             merge_opt(&mut f.infra, o.infra.as_ref());
             merge_opt(&mut f.monitoring, o.monitoring.as_ref());
             merge_opt(&mut f.logging, o.logging.as_ref());
+            for (name, def) in &o.components {
+                match f.components.get_mut(name) {
+                    Some(base) => base.merge(def),
+                    None => {
+                        f.components.insert(name.clone(), def.clone());
+                    }
+                }
+            }
         }
         self.build(f, env, environments)
     }
@@ -401,6 +419,12 @@ impl Resolver<'_> {
         }
         f.services.retain(|n, _| !disabled.contains(n));
         let svc_names: Vec<String> = f.services.keys().cloned().collect();
+        let comp_names: Vec<String> = f
+            .components
+            .iter()
+            .filter(|(_, d)| d.get_ref().enabled != Some(false))
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut services = Vec::new();
         let mut postgres = Vec::new();
         let pg_infra = f.infra.postgres.clone().unwrap_or_default();
@@ -471,12 +495,12 @@ impl Resolver<'_> {
             }
             let mut deps = Vec::new();
             for dep in d.depends_on.as_deref().unwrap_or_default() {
-                if !svc_names.contains(dep.get_ref()) {
+                if !svc_names.contains(dep.get_ref()) && !comp_names.contains(dep.get_ref()) {
                     return Err(self.err(
                         K::UnknownDependency,
                         dep.span().start,
-                        format!("service `{sname}` depends on `{}`, which is not a service of this stack", dep.get_ref()),
-                        format!("use one of: {}", names(svc_names.iter().filter(|n| *n != sname))),
+                        format!("service `{sname}` depends on `{}`, which is not a service or component of this stack", dep.get_ref()),
+                        format!("use one of: {}", names(svc_names.iter().chain(&comp_names).filter(|n| *n != sname))),
                     ));
                 }
                 if dep.get_ref() == sname {
@@ -825,16 +849,16 @@ impl Resolver<'_> {
                 None => first_net("monitoring"),
             };
             let p = m.prometheus.clone().unwrap_or_default();
-            let comp = |c: Option<&schema::ComponentDef>,
+            let comp = |c: Option<&schema::AddonDef>,
                         name: &str,
                         image: &str,
                         port: u16|
-             -> Result<Option<Component>, ModelError> {
+             -> Result<Option<Addon>, ModelError> {
                 let c = c.cloned().unwrap_or_default();
                 if !c.enabled.unwrap_or(true) {
                     return Ok(None);
                 }
-                Ok(Some(Component {
+                Ok(Some(Addon {
                     name: name.into(),
                     image: ImageSource::Registry {
                         image: c.image.clone().unwrap_or_else(|| image.into()),
@@ -867,7 +891,7 @@ impl Resolver<'_> {
             let a = m.alerts.clone().unwrap_or_default();
             Some(Monitoring {
                 network,
-                prometheus: Component {
+                prometheus: Addon {
                     name: "prometheus".into(),
                     image: self.image(
                         &p.image,
@@ -887,33 +911,33 @@ impl Resolver<'_> {
                 scrape_interval: p.scrape_interval.unwrap_or(Duration::from_secs(15)),
                 retention: p.retention.unwrap_or(Duration::from_secs(15 * 86_400)),
                 grafana,
-                node_exporter: comp(
-                    m.node_exporter.as_ref(),
-                    "node-exporter",
-                    "prom/node-exporter:v1.8.2",
-                    9100,
-                )?,
                 alerts: Alerts {
                     error_rate: a.error_rate.unwrap_or(0.05),
                     latency_p99: a.latency_p99.unwrap_or(Duration(1000)),
                     memory_ratio: a.memory_ratio.unwrap_or(0.9),
                     for_duration: a.for_duration.unwrap_or(Duration::from_secs(300)),
+                    down_for: a.down_for.unwrap_or(Duration::from_secs(60)),
                 },
             })
         } else {
             None
         };
 
+        // `[monitoring.node_exporter]` (the older form) is the node-exporter preset.
+        if monitoring.is_some() {
+            self.legacy_node_exporter(&mut f.components, m.node_exporter.as_ref())?;
+        }
+
         // Logging.
         let l = f.logging.clone();
         let logging = if l.enabled.unwrap_or(true) {
-            let c = |def: Option<&schema::ComponentDef>,
+            let c = |def: Option<&schema::AddonDef>,
                      name: &str,
                      image: &str,
                      port: u16|
-             -> Result<Component, ModelError> {
+             -> Result<Addon, ModelError> {
                 let d = def.cloned().unwrap_or_default();
-                Ok(Component {
+                Ok(Addon {
                     name: name.into(),
                     image: ImageSource::Registry {
                         image: d.image.clone().unwrap_or_else(|| image.into()),
@@ -955,6 +979,48 @@ impl Resolver<'_> {
         } else {
             None
         };
+
+        // Components, over presets that may refer to the infrastructure above.
+        let mut container_names: Vec<String> =
+            services.iter().map(|(_, s, _)| s.name.clone()).collect();
+        container_names.extend(postgres.iter().map(|p| p.name.clone()));
+        container_names.extend(redis.iter().map(|r| r.name.clone()));
+        container_names.extend(nginx.iter().map(|n| n.name.clone()));
+        if let Some(m) = &monitoring {
+            container_names.push(m.prometheus.name.clone());
+            container_names.extend(m.grafana.iter().map(|g| g.name.clone()));
+        }
+        if let Some(l) = &logging {
+            container_names
+                .extend([&l.elasticsearch, &l.kibana, &l.filebeat].map(|a| a.name.clone()));
+        }
+        container_names.extend(
+            f.components
+                .iter()
+                .filter(|(_, d)| d.get_ref().enabled != Some(false))
+                .map(|(n, _)| n.clone()),
+        );
+        let secret_names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
+        let components = self.components(
+            &f.components,
+            &presets::PresetCx {
+                postgres: &postgres,
+                redis: redis.as_ref(),
+                nginx: nginx.as_ref(),
+                monitoring: monitoring
+                    .as_ref()
+                    .map(|m| m.network.clone())
+                    .unwrap_or_else(|| first_net("monitoring")),
+                backend: first_net("backend"),
+            },
+            &defaults,
+            &components::Names {
+                networks: &net_names,
+                containers: &container_names,
+                secrets: &secret_names,
+            },
+        )?;
+        self.check_cycles(&services, &components, &f.components)?;
 
         // Every secret a service names must be declared.
         for (_, s, refs) in &services {
@@ -1006,11 +1072,6 @@ impl Resolver<'_> {
             .chain(monitoring.iter().flat_map(|m| {
                 let mut v = vec![(m.prometheus.name.clone(), "monitoring")];
                 v.extend(m.grafana.iter().map(|g| (g.name.clone(), "monitoring")));
-                v.extend(
-                    m.node_exporter
-                        .iter()
-                        .map(|g| (g.name.clone(), "monitoring")),
-                );
                 v
             }))
             .chain(logging.iter().flat_map(|l| {
@@ -1020,7 +1081,8 @@ impl Resolver<'_> {
                     l.filebeat.name.clone(),
                 ]
                 .map(|n| (n, "logging"))
-            }));
+            }))
+            .chain(components.iter().map(|c| (c.name.clone(), "components")));
         for (sdef, s, _) in &services {
             seen.insert(s.name.clone(), "services");
             let _ = sdef;
@@ -1073,13 +1135,23 @@ impl Resolver<'_> {
         }
         if let Some(m) = &monitoring {
             published.push((m.prometheus.port, "prometheus".into(), 0));
-            for c in m.grafana.iter().chain(m.node_exporter.iter()) {
+            for c in m.grafana.iter() {
                 published.push((c.port, c.name.clone(), 0));
             }
         }
         if let Some(l) = &logging {
             published.push((l.elasticsearch.port, "elasticsearch".into(), 0));
             published.push((l.kibana.port, "kibana".into(), 0));
+        }
+        for c in &components {
+            let at = f
+                .components
+                .get(&c.name)
+                .map(|d| d.span().start)
+                .unwrap_or(0);
+            for p in &c.publish {
+                published.push((p.host, format!("component `{}`", c.name), at));
+            }
         }
         for (p, who, at) in published {
             if p == 0 {
@@ -1137,6 +1209,7 @@ impl Resolver<'_> {
             logging,
             deploy,
             jobs,
+            components,
         })
     }
 
@@ -1259,9 +1332,11 @@ impl Resolver<'_> {
         let mut done: Vec<String> = Vec::new();
         let mut left: Vec<&Service> = services.iter().map(|(_, s, _)| s).collect();
         while !left.is_empty() {
-            let ready = left
-                .iter()
-                .position(|s| s.depends_on.iter().all(|d| done.contains(d)));
+            let ready = left.iter().position(|s| {
+                s.depends_on
+                    .iter()
+                    .all(|d| done.contains(d) || !left.iter().any(|l| &l.name == d))
+            });
             match ready {
                 Some(i) => done.push(left.remove(i).name.clone()),
                 None => {
@@ -1273,7 +1348,7 @@ impl Resolver<'_> {
                         let next = s
                             .depends_on
                             .iter()
-                            .find(|d| !done.contains(d))
+                            .find(|d| !done.contains(d) && left.iter().any(|l| &l.name == *d))
                             .expect("blocked")
                             .clone();
                         if let Some(pos) = path.iter().position(|p| *p == next) {

@@ -36,6 +36,95 @@ pub struct StackFile {
     pub deploy: DeployDef,
     #[serde(default)]
     pub jobs: IndexMap<String, Spanned<JobDef>>,
+    /// Any other container of the stack: built from a Dockerfile, pulled from
+    /// a registry or built from Debian packages, optionally from a preset.
+    #[serde(default)]
+    pub components: IndexMap<String, Spanned<ComponentDef>>,
+}
+
+/// `[components.NAME]`: one container of the stack that is not a crate of
+/// this workspace. Its source is a Dockerfile (`context`), a registry
+/// `image`, or Debian `packages` (`build = "debian"`); a `preset` fills in
+/// what a well-known component needs, and every field here overrides it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentDef {
+    /// false leaves the component out (e.g. in one environment).
+    pub enabled: Option<bool>,
+    /// A built-in preset: node-exporter, postgres-exporter, redis-exporter,
+    /// nginx-exporter, alertmanager, pgbouncer.
+    pub preset: Option<Spanned<String>>,
+    pub description: Option<String>,
+    /// A registry image, or the tag of the image built from Debian packages.
+    pub image: Option<Spanned<String>>,
+    /// "debian": build `image` locally from Debian packages.
+    pub build: Option<Spanned<String>>,
+    /// The Debian packages of a `build = "debian"` image (none: a built-in recipe).
+    pub packages: Option<Vec<String>>,
+    /// A Dockerfile build context, relative to stack.toml.
+    pub context: Option<Spanned<String>>,
+    /// The Dockerfile inside the context (default "Dockerfile").
+    pub dockerfile: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    /// Secrets mounted as files under /run/secrets.
+    pub secrets: Option<Vec<Spanned<String>>>,
+    /// The port it serves on inside the stack's networks.
+    pub port: Option<Spanned<u16>>,
+    /// Published ports: "HOST:CONTAINER" (bound to 127.0.0.1) or "IP:HOST:CONTAINER".
+    pub ports: Option<Vec<Spanned<String>>>,
+    pub networks: Option<Vec<Spanned<String>>>,
+    /// "VOLUME:/path" (a named volume of the stack) or "/host/path:/path", each optionally ":ro".
+    pub volumes: Option<Vec<Spanned<String>>>,
+    pub tmpfs: Option<Vec<String>>,
+    /// Config files rendered from templates and mounted read-only:
+    /// container path = template name (built-in, or in the project's templates/).
+    pub files: Option<IndexMap<String, Spanned<String>>>,
+    pub healthcheck: Option<ComponentHealthDef>,
+    pub user: Option<Spanned<String>>,
+    pub read_only: Option<bool>,
+    pub resources: Option<ResourcesDef>,
+    pub restart: Option<Spanned<String>>,
+    pub replicas: Option<Spanned<u32>>,
+    /// Services or components that must be healthy first.
+    pub depends_on: Option<Vec<Spanned<String>>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub cap_add: Option<Vec<String>>,
+    /// Where Prometheus scrapes it.
+    pub metrics: Option<MetricsDef>,
+    /// Free settings its templates read (`component.settings`).
+    pub settings: Option<toml::Table>,
+    /// Include its named volumes in `stackctl backup` / `restore`.
+    pub backup: Option<bool>,
+}
+
+/// A component's health check: an HTTP path, a command, or a shell line.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentHealthDef {
+    /// HTTP path probed with wget/curl inside the container.
+    pub http: Option<String>,
+    /// Port of the HTTP probe (default: the component's port).
+    pub port: Option<u16>,
+    /// A command run without a shell (exit 0 = healthy).
+    pub command: Option<Vec<String>>,
+    /// A shell line (exit 0 = healthy).
+    pub shell: Option<String>,
+    /// true: no health check.
+    pub disabled: Option<bool>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    pub start_period: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsDef {
+    pub port: Option<u16>,
+    /// Default "/metrics".
+    pub path: Option<String>,
 }
 
 /// How `stackctl deploy` and `rollback` behave.
@@ -260,8 +349,8 @@ pub struct MonitoringDef {
     pub enabled: Option<bool>,
     pub network: Option<Spanned<String>>,
     pub prometheus: Option<PrometheusDef>,
-    pub grafana: Option<ComponentDef>,
-    pub node_exporter: Option<ComponentDef>,
+    pub grafana: Option<AddonDef>,
+    pub node_exporter: Option<AddonDef>,
     pub alerts: Option<AlertsDef>,
 }
 
@@ -276,10 +365,11 @@ pub struct PrometheusDef {
     pub resources: Option<ResourcesDef>,
 }
 
-/// A third-party component: its image, published port and limits.
+/// A third-party add-on of [monitoring] or [logging]: its image, published
+/// port and limits.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ComponentDef {
+pub struct AddonDef {
     pub enabled: Option<bool>,
     pub image: Option<String>,
     pub port: Option<Spanned<u16>>,
@@ -298,15 +388,17 @@ pub struct AlertsDef {
     pub memory_ratio: Option<f64>,
     /// How long a condition must hold before firing.
     pub for_duration: Option<Duration>,
+    /// How long a service or component may be unreachable before "down" fires.
+    pub down_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingDef {
     pub enabled: Option<bool>,
-    pub elasticsearch: Option<ComponentDef>,
-    pub kibana: Option<ComponentDef>,
-    pub filebeat: Option<ComponentDef>,
+    pub elasticsearch: Option<AddonDef>,
+    pub kibana: Option<AddonDef>,
+    pub filebeat: Option<AddonDef>,
     pub retention: Option<Duration>,
 }
 
@@ -321,6 +413,8 @@ pub struct EnvironmentDef {
     pub infra: Option<InfraDef>,
     pub monitoring: Option<MonitoringDef>,
     pub logging: Option<LoggingDef>,
+    #[serde(default)]
+    pub components: IndexMap<String, Spanned<ComponentDef>>,
 }
 
 /// Field-by-field overlay: `over` wins wherever it says something.
@@ -356,8 +450,10 @@ merge_struct!(RedisDef { enabled, image, build, port, maxmemory, maxmemory_polic
 merge_struct!(NginxDef { enabled, image, build, http_port, https_port, server_name, tls_cert_secret, tls_key_secret, rate_limit, rate_burst, client_max_body_size, networks } nested { resources });
 merge_struct!(MonitoringDef { enabled, network } nested { prometheus, grafana, node_exporter, alerts });
 merge_struct!(PrometheusDef { image, build, port, scrape_interval, retention } nested { resources });
-merge_struct!(ComponentDef { enabled, image, port, admin_password_secret } nested { resources });
-merge_struct!(AlertsDef { error_rate, latency_p99, memory_ratio, for_duration } nested {});
+merge_struct!(AddonDef { enabled, image, port, admin_password_secret } nested { resources });
+merge_struct!(ComponentHealthDef { http, port, command, shell, disabled, interval, timeout, retries, start_period } nested {});
+merge_struct!(MetricsDef { port, path } nested {});
+merge_struct!(AlertsDef { error_rate, latency_p99, memory_ratio, for_duration, down_for } nested {});
 merge_struct!(LoggingDef { enabled, retention } nested { elasticsearch, kibana, filebeat });
 
 impl<T: Merge + Clone> Merge for Spanned<T> {
@@ -417,6 +513,70 @@ impl Merge for ServiceDef {
             (Some(b), Some(o)) => b.merge(o),
             (None, Some(o)) => self.postgres = Some(o.clone()),
             _ => {}
+        }
+    }
+}
+
+impl Merge for ComponentDef {
+    fn merge(&mut self, over: &Self) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        take!(
+            enabled,
+            preset,
+            description,
+            image,
+            build,
+            packages,
+            context,
+            dockerfile,
+            entrypoint,
+            command,
+            secrets,
+            port,
+            ports,
+            networks,
+            volumes,
+            tmpfs,
+            files,
+            user,
+            read_only,
+            restart,
+            replicas,
+            depends_on,
+            cap_add,
+            backup
+        );
+        // Maps merge by key; limits, health and metrics by field.
+        for (base, o) in [(&mut self.env, &over.env), (&mut self.labels, &over.labels)] {
+            if let Some(o) = o {
+                base.get_or_insert_with(BTreeMap::new).extend(o.clone());
+            }
+        }
+        if let Some(o) = &over.settings {
+            let b = self.settings.get_or_insert_with(toml::Table::new);
+            for (k, v) in o {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(o) = &over.resources {
+            match self.resources.as_mut() {
+                Some(b) => b.merge(o),
+                None => self.resources = Some(o.clone()),
+            }
+        }
+        if let Some(o) = &over.healthcheck {
+            match self.healthcheck.as_mut() {
+                Some(b) => b.merge(o),
+                None => self.healthcheck = Some(o.clone()),
+            }
+        }
+        if let Some(o) = &over.metrics {
+            match self.metrics.as_mut() {
+                Some(b) => b.merge(o),
+                None => self.metrics = Some(o.clone()),
+            }
         }
     }
 }

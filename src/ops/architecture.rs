@@ -23,7 +23,8 @@ fn ports(c: &ContainerSpec) -> String {
     let mut p: Vec<String> = c
         .ports
         .iter()
-        .map(|(h, i)| {
+        .map(|p| {
+            let (h, i) = (p.host, p.container);
             if h == i {
                 format!(":{h}")
             } else {
@@ -59,7 +60,7 @@ fn text(stack: &Stack, cs: &[ContainerSpec]) -> String {
         );
     }
     for group in ["edge", "services", "data", "monitoring", "logging"] {
-        let members: Vec<&ContainerSpec> = cs.iter().filter(|c| c.kind.group() == group).collect();
+        let members: Vec<&ContainerSpec> = cs.iter().filter(|c| c.group == group).collect();
         if members.is_empty() {
             continue;
         }

@@ -35,7 +35,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
                 "{}: image {image} is missing; `stackctl setup` builds it from Debian packages",
                 c.name
             )),
-            Image::Infra { local: false, .. } if matches!(c.kind.group(), "monitoring" | "logging") => notes.push(format!(
+            Image::Infra { local: false, .. } if matches!(c.group.as_str(), "monitoring" | "logging") => notes.push(format!(
                 "{}: image {image} is not on this host and cannot be pulled; it will be skipped",
                 c.name
             )),
@@ -83,8 +83,9 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
     let local_engine = env.engine.host.starts_with("unix://");
     let mut ports = 0;
     for c in &env.containers {
-        for (h, p) in &c.ports {
-            let h = host_port(&c.name, *h, *p);
+        for pb in &c.ports {
+            let p = pb.container;
+            let h = host_port(&c.name, pb.host, p);
             ports += 1;
             if let Some(other) = published.get(&h) {
                 problems.push(format!(

@@ -52,7 +52,7 @@ impl Unit {
             replica: d.replica,
             name: d.name.clone(),
             kind: d.spec.kind.as_str().to_string(),
-            stateful: d.spec.kind.stateful(),
+            stateful: d.spec.stateful,
             image: d.image.clone(),
             image_id: image_id.to_string(),
             hash: d.hash.clone(),

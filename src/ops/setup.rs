@@ -188,6 +188,7 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 
 /// The Debian-built images the stack's containers use, as recipes.
 pub fn debian_recipes(
+    stack: &Stack,
     containers: &[crate::model::containers::ContainerSpec],
 ) -> Result<Vec<Recipe>> {
     let mut out: Vec<Recipe> = Vec::new();
@@ -198,7 +199,12 @@ pub fn debian_recipes(
         if out.iter().any(|r| r.tag == *image) {
             continue;
         }
-        let recipe = Recipe::resolve(image, &[]).map_err(|e| {
+        // A component may list its own packages; infrastructure uses the built-in recipes.
+        let packages: &[String] = match stack.component(&c.name).map(|k| &k.source) {
+            Some(crate::model::ComponentSource::Debian { packages, .. }) => packages,
+            _ => &[],
+        };
+        let recipe = Recipe::resolve(image, packages).map_err(|e| {
             Error::usage(
                 format!("{}: {e}", c.name),
                 "use a built-in Debian image tag, or a registry image",
@@ -214,7 +220,7 @@ pub fn debian_recipes(
 /// suite's base rootfs is not cached yet: installed through apt-get when
 /// allowed, else the exact command to run (exit 33).
 pub async fn prepare_host(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
-    let recipes = debian_recipes(&crate::model::containers(stack))?;
+    let recipes = debian_recipes(stack, &crate::model::containers(stack))?;
     let uncached = recipes
         .iter()
         .any(|r| images::rootfs::cached_base(&r.base()).is_none());
@@ -242,7 +248,7 @@ pub async fn prepare_host(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
 async fn build_debian_images(env: &StackEnv<'_>, ui: &Ui) -> Result<Vec<String>> {
     let ensured = images::ensure_all(
         &env.engine.docker,
-        debian_recipes(&env.containers)?,
+        debian_recipes(env.stack, &env.containers)?,
         images::Display::from_ui(ui),
     )
     .await

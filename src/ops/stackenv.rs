@@ -133,23 +133,10 @@ impl<'a> StackEnv<'a> {
     /// Build the Debian-based infrastructure images that are missing or outdated.
     pub async fn ensure_infra_images(&self, ui: &Ui, report: bool) -> Result<Vec<String>> {
         let mut built = Vec::new();
-        let mut seen = Vec::new();
-        for c in &self.containers {
-            let Image::Infra { image, local: true } = &c.image else {
-                continue;
-            };
-            if seen.contains(image) {
-                continue;
-            }
-            seen.push(image.clone());
-            let Some(kind) = crate::images::InfraKind::from_tag(image) else {
-                return Err(Error::usage(
-                    format!("{}: no Debian recipe builds {image}", c.name),
-                    "use one of stackctl/postgres:15-bookworm, stackctl/redis:7-bookworm, stackctl/nginx:1.22-bookworm, stackctl/prometheus:2-bookworm, or a registry image",
-                ));
-            };
+        for recipe in super::setup::debian_recipes(self.stack, &self.containers)? {
+            let image = &recipe.tag;
             let progress = |m: &str| ui.detail(format!("{image}: {m}"));
-            let e = crate::images::ensure(&self.engine.docker, kind, &progress)
+            let e = crate::images::ensure(&self.engine.docker, &recipe, &progress)
                 .await
                 .map_err(|e| Error::Engine {
                     what: format!("build {image}"),
@@ -232,7 +219,7 @@ impl<'a> StackEnv<'a> {
                         })
                     }
                     Image::Infra { local: false, .. }
-                        if matches!(c.kind.group(), "monitoring" | "logging") =>
+                        if matches!(c.group.as_str(), "monitoring" | "logging") =>
                     {
                         ui.warn(format!("skipping {}: image {image} is not on this host (no registry is reachable to pull it)", c.name));
                         skipped.push(c.name.clone());

@@ -26,6 +26,8 @@ pub struct ComposeService {
     /// Optional parts (monitoring, logging, services some environment drops).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,8 +155,8 @@ fn stack_labels(stack: &Stack) -> BTreeMap<String, String> {
 /// The compose profile a container belongs to, if it is optional: the
 /// monitoring and logging groups, and app services `optional` names.
 pub fn profile(c: &ContainerSpec, optional: &[String]) -> Option<String> {
-    match c.kind.group() {
-        "monitoring" | "logging" => Some(c.kind.group().to_string()),
+    match c.group.as_str() {
+        "monitoring" | "logging" => Some(c.group.clone()),
         _ if optional.contains(&c.name) => Some(c.name.clone()),
         _ => None,
     }
@@ -219,13 +221,25 @@ pub fn compose(
                 image,
                 build,
                 profiles: profile(c, optional).into_iter().collect(),
+                entrypoint: c
+                    .entrypoint
+                    .as_ref()
+                    .map(|e| e.iter().map(|s| esc(s)).collect()),
                 command: c.command.iter().map(|s| esc(s)).collect(),
                 user: c.user.clone(),
                 environment: c.env.iter().map(|(k, v)| (k.clone(), esc(v))).collect(),
                 ports: c
                     .ports
                     .iter()
-                    .map(|(h, p)| format!("${{{}:-{h}}}:{p}", port_var(&c.name, *p)))
+                    .map(|p| {
+                        let ip = p.ip.as_ref().map(|ip| format!("{ip}:")).unwrap_or_default();
+                        format!(
+                            "{ip}${{{}:-{}}}:{}",
+                            port_var(&c.name, p.container),
+                            p.host,
+                            p.container
+                        )
+                    })
                     .collect(),
                 expose: c.expose.iter().map(|p| p.to_string()).collect(),
                 networks: c.networks.clone(),
@@ -404,7 +418,9 @@ pub fn dotenv(
         .iter()
         .filter_map(|c| profile(c, optional))
         .collect();
-    profiles.dedup();
+    // First appearance order, each once (components may follow later groups).
+    let mut seen = std::collections::HashSet::new();
+    profiles.retain(|p| seen.insert(p.clone()));
     let mut s = format!(
         "# Rendered by stackctl from stack.toml{}.\n\
          COMPOSE_PROJECT_NAME={project}\nIMAGE_TAG={}\nCOMPOSE_PROFILES={}\n",
@@ -417,8 +433,8 @@ pub fn dotenv(
         profiles.join(",")
     );
     for c in containers {
-        for (h, p) in &c.ports {
-            s.push_str(&format!("{}={h}\n", port_var(&c.name, *p)));
+        for p in &c.ports {
+            s.push_str(&format!("{}={}\n", port_var(&c.name, p.container), p.host));
         }
     }
     s

@@ -75,17 +75,22 @@ pub fn render(stack: &Stack, layout: &Layout) -> Result<Artifacts> {
     Ok(a)
 }
 
-/// The stack as Kubernetes sees it: Grafana, Node Exporter and the Elastic
-/// stack are left out (registry-only images; node-exporter would be a
-/// DaemonSet with host paths), so Prometheus' config does not scrape them.
+/// The stack as Kubernetes sees it: Grafana and the Elastic stack are left
+/// out (registry-only images), and so are components that mount host paths
+/// (node-exporter would be a DaemonSet), so Prometheus' config does not
+/// scrape them.
 fn k8s_stack(stack: &Stack) -> Stack {
     let mut s = stack.clone();
     s.environments.clear();
     s.logging = None;
     if let Some(m) = &mut s.monitoring {
         m.grafana = None;
-        m.node_exporter = None;
     }
+    s.components.retain(|c| {
+        !c.mounts
+            .iter()
+            .any(|m| matches!(m.source, crate::model::containers::Source::Host { .. }))
+    });
     s
 }
 
@@ -258,7 +263,7 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
                 }));
                 objects.push(service(c, &ns, true));
             }
-            Kind::Nginx | Kind::Prometheus => {
+            Kind::Nginx | Kind::Prometheus | Kind::Component => {
                 for v in c.volumes() {
                     objects.push(json!({
                         "apiVersion": "v1",
@@ -469,9 +474,9 @@ fn port_name(c: &ContainerSpec, port: u16) -> String {
 /// Ports the container listens on: its exposed ports and the container side of published ones.
 fn ports(c: &ContainerSpec) -> Vec<u16> {
     let mut p: Vec<u16> = c.expose.clone();
-    for (_, cp) in &c.ports {
-        if !p.contains(cp) {
-            p.push(*cp);
+    for pb in &c.ports {
+        if !p.contains(&pb.container) {
+            p.push(pb.container);
         }
     }
     p
@@ -663,6 +668,10 @@ fn pod_spec(
         "securityContext": sc,
         "volumeMounts": mounts,
     });
+    if let Some(e) = &c.entrypoint {
+        // Compose's `entrypoint` is what Kubernetes calls the command.
+        container["command"] = json!(e);
+    }
     if !c.command.is_empty() {
         // Compose's `command` is the image's CMD: Kubernetes calls it args.
         container["args"] = json!(c.command);

@@ -206,6 +206,13 @@ pub fn render(stack: &Stack, layout: &Layout) -> Result<Artifacts> {
             a.add("grafana/dashboards/stack.json", grafana::dashboard(stack));
         }
     }
+    for comp in &stack.components {
+        let mut c = ctx.clone();
+        c.insert("component", comp);
+        for f in &comp.files {
+            a.add(f.rendered.clone(), t.render(&f.template, &c)?);
+        }
+    }
     if stack.logging.is_some() {
         a.add(
             "filebeat/filebeat.yml",

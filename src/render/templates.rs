@@ -35,6 +35,21 @@ impl Templates {
             };
             files.push((name, text));
         }
+        // The project's own templates (for components' files) beside the built-in ones.
+        let own_dir = root.join("templates");
+        if let Ok(entries) = std::fs::read_dir(&own_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !e.path().is_file() || files.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(e.path()).map_err(|source| Error::Read {
+                    path: e.path(),
+                    source,
+                })?;
+                files.push((name, text));
+            }
+        }
         tera.add_raw_templates(files).map_err(|e| Error::Template {
             name: "templates/".into(),
             message: chain(&e),
@@ -82,6 +97,15 @@ pub fn context(stack: &Stack, layout: &Layout) -> Result<tera::Context> {
         c.insert(
             "latency_p99_seconds",
             &(m.alerts.latency_p99.millis() as f64 / 1000.0),
+        );
+    }
+    if let Some(a) = stack.preset("alertmanager") {
+        c.insert("alertmanager", a);
+    }
+    if stack.preset("nginx-exporter").is_some() {
+        c.insert(
+            "nginx_status_port",
+            &crate::model::presets::NGINX_STATUS_PORT,
         );
     }
     if let Some(l) = &stack.logging {

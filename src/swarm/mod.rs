@@ -1134,7 +1134,7 @@ pub async fn scale(stack: &Stack, assignments: &[String], ui: &Ui) -> Result<i32
                 ),
             ));
         };
-        if spec.kind.stateful() && *n > 1 {
+        if spec.stateful && *n > 1 {
             return Err(Error::usage(
                 format!("{name} keeps its data in one volume: it cannot run {n} replicas"),
                 "scale stateless services only (the application services, nginx)",

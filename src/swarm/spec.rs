@@ -200,6 +200,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
     let container = TaskSpecContainerSpec {
         image: Some(image.to_string()),
         labels: Some(labels),
+        command: c.entrypoint.clone(),
         args: (!c.command.is_empty()).then(|| c.command.clone()),
         hostname: Some(c.name.chars().take(63).collect()),
         env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -224,14 +225,14 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
     // Local-driver volumes live on one node: stateful services stay on a
     // manager (the one node of a single-node swarm). stack.toml has no
     // placement key; everything else may run on any node.
-    let constraints = if c.kind.stateful() {
+    let constraints = if c.stateful {
         vec!["node.role == manager".to_string()]
     } else {
         vec![]
     };
     // One data directory cannot have two writers; a port published on the
     // node cannot be bound by two tasks there: those stop first.
-    let stop_first = c.kind.stateful() || (!ctx.vip && !c.ports.is_empty());
+    let stop_first = c.stateful || (!ctx.vip && !c.ports.is_empty());
     let task = TaskSpec {
         container_spec: Some(container),
         resources: Some(TaskSpecResources {
@@ -282,6 +283,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
     let ports: Vec<EndpointPortConfig> = c
         .ports
         .iter()
+        .map(|pb| (&pb.host, &pb.container))
         .map(|(h, p)| EndpointPortConfig {
             protocol: Some(EndpointPortConfigProtocolEnum::TCP),
             target_port: Some(*p as i64),
