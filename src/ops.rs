@@ -10,6 +10,7 @@ use std::path::Path;
 pub mod architecture;
 pub mod backup;
 pub mod build;
+pub mod build_components;
 pub mod deploy;
 pub mod inspect;
 pub mod lock;

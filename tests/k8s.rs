@@ -18,6 +18,7 @@ fn stacks() -> Vec<(&'static str, &'static str)> {
         ("repo", "."),
         ("minimal", "examples/minimal"),
         ("registry-images", "examples/registry-images"),
+        ("components", "examples/components"),
     ]
 }
 
@@ -276,7 +277,9 @@ fn every_workload_has_probes_limits_and_a_locked_down_security_context() {
                 for p in ["readinessProbe", "livenessProbe"] {
                     let probe = &c[p];
                     assert!(
-                        probe.get("httpGet").is_some() || probe.get("exec").is_some(),
+                        probe.get("httpGet").is_some()
+                            || probe.get("exec").is_some()
+                            || probe.get("tcpSocket").is_some(),
                         "{w}: no {p}"
                     );
                     assert!(probe["periodSeconds"].as_u64().unwrap() > 0, "{w}");

@@ -13,6 +13,7 @@ fn stacks() -> Vec<(&'static str, &'static str)> {
         ("repo", "."),
         ("minimal", "examples/minimal"),
         ("registry-images", "examples/registry-images"),
+        ("components", "examples/components"),
     ]
 }
 
@@ -498,7 +499,11 @@ fn prometheus_scrapes_every_component_and_alerts_to_alertmanager() {
     );
     // The status port is never published.
     let compose = std::fs::read_to_string(out.join("docker-compose.yml")).unwrap();
-    assert!(!compose.contains(":8081"), "{compose}");
+    assert!(
+        !compose.contains("8081:")
+            && compose.contains("-nginx.scrape-uri=http://nginx:8081/stub_status"),
+        "{compose}"
+    );
 }
 
 #[test]

@@ -16,6 +16,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The paths in the context, sorted.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
     pub fn add(&mut self, path: &str, mode: u32, bytes: Vec<u8>) {
         self.files.insert(path.to_string(), (mode, bytes));
     }
@@ -88,9 +93,22 @@ pub async fn build(
     labels: HashMap<String, String>,
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<String> {
+    build_file(engine, service, context, "Dockerfile", tags, labels, step).await
+}
+
+/// As [`build`], with the Dockerfile at `dockerfile` inside the context.
+pub async fn build_file(
+    engine: &Engine,
+    service: &str,
+    context: &Context,
+    dockerfile: &str,
+    tags: &[String],
+    labels: HashMap<String, String>,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<String> {
     let tar = context.tar()?;
     let opts = BuildImageOptions {
-        dockerfile: "Dockerfile".into(),
+        dockerfile: dockerfile.into(),
         t: tags.first().cloned(),
         rm: true,
         forcerm: true,

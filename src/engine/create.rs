@@ -43,7 +43,7 @@ pub fn host_port(container: &str, host: u16, port: u16) -> u16 {
 /// The image reference a spec runs, given the app image tag.
 pub fn image_ref(spec: &ContainerSpec, tag: &str) -> String {
     match &spec.image {
-        Image::App { repo } => format!("{repo}:{tag}"),
+        Image::App { repo, .. } => format!("{repo}:{tag}"),
         Image::Infra { image, .. } => image.clone(),
     }
 }

@@ -56,10 +56,24 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Image {
-    /// A service image built by stackctl: repository without tag.
-    App { repo: String },
+    /// An image `stackctl build` makes: repository without tag. `build` is
+    /// None for a crate of this workspace (the rendered scratch Dockerfile),
+    /// else a component's own Dockerfile.
+    App {
+        repo: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        build: Option<DockerBuild>,
+    },
     /// An infrastructure image: a registry reference or a locally built one.
     Infra { image: String, local: bool },
+}
+
+/// A Dockerfile build: the context relative to stack.toml, the Dockerfile
+/// relative to the context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DockerBuild {
+    pub context: String,
+    pub dockerfile: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -309,6 +323,7 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
             Kind::App,
             Image::App {
                 repo: stack.image_repo(&s.name),
+                build: None,
             },
             s.resources,
         );
@@ -569,6 +584,16 @@ pub fn containers(stack: &Stack) -> Vec<ContainerSpec> {
                     ComponentSource::Debian { image, .. } => Image::Infra {
                         image: image.clone(),
                         local: true,
+                    },
+                    ComponentSource::Dockerfile {
+                        context,
+                        dockerfile,
+                    } => Image::App {
+                        repo: stack.image_repo(&comp.name),
+                        build: Some(DockerBuild {
+                            context: context.clone(),
+                            dockerfile: dockerfile.clone(),
+                        }),
                     },
                 },
                 comp.resources,

@@ -383,12 +383,19 @@ pub enum ComponentSource {
         image: String,
         packages: Vec<String>,
     },
+    /// Built by `stackctl build` from its Dockerfile: the context relative
+    /// to stack.toml, the Dockerfile relative to the context.
+    Dockerfile { context: String, dockerfile: String },
 }
 
 impl ComponentSource {
-    pub fn image(&self) -> &str {
+    /// The image it names, if any (a Dockerfile build is named after the component).
+    pub fn image(&self) -> Option<&str> {
         match self {
-            ComponentSource::Registry { image } | ComponentSource::Debian { image, .. } => image,
+            ComponentSource::Registry { image } | ComponentSource::Debian { image, .. } => {
+                Some(image)
+            }
+            ComponentSource::Dockerfile { .. } => None,
         }
     }
 }

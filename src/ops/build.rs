@@ -38,12 +38,15 @@ pub struct Built {
 }
 
 /// The services named (all when none), or a usage error naming the unknown one.
+/// Components built from a Dockerfile are named like services.
 pub fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<&'s Service>> {
     if names.is_empty() {
         return Ok(stack.services.iter().collect());
     }
+    let built = super::build_components::selected(stack, names);
     names
         .iter()
+        .filter(|n| !built.iter().any(|c| &c.name == *n))
         .map(|n| {
             stack.service(n).ok_or_else(|| {
                 Error::usage(
@@ -54,6 +57,11 @@ pub fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<&'s Service>
                             .services
                             .iter()
                             .map(|s| s.name.as_str())
+                            .chain(
+                                super::build_components::selected(stack, &[])
+                                    .iter()
+                                    .map(|c| c.name.as_str())
+                            )
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -184,8 +192,9 @@ pub async fn build(
     ui: &Ui,
 ) -> Result<i32> {
     let services = select(stack, names)?;
+    let components = super::build_components::selected(stack, names);
     let started = Instant::now();
-    if !no_cargo {
+    if !no_cargo && (!services.is_empty() || components.is_empty()) {
         cargo_build(stack, &services, ui)?;
     }
     let cargo_secs = started.elapsed().as_secs_f64();
@@ -359,6 +368,7 @@ pub async fn build(
     for r in results {
         done.push(r?);
     }
+    done.extend(super::build_components::build(&env, &components, ui).await?);
     done.sort_by(|a, b| a.service.cmp(&b.service));
     if push {
         super::push::push(&env, &done, ui).await?;

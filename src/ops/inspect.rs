@@ -480,7 +480,15 @@ pub async fn monitor(stack: &Stack, open: bool, ui: &Ui) -> Result<i32> {
 
 /// A running service's smoke checks: live, ready (with its dependencies), metrics.
 pub async fn test_service(stack: &Stack, service: &str, ui: &Ui) -> Result<i32> {
-    let s = super::build::select(stack, &[service.to_string()])?[0].clone();
+    let Some(s) = stack.service(service).cloned() else {
+        return Err(Error::usage(
+            format!("`{service}` is not a service of this stack (test-service checks the workspace's services)"),
+            format!(
+                "choose from: {}",
+                stack.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
     let env = StackEnv::connect(stack).await?;
     let name = crate::engine::container_name(&env.project, &s.name, 1);
     let ips = addresses(&env.engine, &name).await;

@@ -212,7 +212,50 @@ pub fn debian_recipes(
         })?;
         out.push(recipe);
     }
+    // A component built from its own Dockerfile may start FROM a built-in
+    // Debian image (no registry could give it one).
+    for comp in &stack.components {
+        let crate::model::ComponentSource::Dockerfile {
+            context,
+            dockerfile,
+        } = &comp.source
+        else {
+            continue;
+        };
+        let text =
+            std::fs::read_to_string(stack.root.join(context).join(dockerfile)).unwrap_or_default();
+        for from in dockerfile_bases(&text) {
+            if let Some(r) = Recipe::builtin(&from) {
+                if !out.iter().any(|o| o.tag == r.tag) {
+                    out.push(r);
+                }
+            }
+        }
+    }
     Ok(out)
+}
+
+/// The images a Dockerfile's FROM lines name (not build stages or ARGs).
+pub fn dockerfile_bases(text: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        let Some(image) = rest.first() else { continue };
+        if !image.contains('$') && !stages.iter().any(|s| s == image) {
+            out.push(image.to_string());
+        }
+        if let [_, as_, name] = rest.as_slice() {
+            if as_.eq_ignore_ascii_case("AS") {
+                stages.push(name.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// The host tools the Debian images need (debootstrap, the archive keyring),

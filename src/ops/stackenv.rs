@@ -227,11 +227,11 @@ impl<'a> StackEnv<'a> {
                     }
                     Image::Infra { local: false, .. } => {
                         return Err(Error::MissingImage {
-                            image,
                             hint: format!(
-                            "load it (docker load), or set build = \"debian\" for {} in stack.toml",
-                            c.name
-                        ),
+                                "no registry is reachable from here: on a machine that has one, `docker pull {image} && docker save {image} -o image.tar`, copy image.tar here and `docker load -i image.tar`; or build {} from Debian packages (build = \"debian\"), or leave it out (enabled = false)",
+                                c.name
+                            ),
+                            image,
                         })
                     }
                 },

@@ -178,11 +178,20 @@ pub fn compose(
     let mut used_secrets: Vec<String> = Vec::new();
     for c in containers {
         let (image, build) = match &c.image {
-            Image::App { repo } => (
+            Image::App { repo, build } => (
                 format!("{repo}:${{IMAGE_TAG:-{}}}", layout.tag),
-                Some(ComposeBuild {
-                    context: layout.root_from_out.clone(),
-                    dockerfile: format!("{}/services/{}/Dockerfile", layout.out_from_root, c.name),
+                Some(match build {
+                    None => ComposeBuild {
+                        context: layout.root_from_out.clone(),
+                        dockerfile: format!(
+                            "{}/services/{}/Dockerfile",
+                            layout.out_from_root, c.name
+                        ),
+                    },
+                    Some(b) => ComposeBuild {
+                        context: format!("{}/{}", layout.root_from_out, b.context),
+                        dockerfile: b.dockerfile.clone(),
+                    },
                 }),
             ),
             Image::Infra { image, .. } => (image.clone(), None),

@@ -539,7 +539,13 @@ fn http_get(path: &str, port: u16) -> Value {
 /// Readiness and liveness probes: HTTP where the container serves it, else
 /// the compose health check's own command.
 fn probes(stack: &Stack, c: &ContainerSpec) -> Option<(Value, Value)> {
-    let h = c.healthcheck.as_ref()?;
+    let Some(h) = c.healthcheck.as_ref() else {
+        // No health command (an image without tools): its port accepting connections.
+        let port = ports(c).first().copied()?;
+        let tcp = json!({ "tcpSocket": { "port": port } });
+        let t = &stack.defaults.healthcheck;
+        return Some((probe(tcp.clone(), t, false), probe(tcp, t, true)));
+    };
     let t = &h.timing;
     let (ready, live) = match c.kind {
         Kind::App => {
@@ -587,7 +593,7 @@ fn pod_spec(
 ) -> Result<Value> {
     let image = match &c.image {
         // The tag compose files default to ($IMAGE_TAG, else the stack's tag strategy).
-        Image::App { repo } => format!("{repo}:{}", layout.tag),
+        Image::App { repo, .. } => format!("{repo}:{}", layout.tag),
         Image::Infra { image, .. } => image.clone(),
     };
     let ids: Option<(u64, u64)> = c.user.as_deref().and_then(|u| {

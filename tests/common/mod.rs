@@ -48,6 +48,22 @@ impl Project {
                         .expect("write Cargo.toml");
                 }
             }
+            // A component's Dockerfile build context: a copy of the repo's, when it has one.
+            if let Some(rest) = t.strip_prefix("context = \"") {
+                let p = rest.split('"').next().unwrap_or_default();
+                let src = repo().join(rel).join(p);
+                let dst = home.join(p);
+                std::fs::create_dir_all(&dst).expect("mkdir context");
+                match std::fs::read_dir(&src) {
+                    Ok(entries) => {
+                        for e in entries.flatten().filter(|e| e.path().is_file()) {
+                            std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy context");
+                        }
+                    }
+                    Err(_) => std::fs::write(dst.join("Dockerfile"), "FROM scratch\n")
+                        .expect("write Dockerfile"),
+                }
+            }
         }
         Project { dir, home }
     }

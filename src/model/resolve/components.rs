@@ -275,12 +275,7 @@ impl Resolver<'_> {
         pos: impl Fn(&std::ops::Range<usize>) -> usize,
     ) -> Result<ComponentSource, ModelError> {
         if let Some(c) = &d.context {
-            return Err(self.err(
-                K::InvalidValue,
-                pos(&c.span()),
-                format!("{what}: building from a Dockerfile (`context`) is not supported by this version of stackctl"),
-                "build the image yourself (docker build -t NAME .) and give it as image = \"NAME\", or use build = \"debian\" with packages",
-            ));
+            return self.dockerfile_source(what, c, d, pos(&c.span()));
         }
         let image = d.image.as_ref();
         match (&d.build, image) {
@@ -336,6 +331,54 @@ impl Resolver<'_> {
                 ),
             )),
         }
+    }
+
+    /// A Dockerfile build: the context must be a directory under the stack's
+    /// root holding the Dockerfile; `image`/`build` would be a second source.
+    fn dockerfile_source(
+        &self,
+        what: &str,
+        c: &Spanned<String>,
+        d: &ComponentDef,
+        at: usize,
+    ) -> Result<ComponentSource, ModelError> {
+        if d.image.is_some() || d.build.is_some() || d.packages.is_some() {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                format!("{what} has both a Dockerfile `context` and an `image`/`build`"),
+                "keep one source: context (built by `stackctl build`), image (a registry), or build = \"debian\"",
+            ));
+        }
+        let context = c.get_ref().trim_end_matches('/').to_string();
+        let dockerfile = d.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
+        let bad = context.is_empty()
+            || context.starts_with('/')
+            || dockerfile.starts_with('/')
+            || dockerfile.split('/').any(|p| p == "..");
+        if bad {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                format!("{what}: context `{context}` / dockerfile `{dockerfile}` must be relative paths"),
+                "give the context relative to stack.toml (e.g. \"workers/report\") and the Dockerfile relative to the context",
+            ));
+        }
+        if self.check_paths {
+            let file = self.root.join(&context).join(&dockerfile);
+            if !file.is_file() {
+                return Err(self.err(
+                    K::MissingCratePath,
+                    at,
+                    format!("{what}: no Dockerfile at {}", file.display()),
+                    "fix `context` (relative to stack.toml) or `dockerfile` (relative to the context)",
+                ));
+            }
+        }
+        Ok(ComponentSource::Dockerfile {
+            context,
+            dockerfile,
+        })
     }
 
     /// "HOST:CONTAINER" (loopback) or "IP:HOST:CONTAINER".

@@ -113,7 +113,9 @@ fn node_exporter(cx: &PresetCx<'_>) -> ComponentDef {
 
 /// One exporter for every database: the connection strings are assembled
 /// from the password files at start, so no password is in its environment
-/// as Docker records it.
+/// as Docker records it. The per-server collectors `database` and
+/// `bgwriter` of Debian's 0.11 report duplicates with several servers, so
+/// they are off; `pg_up` and `pg_stat_*` come from the default queries.
 fn postgres_exporter(cx: &PresetCx<'_>) -> ComponentDef {
     let dsns: Vec<String> = cx
         .postgres
@@ -126,7 +128,7 @@ fn postgres_exporter(cx: &PresetCx<'_>) -> ComponentDef {
         })
         .collect();
     let script = format!(
-        "DATA_SOURCE_NAME=\"{}\" exec /usr/bin/prometheus-postgres-exporter --web.listen-address=:9187",
+        "DATA_SOURCE_NAME=\"{}\" exec /usr/bin/prometheus-postgres-exporter --web.listen-address=:9187 --no-collector.database --no-collector.bgwriter",
         dsns.join(",")
     );
     ComponentDef {

@@ -1,0 +1,187 @@
+//! examples/components on the real engine: a Python worker built from its own
+//! Dockerfile (FROM a Debian-built image), PgBouncer (Debian packages)
+//! between analytics and its PostgreSQL, and a registry image that cannot be
+//! pulled here, which `start` explains how to load.
+//! Traffic goes only to this stack's Nginx on loopback ports of its own and
+//! to its containers (docker exec).
+
+mod common;
+use common::*;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const PROJECT: &str = "stackctl-components-e2e";
+const FILE: &str = "examples/components/stack.toml";
+
+fn sc(env: Option<&str>, args: &[&str]) -> Output {
+    let mut c = in_project(PROJECT);
+    c.env("PORT_NGINX_80", "38180")
+        .env("PORT_NGINX_443", "38543")
+        .args(["-f", FILE]);
+    if let Some(e) = env {
+        c.args(["--env", e]);
+    }
+    c.args(args);
+    run_logged(
+        &mut c,
+        &format!("-f {FILE} {} {}", env.unwrap_or(""), args.join(" ")),
+    )
+}
+
+fn ok(env: Option<&str>, args: &[&str]) -> String {
+    succeeded(&sc(env, args), &format!("stackctl {}", args.join(" ")))
+}
+
+fn container(name: &str) -> String {
+    format!("{PROJECT}-{name}-1")
+}
+
+struct Cleanup;
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sc(Some("airgapped"), &["down", "--volumes", "--yes"]);
+    }
+}
+
+#[test]
+fn components_from_a_dockerfile_debian_packages_and_a_registry() {
+    let _ = sc(Some("airgapped"), &["down", "--volumes", "--yes"]);
+    let _cleanup = Cleanup;
+    const AIR: Option<&str> = Some("airgapped");
+
+    let t = Instant::now();
+    ok(AIR, &["setup"]);
+    // setup built the worker's base image (its Dockerfile names it in FROM).
+    let base = docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Id}}",
+        "stackctl/python:3.11-bookworm",
+    ]);
+    assert!(base.starts_with("sha256:"), "{base}");
+    eprintln!(
+        "FIGURE components example setup: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let built = ok(AIR, &["build"]);
+    assert!(built.contains("uptime-worker"), "{built}");
+    // The worker's .dockerignore keeps its tests out of the image.
+    let listing = docker_ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python3",
+        "components-demo/uptime-worker:dev",
+        "-c",
+        "import os; print(sorted(os.listdir('/app')))",
+    ]);
+    assert_eq!(listing.trim(), "['worker.py']", "{listing}");
+    // A second build finds the same inputs: nothing is built again.
+    let again = ok(AIR, &["build", "--no-cargo", "uptime-worker"]);
+    assert!(again.contains("0 built"), "{again}");
+
+    // With the registry image: `start` stops before creating anything and says how to load it.
+    let o = sc(None, &["start"]);
+    assert_eq!(o.status.code(), Some(36), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("qdrant/qdrant:v1.12.4") && err.contains("docker load"),
+        "{err}"
+    );
+
+    let t = Instant::now();
+    ok(AIR, &["start"]);
+    eprintln!(
+        "FIGURE components example start to all-ready: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let h = sc(AIR, &["--json", "health"]);
+    let v: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert_eq!(v["healthy"], true, "{v}");
+
+    // analytics reaches its database only through PgBouncer.
+    let ip = |name: &str| {
+        docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            &container(name),
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let bouncer = ip("pgbouncer");
+    let analytics = ip("analytics");
+    // A real query through Nginx, analytics and PgBouncer.
+    let r = https_client()
+        .get("https://127.0.0.1:38543/usage/services")
+        .send()
+        .expect("through nginx");
+    let status = r.status().as_u16();
+    assert_eq!(status, 200, "{}", r.text().unwrap_or_default());
+    let clients = docker_ok(&[
+        "exec",
+        &container("postgres-analytics"),
+        "psql",
+        "-U",
+        "analytics",
+        "-d",
+        "analytics_db",
+        "-tAc",
+        "select distinct host(client_addr) from pg_stat_activity where datname = 'analytics_db' and client_addr is not null",
+    ]);
+    let clients: Vec<&str> = clients.split_whitespace().collect();
+    assert!(!clients.is_empty(), "nobody is connected");
+    for c in &clients {
+        assert!(
+            bouncer.iter().any(|b| b == c),
+            "{c} is not PgBouncer ({bouncer:?})"
+        );
+        assert!(
+            !analytics.iter().any(|a| a == c),
+            "analytics connects directly"
+        );
+    }
+    let pools = docker_ok(&[
+        "exec",
+        &container("pgbouncer"),
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/6432 && echo open",
+    ]);
+    assert!(pools.contains("open"), "{pools}");
+
+    // The worker probes analytics and reports it up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = docker_ok(&[
+            "exec",
+            &container("uptime-worker"),
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8090/status",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        if v["targets"]["http://analytics:8003/health/ready"]["ok"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never saw analytics up: {v}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let m = docker_ok(&[
+        "exec",
+        &container("uptime-worker"),
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:8090/metrics",
+    ]);
+    assert!(
+        m.contains("uptime_probe_success{target=\"http://analytics:8003/health/ready\"} 1"),
+        "{m}"
+    );
+}
