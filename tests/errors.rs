@@ -204,22 +204,97 @@ fn json_errors_are_machine_readable() {
 #[test]
 fn bad_component_definitions_are_refused_at_their_place() {
     let cases: &[(&str, &str, i32, &str)] = &[
-        ("user with three parts", "image = \"redis:7\"\nuser = \"root:wheel:extra\"", 14, "is not USER or USER:GROUP"),
-        ("unknown preset", "preset = \"kafka\"", 14, "unknown preset `kafka`"),
+        (
+            "user with three parts",
+            "image = \"redis:7\"\nuser = \"root:wheel:extra\"",
+            14,
+            "is not USER or USER:GROUP",
+        ),
+        (
+            "unknown preset",
+            "preset = \"kafka\"",
+            14,
+            "unknown preset `kafka`",
+        ),
         ("no source", "port = 80", 15, "has no image"),
-        ("published port without container side", "image = \"redis:7\"\nports = [\"6379\"]", 14, "is not HOST:CONTAINER"),
-        ("published port with a bad address", "image = \"redis:7\"\nports = [\"localhost:6379:6379\"]", 14, "no valid IP address"),
-        ("relative volume target", "image = \"redis:7\"\nvolumes = [\"data:var/lib\"]", 14, "not an absolute path"),
-        ("unknown network", "image = \"redis:7\"\nnetworks = [\"nowhere\"]", 19, "network `nowhere`"),
-        ("undeclared secret", "image = \"redis:7\"\nsecrets = [\"nope\"]", 22, "secret `nope`"),
-        ("unknown dependency", "image = \"redis:7\"\ndepends_on = [\"ghost\"]", 16, "depends on `ghost`"),
-        ("two sources", "image = \"redis:7\"\ncontext = \"worker\"", 14, "both a Dockerfile"),
-        ("missing Dockerfile", "context = \"worker\"\ndockerfile = \"Dockerfile.prod\"", 20, "no Dockerfile"),
-        ("packages without debian", "image = \"x:1\"\npackages = [\"curl\"]", 14, "only used with build"),
-        ("debian without a recipe", "build = \"debian\"\nimage = \"stackctl/nothing:1\"", 14, "no built-in Debian recipe"),
-        ("volume shared by replicas", "image = \"redis:7\"\nvolumes = [\"data:/data\"]\nreplicas = 2", 14, "share one data directory"),
-        ("health check with two probes", "image = \"redis:7\"\nport = 6379\nhealthcheck = { http = \"/\", shell = \"true\" }", 14, "exactly one of http"),
-        ("unknown key", "image = \"redis:7\"\nimagee = \"x\"", 11, "imagee"),
+        (
+            "published port without container side",
+            "image = \"redis:7\"\nports = [\"6379\"]",
+            14,
+            "is not HOST:CONTAINER",
+        ),
+        (
+            "published port with a bad address",
+            "image = \"redis:7\"\nports = [\"localhost:6379:6379\"]",
+            14,
+            "no valid IP address",
+        ),
+        (
+            "relative volume target",
+            "image = \"redis:7\"\nvolumes = [\"data:var/lib\"]",
+            14,
+            "not an absolute path",
+        ),
+        (
+            "unknown network",
+            "image = \"redis:7\"\nnetworks = [\"nowhere\"]",
+            19,
+            "network `nowhere`",
+        ),
+        (
+            "undeclared secret",
+            "image = \"redis:7\"\nsecrets = [\"nope\"]",
+            22,
+            "secret `nope`",
+        ),
+        (
+            "unknown dependency",
+            "image = \"redis:7\"\ndepends_on = [\"ghost\"]",
+            16,
+            "depends on `ghost`",
+        ),
+        (
+            "two sources",
+            "image = \"redis:7\"\ncontext = \"worker\"",
+            14,
+            "both a Dockerfile",
+        ),
+        (
+            "missing Dockerfile",
+            "context = \"worker\"\ndockerfile = \"Dockerfile.prod\"",
+            20,
+            "no Dockerfile",
+        ),
+        (
+            "packages without debian",
+            "image = \"x:1\"\npackages = [\"curl\"]",
+            14,
+            "only used with build",
+        ),
+        (
+            "debian without a recipe",
+            "build = \"debian\"\nimage = \"stackctl/nothing:1\"",
+            14,
+            "no built-in Debian recipe",
+        ),
+        (
+            "volume shared by replicas",
+            "image = \"redis:7\"\nvolumes = [\"data:/data\"]\nreplicas = 2",
+            14,
+            "share one data directory",
+        ),
+        (
+            "health check with two probes",
+            "image = \"redis:7\"\nport = 6379\nhealthcheck = { http = \"/\", shell = \"true\" }",
+            14,
+            "exactly one of http",
+        ),
+        (
+            "unknown key",
+            "image = \"redis:7\"\nimagee = \"x\"",
+            11,
+            "imagee",
+        ),
     ];
     for (name, body, code, says) in cases {
         let stack = format!("{BASE}\n[components.cache]\n{body}\n");
@@ -235,7 +310,10 @@ fn bad_component_definitions_are_refused_at_their_place() {
     // A cycle through a component and a service.
     let stack = format!(
         "{}\n[components.cache]\nimage = \"redis:7\"\ndepends_on = [\"api\"]\n",
-        BASE.replace("depends_on = [\"users\"]", "depends_on = [\"users\", \"cache\"]")
+        BASE.replace(
+            "depends_on = [\"users\"]",
+            "depends_on = [\"users\", \"cache\"]"
+        )
     );
     let o = Project::new(&stack).run(&["validate"]);
     assert_eq!(o.status.code(), Some(17), "{}", stderr(&o));
@@ -250,5 +328,8 @@ fn bad_component_definitions_are_refused_at_their_place() {
     let o = p.run(&["render"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let compose = std::fs::read_to_string(p.path().join("deploy/docker-compose.yml")).unwrap();
-    assert!(compose.contains("127.0.0.1:${PORT_CACHE_6379:-16379}:6379"), "{compose}");
+    assert!(
+        compose.contains("127.0.0.1:${PORT_CACHE_6379:-16379}:6379"),
+        "{compose}"
+    );
 }
