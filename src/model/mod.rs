@@ -461,7 +461,6 @@ pub struct Component {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
     pub settings: toml::Table,
-    pub backup: bool,
     /// The part of the stack it belongs to (compose profile, architecture).
     pub group: String,
 }

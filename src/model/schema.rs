@@ -95,8 +95,6 @@ pub struct ComponentDef {
     pub metrics: Option<MetricsDef>,
     /// Free settings its templates read (`component.settings`).
     pub settings: Option<toml::Table>,
-    /// Include its named volumes in `stackctl backup` / `restore`.
-    pub backup: Option<bool>,
 }
 
 /// A component's health check: an HTTP path, a command, or a shell line.
@@ -545,8 +543,7 @@ impl Merge for ComponentDef {
             restart,
             replicas,
             depends_on,
-            cap_add,
-            backup
+            cap_add
         );
         // Maps merge by key; limits, health and metrics by field.
         for (base, o) in [(&mut self.env, &over.env), (&mut self.labels, &over.labels)] {

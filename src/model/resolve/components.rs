@@ -263,7 +263,6 @@ impl Resolver<'_> {
             cap_add: d.cap_add.clone().unwrap_or_default(),
             metrics,
             settings: d.settings.clone().unwrap_or_default(),
-            backup: d.backup.unwrap_or(false),
         })
     }
 
