@@ -136,6 +136,13 @@ pub struct ContainerSpec {
     pub group: String,
 }
 
+/// Whether any of the mounts is a named volume of the stack (data to keep).
+pub fn has_volume(mounts: &[Mount]) -> bool {
+    mounts
+        .iter()
+        .any(|m| matches!(m.source, Source::Volume { .. }))
+}
+
 impl ContainerSpec {
     pub fn volumes(&self) -> impl Iterator<Item = &str> {
         self.mounts.iter().filter_map(|m| match &m.source {

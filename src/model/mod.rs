@@ -468,9 +468,7 @@ pub struct Component {
 impl Component {
     /// Keeps data in a named volume: recreated only when its config changed.
     pub fn stateful(&self) -> bool {
-        self.mounts
-            .iter()
-            .any(|m| matches!(m.source, containers::Source::Volume { .. }))
+        containers::has_volume(&self.mounts)
     }
 }
 

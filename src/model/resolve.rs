@@ -419,12 +419,7 @@ impl Resolver<'_> {
         }
         f.services.retain(|n, _| !disabled.contains(n));
         let svc_names: Vec<String> = f.services.keys().cloned().collect();
-        let comp_names: Vec<String> = f
-            .components
-            .iter()
-            .filter(|(_, d)| d.get_ref().enabled != Some(false))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let comp_names: Vec<String> = components::enabled(&f.components).collect();
         let mut services = Vec::new();
         let mut postgres = Vec::new();
         let pg_infra = f.infra.postgres.clone().unwrap_or_default();
@@ -981,25 +976,33 @@ impl Resolver<'_> {
         };
 
         // Components, over presets that may refer to the infrastructure above.
-        let mut container_names: Vec<String> =
-            services.iter().map(|(_, s, _)| s.name.clone()).collect();
-        container_names.extend(postgres.iter().map(|p| p.name.clone()));
-        container_names.extend(redis.iter().map(|r| r.name.clone()));
-        container_names.extend(nginx.iter().map(|n| n.name.clone()));
-        if let Some(m) = &monitoring {
-            container_names.push(m.prometheus.name.clone());
-            container_names.extend(m.grafana.iter().map(|g| g.name.clone()));
-        }
-        if let Some(l) = &logging {
-            container_names
-                .extend([&l.elasticsearch, &l.kibana, &l.filebeat].map(|a| a.name.clone()));
-        }
-        container_names.extend(
-            f.components
-                .iter()
-                .filter(|(_, d)| d.get_ref().enabled != Some(false))
-                .map(|(n, _)| n.clone()),
-        );
+        // Every container they may depend on, with the part of the stack it is in.
+        let infra_names: Vec<(String, &str)> = postgres
+            .iter()
+            .map(|p| (p.name.clone(), "postgres"))
+            .chain(redis.iter().map(|r| (r.name.clone(), "redis")))
+            .chain(nginx.iter().map(|n| (n.name.clone(), "nginx")))
+            .chain(monitoring.iter().flat_map(|m| {
+                let mut v = vec![(m.prometheus.name.clone(), "monitoring")];
+                v.extend(m.grafana.iter().map(|g| (g.name.clone(), "monitoring")));
+                v
+            }))
+            .chain(logging.iter().flat_map(|l| {
+                [
+                    l.elasticsearch.name.clone(),
+                    l.kibana.name.clone(),
+                    l.filebeat.name.clone(),
+                ]
+                .map(|n| (n, "logging"))
+            }))
+            .collect();
+        let container_names: Vec<String> = services
+            .iter()
+            .map(|(_, s, _)| s.name.clone())
+            .chain(infra_names.iter().map(|(n, _)| n.clone()))
+            // (with the node-exporter the older [monitoring.node_exporter] became)
+            .chain(components::enabled(&f.components))
+            .collect();
         let secret_names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
         let components = self.components(
             &f.components,
@@ -1064,30 +1067,13 @@ impl Resolver<'_> {
 
         // Names must be unique across every container of the stack.
         let mut seen: HashMap<String, &str> = HashMap::new();
-        let infra_names = postgres
-            .iter()
-            .map(|p| (p.name.clone(), "postgres"))
-            .chain(redis.iter().map(|r| (r.name.clone(), "redis")))
-            .chain(nginx.iter().map(|n| (n.name.clone(), "nginx")))
-            .chain(monitoring.iter().flat_map(|m| {
-                let mut v = vec![(m.prometheus.name.clone(), "monitoring")];
-                v.extend(m.grafana.iter().map(|g| (g.name.clone(), "monitoring")));
-                v
-            }))
-            .chain(logging.iter().flat_map(|l| {
-                [
-                    l.elasticsearch.name.clone(),
-                    l.kibana.name.clone(),
-                    l.filebeat.name.clone(),
-                ]
-                .map(|n| (n, "logging"))
-            }))
-            .chain(components.iter().map(|c| (c.name.clone(), "components")));
-        for (sdef, s, _) in &services {
+        for (_, s, _) in &services {
             seen.insert(s.name.clone(), "services");
-            let _ = sdef;
         }
-        for (n, what) in infra_names {
+        let all = infra_names
+            .into_iter()
+            .chain(components.iter().map(|c| (c.name.clone(), "components")));
+        for (n, what) in all {
             if let Some(prev) = seen.insert(n.clone(), what) {
                 let at = f.services.get(&n).map(|d| d.span().start).unwrap_or(0);
                 return Err(self.err(

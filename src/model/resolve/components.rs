@@ -15,6 +15,15 @@ pub(super) struct Names<'a> {
     pub secrets: &'a [String],
 }
 
+/// The names of the components not switched off.
+pub(super) fn enabled(
+    defs: &IndexMap<String, Spanned<ComponentDef>>,
+) -> impl Iterator<Item = String> + '_ {
+    defs.iter()
+        .filter(|(_, d)| d.get_ref().enabled != Some(false))
+        .map(|(n, _)| n.clone())
+}
+
 impl Resolver<'_> {
     /// Every enabled component, presets applied.
     pub(super) fn components(
@@ -25,12 +34,10 @@ impl Resolver<'_> {
         names: &Names<'_>,
     ) -> Result<Vec<Component>, ModelError> {
         let mut out = Vec::new();
-        for (name, def) in defs {
-            if def.get_ref().enabled == Some(false) {
-                continue;
-            }
+        for name in enabled(defs) {
+            let def = &defs[&name];
             let at = def.span().start;
-            if !valid_name(name) {
+            if !valid_name(&name) {
                 return Err(self.err(
                     K::InvalidValue,
                     at,
@@ -38,8 +45,8 @@ impl Resolver<'_> {
                     "use lower-case letters, digits and '-' (it becomes a host name)",
                 ));
             }
-            let (d, preset) = self.with_preset(name, def, cx)?;
-            out.push(self.component(name, at, &d, preset, defaults, names)?);
+            let (d, preset) = self.with_preset(&name, def, cx)?;
+            out.push(self.component(&name, at, &d, preset, defaults, names)?);
         }
         Ok(out)
     }
@@ -204,10 +211,7 @@ impl Resolver<'_> {
             Some(r) => *r.get_ref(),
             None => 1,
         };
-        let stateful = mounts
-            .iter()
-            .any(|m: &Mount| matches!(m.source, Source::Volume { .. }));
-        if stateful && replicas > 1 {
+        if crate::model::containers::has_volume(&mounts) && replicas > 1 {
             return Err(self.err(
                 K::InvalidValue,
                 d.replicas.as_ref().map(|r| pos(&r.span())).unwrap_or(at),

@@ -58,6 +58,15 @@ fn sp<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
 }
 
+/// Limits of a small sidecar: memory in MiB and CPUs (reservations follow the defaults).
+fn limits(mib: u64, cpus: f64) -> ResourcesDef {
+    ResourcesDef {
+        memory: Some(Memory(mib * 1024 * 1024)),
+        cpus: Some(sp(cpus)),
+        ..Default::default()
+    }
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -82,11 +91,7 @@ fn exporter(image: &str, port: u16, networks: Vec<String>) -> ComponentDef {
             http: Some("/metrics".into()),
             ..Default::default()
         }),
-        resources: Some(ResourcesDef {
-            memory: Some(Memory(64 * 1024 * 1024)),
-            cpus: Some(sp(0.1)),
-            ..Default::default()
-        }),
+        resources: Some(limits(64, 0.1)),
         ..Default::default()
     }
 }
@@ -228,11 +233,7 @@ fn alertmanager(cx: &PresetCx<'_>) -> ComponentDef {
             http: Some("/-/ready".into()),
             ..Default::default()
         }),
-        resources: Some(ResourcesDef {
-            memory: Some(Memory(128 * 1024 * 1024)),
-            cpus: Some(sp(0.1)),
-            ..Default::default()
-        }),
+        resources: Some(limits(128, 0.1)),
         ..exporter(
             "stackctl/alertmanager:bookworm",
             9093,
@@ -301,11 +302,7 @@ fn pgbouncer(cx: &PresetCx<'_>, own: &ComponentDef) -> ComponentDef {
             shell: Some("bash -c 'exec 3<>/dev/tcp/127.0.0.1/6432'".into()),
             ..Default::default()
         }),
-        resources: Some(ResourcesDef {
-            memory: Some(Memory(64 * 1024 * 1024)),
-            cpus: Some(sp(0.25)),
-            ..Default::default()
-        }),
+        resources: Some(limits(64, 0.25)),
         ..Default::default()
     }
 }
