@@ -170,6 +170,52 @@ fn git(stack: &Stack, args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The references an image built from `inputs` gets: `repo:tag`, and
+/// `repo:latest` too with the hash tag strategy.
+pub fn image_refs(stack: &Stack, name: &str, inputs: &str) -> Vec<String> {
+    let repo = stack.image_repo(name);
+    let mut refs = vec![format!("{repo}:{}", tag_for(stack, inputs))];
+    if matches!(stack.tag, TagStrategy::Hash) {
+        refs.push(format!("{repo}:latest"));
+    }
+    refs
+}
+
+/// The images stackctl built for `name` of this stack from exactly `inputs`
+/// (by their labels), or derived from such an image.
+pub async fn built_with(
+    env: &StackEnv<'_>,
+    name: &str,
+    inputs: &str,
+) -> Result<Vec<bollard::models::ImageSummary>> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_INPUTS}={inputs}"),
+            format!("{LABEL_SERVICE}={name}"),
+            format!("{LABEL_STACK}={}", env.stack.name),
+        ],
+    )]);
+    env.engine
+        .docker
+        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| Error::engine("list images", e))
+}
+
+/// An image's size in bytes as the engine reports it (0 when it says none).
+pub async fn image_size(env: &StackEnv<'_>, id: &str) -> Result<u64> {
+    Ok(env
+        .engine
+        .image(id)
+        .await?
+        .and_then(|i| i.size)
+        .unwrap_or(0) as u64)
+}
+
 /// The tag of a service image: git short commit (+"-dirty"), the inputs' hash, or the literal.
 pub fn tag_for(stack: &Stack, inputs_hash: &str) -> String {
     if let Ok(t) = std::env::var("IMAGE_TAG") {
@@ -194,7 +240,7 @@ pub async fn build(
     let services = select(stack, names)?;
     let components = super::build_components::selected(stack, names);
     let started = Instant::now();
-    if !no_cargo && (!services.is_empty() || components.is_empty()) {
+    if !no_cargo && !services.is_empty() {
         cargo_build(stack, &services, ui)?;
     }
     let cargo_secs = started.elapsed().as_secs_f64();
@@ -261,30 +307,9 @@ pub async fn build(
                 ca.clone(),
             );
             let inputs = ctx.hash();
-            let tag = tag_for(env.stack, &inputs);
-            let repo = env.stack.image_repo(&s.name);
-            let mut refs = vec![format!("{repo}:{tag}")];
-            if matches!(env.stack.tag, TagStrategy::Hash) {
-                refs.push(format!("{repo}:latest"));
-            }
+            let refs = image_refs(env.stack, &s.name, &inputs);
             // Cached: an image of this service with exactly these inputs exists.
-            let filters = HashMap::from([(
-                "label".to_string(),
-                vec![
-                    format!("{LABEL_INPUTS}={inputs}"),
-                    format!("{LABEL_SERVICE}={}", s.name),
-                    format!("{LABEL_STACK}={}", env.stack.name),
-                ],
-            )]);
-            let existing = env
-                .engine
-                .docker
-                .list_images(Some(bollard::query_parameters::ListImagesOptions {
-                    filters: Some(filters),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|e| Error::engine("list images", e))?;
+            let existing = built_with(env, &s.name, &inputs).await?;
             // Only an image stackctl built itself: one derived from it
             // (`FROM` it, with another label or entrypoint) inherits the
             // inputs label but is not this build.
@@ -342,12 +367,7 @@ pub async fn build(
                 let id = ebuild::build(&env.engine, &s.name, &ctx, &refs, labels, &step).await?;
                 (id, true)
             };
-            let size = env
-                .engine
-                .image(&id)
-                .await?
-                .and_then(|i| i.size)
-                .unwrap_or(0) as u64;
+            let size = image_size(env, &id).await?;
             bar.finish_with_message(if built { "built" } else { "cached" });
             Ok::<Built, Error>(Built {
                 service: s.name.clone(),

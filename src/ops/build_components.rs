@@ -2,13 +2,13 @@
 //! context directory, less what its `.dockerignore` excludes, streamed to the
 //! Engine API; skipped when an image with the same inputs already exists.
 
-use super::build::{tag_for, Built};
+use super::build::{built_with, image_refs, image_size, Built};
 use super::stackenv::StackEnv;
 use crate::engine::build::{self as ebuild, Context};
 use crate::engine::LABEL_INPUTS;
 use crate::error::{Error, Result};
 use crate::model::containers::{LABEL_SERVICE, LABEL_STACK};
-use crate::model::{Component, ComponentSource, Stack, TagStrategy};
+use crate::model::{Component, ComponentSource, Stack};
 use crate::ui::Ui;
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,26 +44,28 @@ pub async fn build(env: &StackEnv<'_>, comps: &[&Component], ui: &Ui) -> Result<
             message: format!("cannot read the build context {}: {e:#}", dir.display()),
             hint: "fix `context` in stack.toml or the files' permissions".into(),
         })?;
-        let inputs = format!("{}-{}", ctx.hash(), dockerfile);
-        let tag = tag_for(env.stack, &inputs);
-        let repo = env.stack.image_repo(&c.name);
-        let mut refs = vec![format!("{repo}:{tag}")];
-        if matches!(env.stack.tag, TagStrategy::Hash) {
-            refs.push(format!("{repo}:latest"));
-        }
-        let labels = HashMap::from([
-            (LABEL_INPUTS.to_string(), hex_short(&inputs)),
-            (LABEL_SERVICE.to_string(), c.name.clone()),
-            (LABEL_STACK.to_string(), env.stack.name.clone()),
-        ]);
-        let (id, built) = match cached(env, &labels).await? {
-            Some(id) => {
+        let inputs = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(format!("{}\n{dockerfile}", ctx.hash())))
+        };
+        let refs = image_refs(env.stack, &c.name, &inputs);
+        let newest = built_with(env, &c.name, &inputs)
+            .await?
+            .into_iter()
+            .max_by_key(|i| i.created);
+        let (id, built) = match newest {
+            Some(img) => {
                 for r in &refs {
-                    ebuild::tag(&env.engine, &id, r).await?;
+                    ebuild::tag(&env.engine, &img.id, r).await?;
                 }
-                (id, false)
+                (img.id, false)
             }
             None => {
+                let labels = HashMap::from([
+                    (LABEL_INPUTS.to_string(), inputs.clone()),
+                    (LABEL_SERVICE.to_string(), c.name.clone()),
+                    (LABEL_STACK.to_string(), env.stack.name.clone()),
+                ]);
                 let step = |m: &str| ui.detail(format!("{}: {m}", c.name));
                 let id = ebuild::build_file(
                     &env.engine,
@@ -78,12 +80,7 @@ pub async fn build(env: &StackEnv<'_>, comps: &[&Component], ui: &Ui) -> Result<
                 (id, true)
             }
         };
-        let size = env
-            .engine
-            .image(&id)
-            .await?
-            .and_then(|i| i.size)
-            .unwrap_or(0) as u64;
+        let size = image_size(env, &id).await?;
         out.push(Built {
             service: c.name.clone(),
             reference: refs[0].clone(),
@@ -94,30 +91,6 @@ pub async fn build(env: &StackEnv<'_>, comps: &[&Component], ui: &Ui) -> Result<
         });
     }
     Ok(out)
-}
-
-/// Inputs hashes are long; the label keeps their sha256.
-fn hex_short(inputs: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(inputs.as_bytes()))
-}
-
-/// An image this build made before with exactly these labels.
-async fn cached(env: &StackEnv<'_>, labels: &HashMap<String, String>) -> Result<Option<String>> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-    )]);
-    let found = env
-        .engine
-        .docker
-        .list_images(Some(bollard::query_parameters::ListImagesOptions {
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| Error::engine("list images", e))?;
-    Ok(found.into_iter().max_by_key(|i| i.created).map(|i| i.id))
 }
 
 /// Every file under `dir` that `.dockerignore` keeps (patterns anchored at
