@@ -286,8 +286,9 @@ pub async fn prepare_host(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
 }
 
 /// Every Debian-built image the stack uses, made (the base once, then in
-/// parallel, with progress) or found; the tags built now. What stays for
-/// stackenv's ensure_infra_images is only a check.
+/// parallel, with progress) or found; the tags built now. The same recipes
+/// as stackenv's ensure_infra_images (`start`, `deploy`), so nothing is left
+/// for it to do after setup.
 async fn build_debian_images(env: &StackEnv<'_>, ui: &Ui) -> Result<Vec<String>> {
     let ensured = images::ensure_all(
         &env.engine.docker,
@@ -310,11 +311,6 @@ async fn build_debian_images(env: &StackEnv<'_>, ui: &Ui) -> Result<Vec<String>>
             e.seconds
         ));
         built.push(e.tag.clone());
-    }
-    for b in env.ensure_infra_images(ui, true).await? {
-        if !built.contains(&b) {
-            built.push(b);
-        }
     }
     Ok(built)
 }
