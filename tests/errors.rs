@@ -333,3 +333,62 @@ fn bad_component_definitions_are_refused_at_their_place() {
         "{compose}"
     );
 }
+
+/// The infrastructure is presets over the component type: a
+/// `[components.NAME]` table named after one of its containers changes that
+/// container (any field), and what it cannot do is refused at its place.
+#[test]
+fn a_component_table_changes_an_infrastructure_container() {
+    let stack = format!(
+        "{BASE}\n[components.nginx]\nports = [\"127.0.0.1:8080:80\"]\n\n[components.postgres-users]\nimage = \"postgres:16.4\"\nresources = {{ memory = \"1G\" }}\nenv = {{ TZ = \"UTC\" }}\n"
+    );
+    let p = Project::new(&stack);
+    let o = p.run(&["render"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let compose = std::fs::read_to_string(p.path().join("deploy/docker-compose.yml")).unwrap();
+    let block = |name: &str| {
+        let start = compose
+            .find(&format!("\n  {name}:\n"))
+            .unwrap_or_else(|| panic!("no {name} in {compose}"));
+        // Up to the next key at the same indentation.
+        let rest = &compose[start + 1..];
+        let end = rest
+            .match_indices("\n  ")
+            .find(|(i, _)| !rest[i + 3..].starts_with(' '))
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
+        rest[..end].to_string()
+    };
+    let nginx = block("nginx");
+    assert!(nginx.contains("127.0.0.1:"), "nginx bound to loopback: {nginx}");
+    assert!(!nginx.contains(":443"), "the override replaces the ports: {nginx}");
+    let pg = block("postgres-users");
+    assert!(pg.contains("image: postgres:16.4"), "{pg}");
+    assert!(pg.contains("TZ: UTC"), "{pg}");
+    assert!(pg.contains("POSTGRES_DB: users_db"), "preset env kept: {pg}");
+    assert!(pg.contains("pg_isready"), "preset health check kept: {pg}");
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[components.nginx]\npreset = \"alertmanager\"",
+            "takes no preset",
+        ),
+        (
+            "[components.postgres-users]\nenabled = false",
+            "cannot switch off",
+        ),
+        (
+            "[components.nginx]\nports = [\"80\"]",
+            "is not HOST:CONTAINER",
+        ),
+    ];
+    for (body, says) in cases {
+        let stack = format!("{BASE}\n{body}\n");
+        let o = Project::new(&stack).run(&["validate"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(14), "{body}: {err}");
+        assert!(err.contains(says), "{body}: `{says}` missing in: {err}");
+        assert!(err.contains("stack.toml:"), "{body}: no location in: {err}");
+        assert!(err.contains("hint:"), "{body}: no hint in: {err}");
+    }
+}

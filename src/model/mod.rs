@@ -430,6 +430,9 @@ pub struct Metrics {
 #[derive(Debug, Clone, Serialize)]
 pub struct Component {
     pub name: String,
+    /// What it is: an infrastructure preset (postgres, redis, nginx, ...)
+    /// or `component` for anything else.
+    pub kind: containers::Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
 //! Loading stack.toml and turning it into a validated [`Stack`].
 
+use super::containers::Kind;
 use super::schema::{self, Merge, StackFile};
 use super::units::{Duration, Memory, BAD_DURATION, BAD_MEMORY};
 use super::*;
@@ -10,7 +11,10 @@ use std::path::Path;
 use toml::Spanned;
 
 mod components;
+mod infra;
 pub mod presets;
+mod services;
+mod settings;
 
 pub const STACK_FILE: &str = "stack.toml";
 
@@ -171,6 +175,34 @@ struct Resolver<'a> {
     check_paths: bool,
 }
 
+/// The stack's networks, by name.
+struct Nets(Vec<String>);
+
+impl Nets {
+    /// `pref` when the stack defines it, else its first network.
+    fn first(&self, pref: &str) -> String {
+        if self.0.iter().any(|n| n == pref) {
+            pref.to_string()
+        } else {
+            self.0.first().cloned().unwrap_or_default()
+        }
+    }
+}
+
+/// Declares a secret stackctl needs (a database password, the TLS pair),
+/// unless stack.toml declares it already.
+fn imply(secrets: &mut Vec<Secret>, name: &str, kind: SecretKind, from: Option<&str>, what: &str) {
+    if !secrets.iter().any(|s| s.name == name) {
+        secrets.push(Secret {
+            name: name.to_string(),
+            generate: kind,
+            from: from.map(str::to_string),
+            description: Some(what.to_string()),
+            implied: true,
+        });
+    }
+}
+
 const RESTARTS: &[&str] = &["no", "always", "on-failure", "unless-stopped"];
 
 fn valid_name(n: &str) -> bool {
@@ -271,6 +303,123 @@ impl Resolver<'_> {
         env: Option<&str>,
         environments: Vec<String>,
     ) -> Result<Stack, ModelError> {
+        let (name, tag) = self.header(&f)?;
+        let defaults = self.defaults(&f.defaults)?;
+        let networks = self.networks(&f)?;
+        let nets = Nets(networks.iter().map(|n| n.name.clone()).collect());
+        let mut secrets = self.declared_secrets(&f)?;
+
+        // Application services (a disabled one is left out).
+        self.drop_disabled(&mut f, env)?;
+        let svc_names: Vec<String> = f.services.keys().cloned().collect();
+        let comp_names: Vec<String> = components::enabled(&f.components).collect();
+        let names = services::ServiceNames {
+            nets: &nets,
+            services: &svc_names,
+            components: &comp_names,
+        };
+        let pg_base = self.pg_base(
+            &f.infra.postgres.clone().unwrap_or_default(),
+            &defaults,
+            nets.first("backend"),
+        )?;
+        let mut services = Vec::new();
+        let mut postgres = Vec::new();
+        for (sname, sdef) in &f.services {
+            let (svc, pg) = self.service(sname, sdef, &defaults, &names, &pg_base, &mut secrets)?;
+            services.push(svc);
+            postgres.extend(pg);
+        }
+
+        // The infrastructure's settings, then every container other than the services.
+        let redis = self.redis(&f, &services, &defaults, &nets, &mut secrets)?;
+        let nginx = self.nginx(&f, &services, &defaults, &nets, &mut secrets)?;
+        let monitoring = self.monitoring(&f.monitoring, &defaults, &nets, &mut secrets)?;
+        if monitoring.is_some() {
+            // `[monitoring.node_exporter]` (the older form) is the node-exporter preset.
+            let legacy = f.monitoring.node_exporter.clone();
+            self.legacy_node_exporter(&mut f.components, legacy.as_ref())?;
+        }
+        let monitoring_net = monitoring
+            .as_ref()
+            .map(|m| m.network.clone())
+            .unwrap_or_else(|| nets.first("monitoring"));
+        let logging = self.logging(&f.logging, monitoring_net.clone(), &defaults)?;
+        let infra = infra::infra(&infra::Infra {
+            postgres: &postgres,
+            redis: redis.as_ref(),
+            nginx: nginx.as_ref(),
+            monitoring: monitoring.as_ref(),
+            logging: logging.as_ref(),
+        });
+        let container_names: Vec<String> = services
+            .iter()
+            .map(|(_, s, _)| s.name.clone())
+            .chain(infra.iter().map(|i| i.name.clone()))
+            .chain(components::enabled(&f.components))
+            .collect();
+        let secret_names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
+        let cnames = components::Names {
+            networks: &nets.0,
+            containers: &container_names,
+            secrets: &secret_names,
+        };
+        let mut components = self.infra_components(infra, &mut f.components, &defaults, &cnames)?;
+        let cx = presets::PresetCx {
+            postgres: &postgres,
+            redis: redis.as_ref(),
+            nginx: nginx.as_ref(),
+            monitoring: monitoring_net,
+            backend: nets.first("backend"),
+        };
+        components.extend(self.components(&f.components, &cx, &defaults, &cnames)?);
+        self.check_cycles(&services, &components, &f.components)?;
+        self.check_secrets(&f, &services, &secrets)?;
+        self.check_names(&f, &services, &components)?;
+        self.check_ports(&f, &services, &components)?;
+
+        // Dependency order (cycles are errors).
+        let order = self.topo(&services)?;
+        let mut by_name: HashMap<String, Service> = services
+            .into_iter()
+            .map(|(_, s, _)| (s.name.clone(), s))
+            .collect();
+        let services: Vec<Service> = order
+            .iter()
+            .map(|n| by_name.remove(n).expect("ordered"))
+            .collect();
+        let deploy = self.deploy(&f.deploy)?;
+        let jobs = self.jobs(&f.jobs, &services)?;
+        let stack_sec = f.stack.get_ref();
+        Ok(Stack {
+            name,
+            description: stack_sec.description.clone(),
+            registry: stack_sec.registry.clone().filter(|r| !r.is_empty()),
+            tag,
+            version: stack_sec.version.clone().unwrap_or_else(|| "0.1.0".into()),
+            environment: env.map(str::to_string),
+            environments,
+            root: self.root.to_path_buf(),
+            file: self.cx.file.to_path_buf(),
+            source: self.cx.src.to_string(),
+            project: None,
+            defaults,
+            networks,
+            secrets,
+            services,
+            postgres,
+            redis,
+            nginx,
+            monitoring,
+            logging,
+            deploy,
+            jobs,
+            components,
+        })
+    }
+
+    /// The stack's name and image tag strategy.
+    fn header(&self, f: &StackFile) -> Result<(String, TagStrategy), ModelError> {
         let stack_sec = f.stack.get_ref();
         let name = stack_sec.name.get_ref().clone();
         if !valid_name(&name) {
@@ -297,10 +446,10 @@ impl Resolver<'_> {
                 }
             },
         };
+        Ok((name, tag))
+    }
 
-        let defaults = self.defaults(&f.defaults)?;
-
-        // Networks.
+    fn networks(&self, f: &StackFile) -> Result<Vec<Network>, ModelError> {
         let mut networks = Vec::new();
         for (n, def) in &f.networks {
             if !valid_name(n) {
@@ -317,34 +466,7 @@ impl Resolver<'_> {
                 description: def.get_ref().description.clone(),
             });
         }
-        let net_names: Vec<String> = networks.iter().map(|n| n.name.clone()).collect();
-        let check_net = |n: &Spanned<String>, owner: &str| -> Result<String, ModelError> {
-            if net_names.contains(n.get_ref()) {
-                Ok(n.get_ref().clone())
-            } else {
-                Err(self.err(
-                    K::UndefinedNetwork,
-                    n.span().start,
-                    format!(
-                        "{owner} is on network `{}`, which is not defined",
-                        n.get_ref()
-                    ),
-                    format!(
-                        "add [networks.{}] or use one of: {}",
-                        n.get_ref(),
-                        names(net_names.iter())
-                    ),
-                ))
-            }
-        };
-        let first_net = |pref: &str| -> String {
-            if net_names.iter().any(|n| n == pref) {
-                pref.to_string()
-            } else {
-                net_names.first().cloned().unwrap_or_default()
-            }
-        };
-        if net_names.is_empty() {
+        if networks.is_empty() {
             return Err(self.err(
                 K::MissingKey,
                 f.stack.span().start,
@@ -352,9 +474,32 @@ impl Resolver<'_> {
                 "add e.g. [networks.backend] with internal = true",
             ));
         }
+        Ok(networks)
+    }
 
-        // Secrets declared in the file.
-        let mut secrets: Vec<Secret> = Vec::new();
+    /// A network a table names: it must be defined.
+    fn net(&self, nets: &Nets, n: &Spanned<String>, owner: &str) -> Result<String, ModelError> {
+        if nets.0.contains(n.get_ref()) {
+            return Ok(n.get_ref().clone());
+        }
+        Err(self.err(
+            K::UndefinedNetwork,
+            n.span().start,
+            format!(
+                "{owner} is on network `{}`, which is not defined",
+                n.get_ref()
+            ),
+            format!(
+                "add [networks.{}] or use one of: {}",
+                n.get_ref(),
+                names(nets.0.iter())
+            ),
+        ))
+    }
+
+    /// The secrets stack.toml declares.
+    fn declared_secrets(&self, f: &StackFile) -> Result<Vec<Secret>, ModelError> {
+        let mut secrets = Vec::new();
         for (n, def) in &f.secrets {
             let d = def.get_ref();
             if !valid_name(n) {
@@ -381,652 +526,17 @@ impl Resolver<'_> {
                 implied: false,
             });
         }
-        let mut imply = |name: &str, kind: SecretKind, from: Option<&str>, what: &str| {
-            if !secrets.iter().any(|s| s.name == name) {
-                secrets.push(Secret {
-                    name: name.to_string(),
-                    generate: kind,
-                    from: from.map(str::to_string),
-                    description: Some(what.to_string()),
-                    implied: true,
-                });
-            }
-        };
+        Ok(secrets)
+    }
 
-        // Application services (a disabled one is left out, and nothing may depend on it).
-        let disabled: Vec<String> = f
-            .services
-            .iter()
-            .filter(|(_, d)| d.get_ref().enabled == Some(false))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for (sname, sdef) in &f.services {
-            for dep in sdef.get_ref().depends_on.as_deref().unwrap_or_default() {
-                if disabled.contains(dep.get_ref()) && !disabled.contains(sname) {
-                    return Err(self.err(
-                        K::UnknownDependency,
-                        dep.span().start,
-                        format!(
-                            "service `{sname}` depends on `{}`, which is disabled{}",
-                            dep.get_ref(),
-                            env.map(|e| format!(" in environment `{e}`"))
-                                .unwrap_or_default()
-                        ),
-                        "disable the dependent service too, or remove the dependency",
-                    ));
-                }
-            }
-        }
-        f.services.retain(|n, _| !disabled.contains(n));
-        let svc_names: Vec<String> = f.services.keys().cloned().collect();
-        let comp_names: Vec<String> = components::enabled(&f.components).collect();
-        let mut services = Vec::new();
-        let mut postgres = Vec::new();
-        let pg_infra = f.infra.postgres.clone().unwrap_or_default();
-        let pg_image = self.image(
-            &pg_infra.image,
-            &pg_infra.build,
-            "postgres:16-alpine",
-            Some("stackctl/postgres:15-bookworm"),
-            "postgres",
-        )?;
-        let pg_resources = self.resources(
-            pg_infra.resources.as_ref(),
-            &defaults.resources,
-            defaults.reservation_percent,
-        )?;
-        for (sname, sdef) in &f.services {
-            let at = sdef.span().start;
-            let d = sdef.get_ref();
-            if !valid_name(sname) {
-                return Err(self.err(
-                    K::InvalidValue,
-                    at,
-                    format!("service name `{sname}` is not valid"),
-                    "use lower-case letters, digits and '-' (it becomes a host name)",
-                ));
-            }
-            let Some(path) = &d.path else {
-                return Err(self.err(
-                    K::MissingKey,
-                    at,
-                    format!("service `{sname}` has no `path`"),
-                    format!("add path = \"services/{sname}\" (the Rust crate that builds it)"),
-                ));
-            };
-            if self.check_paths {
-                let dir = self.root.join(path.get_ref());
-                if !dir.join("Cargo.toml").is_file() {
-                    return Err(self.err(
-                        K::MissingCratePath,
-                        path.span().start,
-                        format!("service `{sname}`: no crate at `{}` ({} has no Cargo.toml)", path.get_ref(), dir.display()),
-                        "fix the path (relative to stack.toml) or create the crate with `cargo new --lib`",
-                    ));
-                }
-            }
-            let Some(port) = &d.port else {
-                return Err(self.err(
-                    K::MissingKey,
-                    at,
-                    format!("service `{sname}` has no `port`"),
-                    "add port = NUMBER, the port the service listens on",
-                ));
-            };
-            if *port.get_ref() == 0 {
-                return Err(self.err(
-                    K::InvalidValue,
-                    port.span().start,
-                    "port 0 is not a valid port",
-                    "use a port between 1 and 65535",
-                ));
-            }
-            let mut nets = Vec::new();
-            for n in d.networks.as_deref().unwrap_or_default() {
-                nets.push(check_net(n, &format!("service `{sname}`"))?);
-            }
-            if nets.is_empty() {
-                nets.push(first_net("backend"));
-            }
-            let mut deps = Vec::new();
-            for dep in d.depends_on.as_deref().unwrap_or_default() {
-                if !svc_names.contains(dep.get_ref()) && !comp_names.contains(dep.get_ref()) {
-                    return Err(self.err(
-                        K::UnknownDependency,
-                        dep.span().start,
-                        format!("service `{sname}` depends on `{}`, which is not a service or component of this stack", dep.get_ref()),
-                        format!("use one of: {}", names(svc_names.iter().chain(&comp_names).filter(|n| *n != sname))),
-                    ));
-                }
-                if dep.get_ref() == sname {
-                    return Err(self.err(
-                        K::DependencyCycle,
-                        dep.span().start,
-                        format!("service `{sname}` depends on itself"),
-                        "remove it from its own depends_on",
-                    ));
-                }
-                deps.push(dep.get_ref().clone());
-            }
-            let replicas = match &d.replicas {
-                Some(r) if *r.get_ref() == 0 => {
-                    return Err(self.err(
-                        K::InvalidValue,
-                        r.span().start,
-                        "replicas must be at least 1",
-                        "use `stackctl stop SERVICE` to stop a service instead",
-                    ))
-                }
-                Some(r) => *r.get_ref(),
-                None => 1,
-            };
-            let autoscale = match &d.autoscale {
-                None => None,
-                Some(a) => {
-                    let ad = a.get_ref();
-                    let at = a.span().start;
-                    let Some(max) = ad.max else {
-                        return Err(self.err(
-                            K::MissingKey,
-                            at,
-                            format!("service `{sname}`: autoscale needs a `max`"),
-                            "write autoscale = { min = 2, max = 6, cpu_percent = 70 }",
-                        ));
-                    };
-                    let min = ad.min.unwrap_or(replicas);
-                    let cpu_percent = ad.cpu_percent.unwrap_or(70);
-                    if min == 0 || max < min {
-                        return Err(self.err(
-                            K::InvalidValue,
-                            at,
-                            format!("service `{sname}`: autoscale min {min} and max {max} do not make a range"),
-                            "use 1 <= min <= max",
-                        ));
-                    }
-                    if !(1..=100).contains(&cpu_percent) {
-                        return Err(self.err(
-                            K::InvalidValue,
-                            at,
-                            format!("service `{sname}`: autoscale cpu_percent {cpu_percent} is not a percentage"),
-                            "use a value from 1 to 100 (share of the CPU reservation)",
-                        ));
-                    }
-                    Some(Autoscale {
-                        min,
-                        max,
-                        cpu_percent,
-                    })
-                }
-            };
-            let health = self.health(d.healthcheck.as_ref(), &defaults.healthcheck);
-            let resources = self.resources(
-                d.resources.as_ref(),
-                &defaults.resources,
-                defaults.reservation_percent,
-            )?;
-            let mut svc_secrets = Vec::new();
-            for s in d.secrets.as_deref().unwrap_or_default() {
-                svc_secrets.push(s.clone());
-            }
-            let pg = match &d.postgres {
-                None => None,
-                Some(p) => {
-                    let pd = p.get_ref();
-                    let Some(db) = &pd.database else {
-                        return Err(self.err(
-                            K::MissingKey,
-                            p.span().start,
-                            format!("service `{sname}`: postgres needs a `database`"),
-                            "add database = \"NAME_db\"",
-                        ));
-                    };
-                    if db.get_ref().is_empty()
-                        || !db
-                            .get_ref()
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                    {
-                        return Err(self.err(
-                            K::InvalidValue,
-                            db.span().start,
-                            format!("database name `{}` is not valid", db.get_ref()),
-                            "use letters, digits and '_'",
-                        ));
-                    }
-                    let inst = pd
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("postgres-{sname}"));
-                    if !valid_name(&inst) {
-                        return Err(self.err(
-                            K::InvalidValue,
-                            p.span().start,
-                            format!("postgres instance name `{inst}` is not valid"),
-                            "use lower-case letters, digits and '-'",
-                        ));
-                    }
-                    let secret = format!("{inst}-password");
-                    imply(
-                        &secret,
-                        SecretKind::Password,
-                        None,
-                        &format!("password of {inst}"),
-                    );
-                    let res = match &pd.resources {
-                        Some(r) => {
-                            self.resources(Some(r), &pg_resources, defaults.reservation_percent)?
-                        }
-                        None => pg_resources,
-                    };
-                    postgres.push(Postgres {
-                        name: inst.clone(),
-                        service: sname.clone(),
-                        database: db.get_ref().clone(),
-                        user: pd.user.clone().unwrap_or_else(|| sname.replace('-', "_")),
-                        password_secret: secret,
-                        image: pg_image.clone(),
-                        resources: res,
-                        max_connections: pg_infra.max_connections.unwrap_or(100),
-                        shared_buffers: pg_infra
-                            .shared_buffers
-                            .unwrap_or(Memory(128 * 1024 * 1024)),
-                        networks: vec![first_net("backend")],
-                    });
-                    Some(inst)
-                }
-            };
-            let package = d.package.clone().unwrap_or_else(|| sname.clone());
-            services.push((
-                sdef,
-                Service {
-                    name: sname.clone(),
-                    path: path.get_ref().clone(),
-                    binary: d.binary.clone().unwrap_or_else(|| package.clone()),
-                    package,
-                    description: d.description.clone(),
-                    port: *port.get_ref(),
-                    publish: d.publish.as_ref().map(|p| *p.get_ref()),
-                    networks: nets,
-                    depends_on: deps,
-                    env: d.env.clone().unwrap_or_default(),
-                    secrets: svc_secrets.iter().map(|s| s.get_ref().clone()).collect(),
-                    resources,
-                    replicas,
-                    health_path: d
-                        .health_path
-                        .clone()
-                        .unwrap_or_else(|| "/health/ready".into()),
-                    healthcheck: health,
-                    postgres: pg,
-                    redis: d.redis.unwrap_or(false),
-                    debug: d.debug.unwrap_or(false),
-                    public: d.public.unwrap_or(false),
-                    args: d.args.clone().unwrap_or_default(),
-                    read_only: d.read_only.unwrap_or(defaults.read_only),
-                    user: d.user.clone().unwrap_or_else(|| defaults.user.clone()),
-                    autoscale,
-                },
-                svc_secrets,
-            ));
-        }
-
-        // Redis.
-        let redis_def = f.infra.redis.clone().unwrap_or_default();
-        let uses_redis = services.iter().any(|(_, s, _)| s.redis);
-        let redis = if redis_def.enabled.unwrap_or(uses_redis) {
-            let password_secret = redis_def
-                .password_secret
-                .as_ref()
-                .map(|s| s.get_ref().clone())
-                .unwrap_or_else(|| "redis-password".into());
-            let acl_secret = redis_def
-                .acl_secret
-                .as_ref()
-                .map(|s| s.get_ref().clone())
-                .unwrap_or_else(|| "redis-acl".into());
-            imply(
-                &password_secret,
-                SecretKind::Password,
-                None,
-                "password of the Redis user the services use",
-            );
-            imply(
-                &acl_secret,
-                SecretKind::RedisAcl,
-                Some(&password_secret),
-                "Redis ACL file granting that password",
-            );
-            Some(Redis {
-                name: "redis".into(),
-                image: self.image(
-                    &redis_def.image,
-                    &redis_def.build,
-                    "redis:7-alpine",
-                    Some("stackctl/redis:7-bookworm"),
-                    "redis",
-                )?,
-                port: redis_def
-                    .port
-                    .as_ref()
-                    .map(|p| *p.get_ref())
-                    .unwrap_or(6379),
-                maxmemory: redis_def.maxmemory.unwrap_or(Memory(200 * 1024 * 1024)),
-                maxmemory_policy: redis_def
-                    .maxmemory_policy
-                    .clone()
-                    .unwrap_or_else(|| "noeviction".into()),
-                appendonly: redis_def.appendonly.unwrap_or(true),
-                password_secret,
-                acl_secret,
-                resources: self.resources(
-                    redis_def.resources.as_ref(),
-                    &defaults.resources,
-                    defaults.reservation_percent,
-                )?,
-                networks: vec![first_net("backend")],
-            })
-        } else {
-            if uses_redis {
-                let (sdef, s, _) = services
-                    .iter()
-                    .find(|(_, s, _)| s.redis)
-                    .expect("uses_redis");
-                return Err(self.err(
-                    K::InvalidValue,
-                    sdef.span().start,
-                    format!(
-                        "service `{}` uses Redis, but [infra.redis] is disabled",
-                        s.name
-                    ),
-                    "enable [infra.redis] or set redis = false on the service",
-                ));
-            }
-            None
-        };
-
-        // Nginx.
-        let ng = f.infra.nginx.clone().unwrap_or_default();
-        let nginx = if ng.enabled.unwrap_or(true) {
-            let public: Vec<&Service> = services
-                .iter()
-                .map(|(_, s, _)| s)
-                .filter(|s| s.public)
-                .collect();
-            let Some(up) = public.first() else {
-                return Err(self.err(
-                    K::MissingKey,
-                    f.stack.span().start,
-                    "Nginx is enabled but no service is marked public = true",
-                    "set public = true on the gateway service, or [infra.nginx] enabled = false",
-                ));
-            };
-            if public.len() > 1 {
-                let (sdef, _, _) = services
-                    .iter()
-                    .filter(|(_, s, _)| s.public)
-                    .nth(1)
-                    .expect("two public");
-                return Err(self.err(
-                    K::InvalidValue,
-                    sdef.span().start,
-                    format!(
-                        "services `{}` and `{}` are both public; Nginx fronts exactly one gateway",
-                        public[0].name, public[1].name
-                    ),
-                    "set public = true on the gateway only",
-                ));
-            }
-            let cert = ng
-                .tls_cert_secret
-                .as_ref()
-                .map(|s| s.get_ref().clone())
-                .unwrap_or_else(|| "nginx-tls-cert".into());
-            let key = ng
-                .tls_key_secret
-                .as_ref()
-                .map(|s| s.get_ref().clone())
-                .unwrap_or_else(|| "nginx-tls-key".into());
-            imply(
-                &cert,
-                SecretKind::TlsCert,
-                Some(&key),
-                "self-signed TLS certificate Nginx serves",
-            );
-            imply(
-                &key,
-                SecretKind::TlsKey,
-                None,
-                "private key of that certificate",
-            );
-            let mut nets = Vec::new();
-            for n in ng.networks.as_deref().unwrap_or_default() {
-                nets.push(check_net(n, "nginx")?);
-            }
-            if nets.is_empty() {
-                nets.push(first_net("frontend"));
-            }
-            Some(Nginx {
-                name: "nginx".into(),
-                image: self.image(
-                    &ng.image,
-                    &ng.build,
-                    "nginx:1.27-alpine",
-                    Some("stackctl/nginx:1.22-bookworm"),
-                    "nginx",
-                )?,
-                http_port: ng.http_port.as_ref().map(|p| *p.get_ref()).unwrap_or(80),
-                https_port: ng.https_port.as_ref().map(|p| *p.get_ref()).unwrap_or(443),
-                server_name: ng.server_name.clone().unwrap_or_else(|| "localhost".into()),
-                tls_cert_secret: cert,
-                tls_key_secret: key,
-                rate_limit: ng.rate_limit.unwrap_or(10).max(1),
-                rate_burst: ng.rate_burst.unwrap_or(20),
-                client_max_body_size: ng.client_max_body_size.unwrap_or(Memory(10 * 1024 * 1024)),
-                networks: nets,
-                resources: self.resources(
-                    ng.resources.as_ref(),
-                    &defaults.resources,
-                    defaults.reservation_percent,
-                )?,
-                upstream: up.name.clone(),
-                upstream_port: up.port,
-                upstream_replicas: up.replicas,
-            })
-        } else {
-            None
-        };
-
-        // Monitoring.
-        let m = f.monitoring.clone();
-        let monitoring = if m.enabled.unwrap_or(true) {
-            let network = match &m.network {
-                Some(n) => check_net(n, "monitoring")?,
-                None => first_net("monitoring"),
-            };
-            let p = m.prometheus.clone().unwrap_or_default();
-            let comp = |c: Option<&schema::AddonDef>,
-                        name: &str,
-                        image: &str,
-                        port: u16|
-             -> Result<Option<Addon>, ModelError> {
-                let c = c.cloned().unwrap_or_default();
-                if !c.enabled.unwrap_or(true) {
-                    return Ok(None);
-                }
-                Ok(Some(Addon {
-                    name: name.into(),
-                    image: ImageSource::Registry {
-                        image: c.image.clone().unwrap_or_else(|| image.into()),
-                    },
-                    port: c.port.as_ref().map(|p| *p.get_ref()).unwrap_or(port),
-                    resources: self.resources(
-                        c.resources.as_ref(),
-                        &defaults.resources,
-                        defaults.reservation_percent,
-                    )?,
-                    admin_password_secret: c
-                        .admin_password_secret
-                        .as_ref()
-                        .map(|s| s.get_ref().clone()),
-                }))
-            };
-            let mut grafana = comp(
-                m.grafana.as_ref(),
-                "grafana",
-                "grafana/grafana:11.2.0",
-                3001,
-            )?;
-            if let Some(g) = grafana.as_mut() {
-                let s = g
-                    .admin_password_secret
-                    .get_or_insert_with(|| "grafana-admin-password".into())
-                    .clone();
-                imply(&s, SecretKind::Password, None, "Grafana admin password");
-            }
-            let a = m.alerts.clone().unwrap_or_default();
-            Some(Monitoring {
-                network,
-                prometheus: Addon {
-                    name: "prometheus".into(),
-                    image: self.image(
-                        &p.image,
-                        &p.build,
-                        "prom/prometheus:v2.54.1",
-                        Some("stackctl/prometheus:2-bookworm"),
-                        "prometheus",
-                    )?,
-                    port: p.port.as_ref().map(|p| *p.get_ref()).unwrap_or(9090),
-                    resources: self.resources(
-                        p.resources.as_ref(),
-                        &defaults.resources,
-                        defaults.reservation_percent,
-                    )?,
-                    admin_password_secret: None,
-                },
-                scrape_interval: p.scrape_interval.unwrap_or(Duration::from_secs(15)),
-                retention: p.retention.unwrap_or(Duration::from_secs(15 * 86_400)),
-                grafana,
-                alerts: Alerts {
-                    error_rate: a.error_rate.unwrap_or(0.05),
-                    latency_p99: a.latency_p99.unwrap_or(Duration(1000)),
-                    memory_ratio: a.memory_ratio.unwrap_or(0.9),
-                    for_duration: a.for_duration.unwrap_or(Duration::from_secs(300)),
-                    down_for: a.down_for.unwrap_or(Duration::from_secs(60)),
-                },
-            })
-        } else {
-            None
-        };
-
-        // `[monitoring.node_exporter]` (the older form) is the node-exporter preset.
-        if monitoring.is_some() {
-            self.legacy_node_exporter(&mut f.components, m.node_exporter.as_ref())?;
-        }
-
-        // Logging.
-        let l = f.logging.clone();
-        let logging = if l.enabled.unwrap_or(true) {
-            let c = |def: Option<&schema::AddonDef>,
-                     name: &str,
-                     image: &str,
-                     port: u16|
-             -> Result<Addon, ModelError> {
-                let d = def.cloned().unwrap_or_default();
-                Ok(Addon {
-                    name: name.into(),
-                    image: ImageSource::Registry {
-                        image: d.image.clone().unwrap_or_else(|| image.into()),
-                    },
-                    port: d.port.as_ref().map(|p| *p.get_ref()).unwrap_or(port),
-                    resources: self.resources(
-                        d.resources.as_ref(),
-                        &defaults.resources,
-                        defaults.reservation_percent,
-                    )?,
-                    admin_password_secret: None,
-                })
-            };
-            Some(Logging {
-                network: monitoring
-                    .as_ref()
-                    .map(|m| m.network.clone())
-                    .unwrap_or_else(|| first_net("monitoring")),
-                elasticsearch: c(
-                    l.elasticsearch.as_ref(),
-                    "elasticsearch",
-                    "docker.elastic.co/elasticsearch/elasticsearch:8.15.0",
-                    9200,
-                )?,
-                kibana: c(
-                    l.kibana.as_ref(),
-                    "kibana",
-                    "docker.elastic.co/kibana/kibana:8.15.0",
-                    5601,
-                )?,
-                filebeat: c(
-                    l.filebeat.as_ref(),
-                    "filebeat",
-                    "docker.elastic.co/beats/filebeat:8.15.0",
-                    5066,
-                )?,
-                retention: l.retention.unwrap_or(Duration::from_secs(7 * 86_400)),
-            })
-        } else {
-            None
-        };
-
-        // Components, over presets that may refer to the infrastructure above.
-        // Every container they may depend on, with the part of the stack it is in.
-        let infra_names: Vec<(String, &str)> = postgres
-            .iter()
-            .map(|p| (p.name.clone(), "postgres"))
-            .chain(redis.iter().map(|r| (r.name.clone(), "redis")))
-            .chain(nginx.iter().map(|n| (n.name.clone(), "nginx")))
-            .chain(monitoring.iter().flat_map(|m| {
-                let mut v = vec![(m.prometheus.name.clone(), "monitoring")];
-                v.extend(m.grafana.iter().map(|g| (g.name.clone(), "monitoring")));
-                v
-            }))
-            .chain(logging.iter().flat_map(|l| {
-                [
-                    l.elasticsearch.name.clone(),
-                    l.kibana.name.clone(),
-                    l.filebeat.name.clone(),
-                ]
-                .map(|n| (n, "logging"))
-            }))
-            .collect();
-        let container_names: Vec<String> = services
-            .iter()
-            .map(|(_, s, _)| s.name.clone())
-            .chain(infra_names.iter().map(|(n, _)| n.clone()))
-            // (with the node-exporter the older [monitoring.node_exporter] became)
-            .chain(components::enabled(&f.components))
-            .collect();
-        let secret_names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-        let components = self.components(
-            &f.components,
-            &presets::PresetCx {
-                postgres: &postgres,
-                redis: redis.as_ref(),
-                nginx: nginx.as_ref(),
-                monitoring: monitoring
-                    .as_ref()
-                    .map(|m| m.network.clone())
-                    .unwrap_or_else(|| first_net("monitoring")),
-                backend: first_net("backend"),
-            },
-            &defaults,
-            &components::Names {
-                networks: &net_names,
-                containers: &container_names,
-                secrets: &secret_names,
-            },
-        )?;
-        self.check_cycles(&services, &components, &f.components)?;
-
-        // Every secret a service names must be declared.
-        for (_, s, refs) in &services {
+    /// Every secret a service names is declared; a Redis ACL names its password.
+    fn check_secrets(
+        &self,
+        f: &StackFile,
+        services: &[Resolved<'_>],
+        secrets: &[Secret],
+    ) -> Result<(), ModelError> {
+        for (_, s, refs) in services {
             for r in refs {
                 if !secrets.iter().any(|x| &x.name == r.get_ref()) {
                     return Err(self.err(
@@ -1046,7 +556,7 @@ impl Resolver<'_> {
                 }
             }
         }
-        for s in &secrets {
+        for s in secrets {
             if s.generate == SecretKind::RedisAcl
                 && s.from
                     .as_deref()
@@ -1064,33 +574,57 @@ impl Resolver<'_> {
                 ));
             }
         }
+        Ok(())
+    }
 
-        // Names must be unique across every container of the stack.
-        let mut seen: HashMap<String, &str> = HashMap::new();
-        for (_, s, _) in &services {
-            seen.insert(s.name.clone(), "services");
+    /// Names are unique across every container of the stack.
+    fn check_names(
+        &self,
+        f: &StackFile,
+        services: &[Resolved<'_>],
+        components: &[Component],
+    ) -> Result<(), ModelError> {
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for (_, s, _) in services {
+            seen.insert(&s.name, "services");
         }
-        let all = infra_names
-            .into_iter()
-            .chain(components.iter().map(|c| (c.name.clone(), "components")));
-        for (n, what) in all {
-            if let Some(prev) = seen.insert(n.clone(), what) {
-                let at = f.services.get(&n).map(|d| d.span().start).unwrap_or(0);
+        for c in components {
+            let what = match c.kind {
+                Kind::Component => "components",
+                k => k.group(),
+            };
+            if let Some(prev) = seen.insert(&c.name, what) {
+                let at = f.services.get(&c.name).map(|d| d.span().start).unwrap_or(0);
                 return Err(self.err(
                     K::DuplicateName,
                     at,
-                    format!("`{n}` names both a container of [{prev}] and one of [{what}]"),
+                    format!(
+                        "`{}` names both a container of [{prev}] and one of [{what}]",
+                        c.name
+                    ),
                     "rename the service or the postgres instance (postgres = { name = \"...\" })",
                 ));
             }
         }
+        Ok(())
+    }
 
-        // Ports: each service port once; each published host port once.
-        let mut ports: HashMap<u16, (String, usize)> = HashMap::new();
-        for (sdef, s, _) in &services {
-            let d = sdef.get_ref();
-            let at = d.port.as_ref().map(|p| p.span().start).unwrap_or(0);
-            if let Some((other, _)) = ports.insert(s.port, (s.name.clone(), at)) {
+    /// Each service port once; each published host port once.
+    fn check_ports(
+        &self,
+        f: &StackFile,
+        services: &[Resolved<'_>],
+        components: &[Component],
+    ) -> Result<(), ModelError> {
+        let mut ports: HashMap<u16, &str> = HashMap::new();
+        for (sdef, s, _) in services {
+            let at = sdef
+                .get_ref()
+                .port
+                .as_ref()
+                .map(|p| p.span().start)
+                .unwrap_or(0);
+            if let Some(other) = ports.insert(s.port, &s.name) {
                 return Err(self.err(
                     K::DuplicatePort,
                     at,
@@ -1099,46 +633,31 @@ impl Resolver<'_> {
                 ));
             }
         }
-        let mut host: HashMap<u16, String> = HashMap::new();
         let mut published: Vec<(u16, String, usize)> = Vec::new();
-        for (sdef, s, _) in &services {
-            if let Some(p) = s.publish {
+        for (sdef, s, _) in services {
+            if let (Some(p), Some(at)) = (s.publish, &sdef.get_ref().publish) {
                 published.push((
                     p,
                     format!("service `{}` (publish)", s.name),
-                    sdef.get_ref()
-                        .publish
-                        .as_ref()
-                        .map(|x| x.span().start)
-                        .unwrap_or(0),
+                    at.span().start,
                 ));
             }
         }
-        if let Some(n) = &nginx {
-            let at = |p: &Option<Spanned<u16>>| p.as_ref().map(|x| x.span().start).unwrap_or(0);
-            published.push((n.http_port, "nginx http_port".into(), at(&ng.http_port)));
-            published.push((n.https_port, "nginx https_port".into(), at(&ng.https_port)));
-        }
-        if let Some(m) = &monitoring {
-            published.push((m.prometheus.port, "prometheus".into(), 0));
-            for c in m.grafana.iter() {
-                published.push((c.port, c.name.clone(), 0));
-            }
-        }
-        if let Some(l) = &logging {
-            published.push((l.elasticsearch.port, "elasticsearch".into(), 0));
-            published.push((l.kibana.port, "kibana".into(), 0));
-        }
-        for c in &components {
-            let at = f
-                .components
-                .get(&c.name)
-                .map(|d| d.span().start)
-                .unwrap_or(0);
+        for c in components {
+            // Where the ports were given: the component's table, else its settings' table.
+            let at = match f.components.get(&c.name) {
+                Some(d) => d.span().start,
+                None => header_offset(self.cx.src, &format!("infra.{}", c.kind.as_str())),
+            };
             for p in &c.publish {
-                published.push((p.host, format!("component `{}`", c.name), at));
+                let who = match c.kind {
+                    Kind::Component => format!("component `{}`", c.name),
+                    _ => c.name.clone(),
+                };
+                published.push((p.host, who, at));
             }
         }
+        let mut host: HashMap<u16, String> = HashMap::new();
         for (p, who, at) in published {
             if p == 0 {
                 return Err(self.err(
@@ -1157,46 +676,7 @@ impl Resolver<'_> {
                 ));
             }
         }
-
-        // Dependency order (cycles are errors).
-        let order = self.topo(&services)?;
-        let mut by_name: HashMap<String, Service> = services
-            .into_iter()
-            .map(|(_, s, _)| (s.name.clone(), s))
-            .collect();
-        let services: Vec<Service> = order
-            .iter()
-            .map(|n| by_name.remove(n).expect("ordered"))
-            .collect();
-
-        let deploy = self.deploy(&f.deploy)?;
-        let jobs = self.jobs(&f.jobs, &services)?;
-
-        Ok(Stack {
-            name,
-            description: stack_sec.description.clone(),
-            registry: stack_sec.registry.clone().filter(|r| !r.is_empty()),
-            tag,
-            version: stack_sec.version.clone().unwrap_or_else(|| "0.1.0".into()),
-            environment: env.map(str::to_string),
-            environments,
-            root: self.root.to_path_buf(),
-            file: self.cx.file.to_path_buf(),
-            source: self.cx.src.to_string(),
-            project: None,
-            defaults,
-            networks,
-            secrets,
-            services,
-            postgres,
-            redis,
-            nginx,
-            monitoring,
-            logging,
-            deploy,
-            jobs,
-            components,
-        })
+        Ok(())
     }
 
     fn deploy(&self, d: &schema::DeployDef) -> Result<DeploySettings, ModelError> {

@@ -95,6 +95,11 @@ pub struct ComponentDef {
     pub metrics: Option<MetricsDef>,
     /// Free settings its templates read (`component.settings`).
     pub settings: Option<toml::Table>,
+    /// Files the stack renderer itself writes (source relative to the
+    /// output directory, target in the container), mounted read-only: set
+    /// by the infrastructure presets only, never read from stack.toml.
+    #[serde(skip)]
+    pub rendered: Option<Vec<(String, String)>>,
 }
 
 /// A component's health check: an HTTP path, a command, or a shell line.
@@ -543,7 +548,8 @@ impl Merge for ComponentDef {
             restart,
             replicas,
             depends_on,
-            cap_add
+            cap_add,
+            rendered
         );
         // Maps merge by key; limits, health and metrics by field.
         for (base, o) in [(&mut self.env, &over.env), (&mut self.labels, &over.labels)] {

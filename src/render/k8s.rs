@@ -87,7 +87,11 @@ fn k8s_stack(stack: &Stack) -> Stack {
         m.grafana = None;
     }
     s.components.retain(|c| {
-        !c.mounts
+        !matches!(
+            c.kind,
+            Kind::Grafana | Kind::Elasticsearch | Kind::Kibana | Kind::Filebeat
+        ) && !c
+            .mounts
             .iter()
             .any(|m| matches!(m.source, crate::model::containers::Source::Host { .. }))
     });

@@ -4,7 +4,7 @@
 
 use super::presets::{self, PresetCx};
 use super::*;
-use crate::model::containers::{HealthSpec, Mount, Source};
+use crate::model::containers::{HealthSpec, Kind, Mount, Source};
 use crate::model::{Component, ComponentFile, ComponentSource, Metrics, Publish};
 use schema::ComponentDef;
 
@@ -46,7 +46,51 @@ impl Resolver<'_> {
                 ));
             }
             let (d, preset) = self.with_preset(&name, def, cx)?;
-            out.push(self.component(&name, at, &d, preset, defaults, names)?);
+            out.push(self.component(&name, at, &d, (Kind::Component, preset), defaults, names)?);
+        }
+        Ok(out)
+    }
+
+    /// The infrastructure's containers: each preset, with a
+    /// `[components.NAME]` table of the same name merged over it (taken
+    /// out of `defs`, so it is not a component of its own).
+    pub(super) fn infra_components(
+        &self,
+        infra: Vec<super::infra::InfraContainer>,
+        defs: &mut IndexMap<String, Spanned<ComponentDef>>,
+        defaults: &Defaults,
+        names: &Names<'_>,
+    ) -> Result<Vec<Component>, ModelError> {
+        let mut out = Vec::new();
+        for i in infra {
+            let mut d = i.def;
+            let mut at = header_offset(self.cx.src, &format!("infra.{}", i.kind.as_str()));
+            if let Some(own) = defs.shift_remove(&i.name) {
+                at = own.span().start;
+                let o = own.get_ref();
+                if let Some(p) = &o.preset {
+                    return Err(self.err(
+                        K::InvalidValue,
+                        p.span().start,
+                        format!("[components.{}] changes the stack's own {} container; it takes no preset", i.name, i.kind.as_str()),
+                        format!("remove `preset`, or give the component another name than `{}`", i.name),
+                    ));
+                }
+                if o.enabled == Some(false) || o.context.is_some() {
+                    return Err(self.err(
+                        K::InvalidValue,
+                        at,
+                        format!("[components.{}] cannot switch off or rebuild the stack's {} container", i.name, i.kind.as_str()),
+                        "switch it off where it is configured ([infra.*] enabled = false, [monitoring] or [logging]; a database goes with its service's postgres table)",
+                    ));
+                }
+                if o.image.is_some() && o.build.is_none() && o.packages.is_none() {
+                    d.build = None;
+                }
+                d.merge(o);
+            }
+            let preset = Some(i.kind.as_str().to_string());
+            out.push(self.component(&i.name, at, &d, (i.kind, preset), defaults, names)?);
         }
         Ok(out)
     }
@@ -86,7 +130,7 @@ impl Resolver<'_> {
         name: &str,
         at: usize,
         d: &ComponentDef,
-        preset: Option<String>,
+        (kind, preset): (Kind, Option<String>),
         defaults: &Defaults,
         names: &Names<'_>,
     ) -> Result<Component, ModelError> {
@@ -109,80 +153,10 @@ impl Resolver<'_> {
         for p in d.ports.as_deref().unwrap_or_default() {
             publish.push(self.publish(&what, p, pos(&p.span()))?);
         }
-        let mut networks = Vec::new();
-        for n in d.networks.as_deref().unwrap_or_default() {
-            if !names.networks.contains(n.get_ref()) {
-                return Err(self.err(
-                    K::UndefinedNetwork,
-                    pos(&n.span()),
-                    format!(
-                        "{what} is on network `{}`, which is not defined",
-                        n.get_ref()
-                    ),
-                    format!(
-                        "add [networks.{}] or use one of: {}",
-                        n.get_ref(),
-                        names_of(names.networks)
-                    ),
-                ));
-            }
-            if !networks.contains(n.get_ref()) {
-                networks.push(n.get_ref().clone());
-            }
-        }
-        if networks.is_empty() {
-            networks.push(names.networks[0].clone());
-        }
-        let mut mounts = Vec::new();
-        for v in d.volumes.as_deref().unwrap_or_default() {
-            mounts.push(self.volume(&what, v, pos(&v.span()))?);
-        }
-        let tmpfs = d.tmpfs.clone().unwrap_or_else(|| vec!["/tmp".into()]);
-        for t in &tmpfs {
-            if !t.starts_with('/') {
-                return Err(self.err(
-                    K::InvalidValue,
-                    at,
-                    format!("{what}: tmpfs `{t}` is not an absolute path"),
-                    "write the path inside the container, e.g. \"/tmp\"",
-                ));
-            }
-        }
+        let networks = self.component_networks(&what, d, names, pos)?;
+        let (mounts, tmpfs) = self.component_mounts(&what, at, d, pos)?;
         let files = self.component_files(name, &what, d, pos)?;
-        let mut secrets = Vec::new();
-        for s in d.secrets.as_deref().unwrap_or_default() {
-            if !names.secrets.contains(s.get_ref()) {
-                return Err(self.err(
-                    K::UnknownSecret,
-                    pos(&s.span()),
-                    format!(
-                        "{what} uses secret `{}`, which is not declared",
-                        s.get_ref()
-                    ),
-                    format!(
-                        "add [secrets.{}] with generate = \"password\" (or another kind: {})",
-                        s.get_ref(),
-                        SecretKind::NAMES.join(", ")
-                    ),
-                ));
-            }
-            secrets.push(s.get_ref().clone());
-        }
-        let mut depends_on = Vec::new();
-        for dep in d.depends_on.as_deref().unwrap_or_default() {
-            if dep.get_ref() == name || !names.containers.contains(dep.get_ref()) {
-                return Err(self.err(
-                    K::UnknownDependency,
-                    pos(&dep.span()),
-                    format!(
-                        "{what} depends on `{}`, which is not another container of this stack",
-                        dep.get_ref()
-                    ),
-                    format!("use one of: {}", names_of(names.containers)),
-                ));
-            }
-            depends_on.push(dep.get_ref().clone());
-        }
+        let (secrets, depends_on) = self.component_refs(name, &what, d, names, pos)?;
         let user = match &d.user {
             Some(u) => Some(self.user(&what, u, pos(&u.span()))?),
             None => None,
@@ -234,11 +208,12 @@ impl Resolver<'_> {
         let healthcheck = self.component_health(&what, at, d, port, defaults)?;
         Ok(Component {
             name: name.to_string(),
-            group: preset
-                .as_deref()
-                .map(presets::group)
-                .unwrap_or("services")
-                .to_string(),
+            group: match (kind, preset.as_deref()) {
+                (Kind::Component, Some(p)) => presets::group(p),
+                (k, _) => k.group(),
+            }
+            .to_string(),
+            kind,
             preset,
             description: d.description.clone(),
             source,
@@ -268,6 +243,117 @@ impl Resolver<'_> {
             metrics,
             settings: d.settings.clone().unwrap_or_default(),
         })
+    }
+
+    fn component_networks(
+        &self,
+        what: &str,
+        d: &ComponentDef,
+        names: &Names<'_>,
+        pos: impl Fn(&std::ops::Range<usize>) -> usize,
+    ) -> Result<Vec<String>, ModelError> {
+        let mut networks = Vec::new();
+        for n in d.networks.as_deref().unwrap_or_default() {
+            if !names.networks.contains(n.get_ref()) {
+                return Err(self.err(
+                    K::UndefinedNetwork,
+                    pos(&n.span()),
+                    format!(
+                        "{what} is on network `{}`, which is not defined",
+                        n.get_ref()
+                    ),
+                    format!(
+                        "add [networks.{}] or use one of: {}",
+                        n.get_ref(),
+                        names_of(names.networks)
+                    ),
+                ));
+            }
+            if !networks.contains(n.get_ref()) {
+                networks.push(n.get_ref().clone());
+            }
+        }
+        if networks.is_empty() {
+            networks.push(names.networks[0].clone());
+        }
+        Ok(networks)
+    }
+
+    /// Its volumes and rendered files, and its tmpfs mounts.
+    fn component_mounts(
+        &self,
+        what: &str,
+        at: usize,
+        d: &ComponentDef,
+        pos: impl Fn(&std::ops::Range<usize>) -> usize,
+    ) -> Result<(Vec<Mount>, Vec<String>), ModelError> {
+        let mut mounts = Vec::new();
+        for v in d.volumes.as_deref().unwrap_or_default() {
+            mounts.push(self.volume(what, v, pos(&v.span()))?);
+        }
+        mounts.extend(d.rendered.iter().flatten().map(|(path, target)| Mount {
+            source: Source::Rendered { path: path.clone() },
+            target: target.clone(),
+            read_only: true,
+        }));
+        let tmpfs = d.tmpfs.clone().unwrap_or_else(|| vec!["/tmp".into()]);
+        for t in &tmpfs {
+            if !t.starts_with('/') {
+                return Err(self.err(
+                    K::InvalidValue,
+                    at,
+                    format!("{what}: tmpfs `{t}` is not an absolute path"),
+                    "write the path inside the container, e.g. \"/tmp\"",
+                ));
+            }
+        }
+        Ok((mounts, tmpfs))
+    }
+
+    /// The secrets it reads and the containers it waits for, each checked.
+    fn component_refs(
+        &self,
+        name: &str,
+        what: &str,
+        d: &ComponentDef,
+        names: &Names<'_>,
+        pos: impl Fn(&std::ops::Range<usize>) -> usize,
+    ) -> Result<(Vec<String>, Vec<String>), ModelError> {
+        let mut secrets = Vec::new();
+        for s in d.secrets.as_deref().unwrap_or_default() {
+            if !names.secrets.contains(s.get_ref()) {
+                return Err(self.err(
+                    K::UnknownSecret,
+                    pos(&s.span()),
+                    format!(
+                        "{what} uses secret `{}`, which is not declared",
+                        s.get_ref()
+                    ),
+                    format!(
+                        "add [secrets.{}] with generate = \"password\" (or another kind: {})",
+                        s.get_ref(),
+                        SecretKind::NAMES.join(", ")
+                    ),
+                ));
+            }
+            secrets.push(s.get_ref().clone());
+        }
+        let mut depends_on = Vec::new();
+        for dep in d.depends_on.as_deref().unwrap_or_default() {
+            if dep.get_ref() == name || !names.containers.contains(dep.get_ref()) {
+                return Err(self.err(
+                    K::UnknownDependency,
+                    pos(&dep.span()),
+                    format!(
+                        "{what} depends on `{}`, which is not another container of this stack",
+                        dep.get_ref()
+                    ),
+                    format!("use one of: {}", names_of(names.containers)),
+                ));
+            }
+            depends_on.push(dep.get_ref().clone());
+        }
+        Ok((secrets, depends_on))
     }
 
     fn component_source(
@@ -392,12 +478,14 @@ impl Resolver<'_> {
                 K::InvalidValue,
                 at,
                 format!("{what}: published port `{text}` {why}"),
-                "write \"HOST:CONTAINER\" (bound to 127.0.0.1) or \"IP:HOST:CONTAINER\", e.g. \"127.0.0.1:9093:9093\" or \"0.0.0.0:8080:80\"",
+                "write \"HOST:CONTAINER\" (bound to 127.0.0.1), \"IP:HOST:CONTAINER\" or \"*:HOST:CONTAINER\" (every interface), e.g. \"127.0.0.1:9093:9093\" or \"0.0.0.0:8080:80\"",
             )
         };
         let parts: Vec<&str> = text.rsplitn(3, ':').collect();
         let (ip, host, container) = match parts.as_slice() {
             [c, h] => (Some("127.0.0.1".to_string()), *h, *c),
+            // Every interface, IPv4 and IPv6.
+            [c, h, "*"] => (None, *h, *c),
             [c, h, ip] => {
                 let ip = ip.trim_start_matches('[').trim_end_matches(']');
                 if ip.parse::<std::net::IpAddr>().is_err() {
