@@ -22,8 +22,19 @@ fn load(src: &str) {
     );
 }
 
-fn repo_stack() -> String {
-    std::fs::read_to_string(common::repo().join("stack.toml")).unwrap()
+/// The inputs mutated: the repo's stack, the components example (every
+/// kind of source, files, published ports, presets), and the repo's stack
+/// with tables that change infrastructure containers.
+fn source(which: usize) -> String {
+    let read = |p: &str| std::fs::read_to_string(common::repo().join(p)).unwrap();
+    match which % 3 {
+        0 => read("stack.toml"),
+        1 => read("examples/components/stack.toml"),
+        _ => format!(
+            "{}\n[components.nginx]\nports = [\"*:8080:80\", \"127.0.0.1:8443:443\"]\nresources = {{ memory = \"128M\", cpus = 0.5 }}\n\n[components.redis]\nimage = \"redis:7.4\"\nenv = {{ TZ = \"UTC\" }}\nhealthcheck = {{ shell = \"redis-cli ping\", interval = \"5s\" }}\nlabels = {{ team = \"data\" }}\n",
+            read("stack.toml")
+        ),
+    }
 }
 
 proptest! {
@@ -40,8 +51,8 @@ proptest! {
     }
 
     #[test]
-    fn mutated_bytes(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let mut b = repo_stack().into_bytes();
+    fn mutated_bytes(which in 0..3usize, edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut b = source(which).into_bytes();
         for (i, v) in edits {
             let at = i.index(b.len());
             b[at] = v;
@@ -50,8 +61,8 @@ proptest! {
     }
 
     #[test]
-    fn deleted_and_duplicated_lines(ops in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 1..10)) {
-        let mut lines: Vec<String> = repo_stack().lines().map(str::to_string).collect();
+    fn deleted_and_duplicated_lines(which in 0..3usize, ops in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 1..10)) {
+        let mut lines: Vec<String> = source(which).lines().map(str::to_string).collect();
         for (i, dup) in ops {
             let at = i.index(lines.len());
             if dup { let l = lines[at].clone(); lines.insert(at, l); } else { lines.remove(at); }
@@ -60,11 +71,11 @@ proptest! {
     }
 
     #[test]
-    fn replaced_values(ops in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(vec![
+    fn replaced_values(which in 0..3usize, ops in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(vec![
         "\"\"", "0", "-1", "65536", "1e309", "\"0s\"", "\"99999999999999999999h\"", "\"0M\"", "[]", "{}", "true",
         "\"../../..\"", "[\"backend\", \"backend\"]", "\"\\u0000\"", "\"ünïcödé\"", "99999999999999999999",
     ])), 1..6)) {
-        let mut lines: Vec<String> = repo_stack().lines().map(str::to_string).collect();
+        let mut lines: Vec<String> = source(which).lines().map(str::to_string).collect();
         for (i, v) in ops {
             let at = i.index(lines.len());
             if let Some(eq) = lines[at].find(" = ") {
@@ -72,5 +83,26 @@ proptest! {
             }
         }
         load(&lines.join("\n"));
+    }
+}
+
+/// The mutations start from valid stacks, so they reach every check.
+#[test]
+fn every_source_is_a_valid_stack() {
+    for which in 0..3 {
+        let root = if which == 1 {
+            common::repo().join("examples/components")
+        } else {
+            common::repo()
+        };
+        let stack = stackctl::model::load_str(
+            &source(which),
+            Path::new("stack.toml"),
+            &root,
+            None,
+            true,
+        )
+        .unwrap_or_else(|e| panic!("source {which}: {e}"));
+        assert!(!stack.components.is_empty(), "source {which}");
     }
 }
