@@ -13,18 +13,26 @@ use std::time::{Duration, Instant};
 const PROJECT: &str = "stackctl-components-e2e";
 const FILE: &str = "examples/components/stack.toml";
 
+/// A copy of the example with one PgBouncer setting changed, beside it (same
+/// root, so the same secrets and build contexts).
+const TUNED: &str = "examples/components/stack-e2e-tuned.toml";
+
 fn sc(env: Option<&str>, args: &[&str]) -> Output {
+    sc_file(FILE, env, args)
+}
+
+fn sc_file(file: &str, env: Option<&str>, args: &[&str]) -> Output {
     let mut c = in_project(PROJECT);
     c.env("PORT_NGINX_80", "38180")
         .env("PORT_NGINX_443", "38543")
-        .args(["-f", FILE]);
+        .args(["-f", file]);
     if let Some(e) = env {
         c.args(["--env", e]);
     }
     c.args(args);
     run_logged(
         &mut c,
-        &format!("-f {FILE} {} {}", env.unwrap_or(""), args.join(" ")),
+        &format!("-f {file} {} {}", env.unwrap_or(""), args.join(" ")),
     )
 }
 
@@ -40,7 +48,23 @@ struct Cleanup;
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = sc(Some("airgapped"), &["down", "--volumes", "--yes"]);
+        let _ = std::fs::remove_file(repo().join(TUNED));
     }
+}
+
+/// Container ID of every container of the example, by service name.
+fn container_ids() -> std::collections::BTreeMap<String, String> {
+    docker_ok(&[
+        "ps",
+        "--filter",
+        "label=io.stackctl.stack=components-demo",
+        "--format",
+        "{{.Label \"io.stackctl.service\"}} {{.ID}}",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .map(|(n, id)| (n.to_string(), id.to_string()))
+    .collect()
 }
 
 #[test]
@@ -184,4 +208,48 @@ fn components_from_a_dockerfile_debian_packages_and_a_registry() {
         m.contains("uptime_probe_success{target=\"http://analytics:8003/health/ready\"} 1"),
         "{m}"
     );
+
+    // A deploy that changes only PgBouncer's config file rolls PgBouncer and nothing else.
+    ok(AIR, &["deploy", "--no-build", "--watch", "0"]);
+    let before = container_ids();
+    assert!(before.contains_key("pgbouncer"), "{before:?}");
+    let text = std::fs::read_to_string(repo().join(FILE)).unwrap();
+    let tuned = text.replace("default_pool_size = 10", "default_pool_size = 12");
+    assert_ne!(tuned, text, "the example sets default_pool_size = 10");
+    std::fs::write(repo().join(TUNED), tuned).unwrap();
+    let plan = succeeded(
+        &sc_file(TUNED, AIR, &["deploy", "--dry-run"]),
+        "deploy --dry-run",
+    );
+    eprintln!("{plan}");
+    let t = Instant::now();
+    succeeded(
+        &sc_file(TUNED, AIR, &["deploy", "--no-build", "--watch", "0"]),
+        "deploy of the tuned stack",
+    );
+    eprintln!(
+        "FIGURE deploy of one component's config change: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let after = container_ids();
+    let changed: Vec<&String> = before
+        .iter()
+        .filter(|(n, id)| after.get(*n) != Some(id))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(changed, ["pgbouncer"], "before {before:?}, after {after:?}");
+    let ini = docker_ok(&[
+        "exec",
+        &after["pgbouncer"],
+        "grep",
+        "default_pool_size",
+        "/etc/pgbouncer/pgbouncer.ini",
+    ]);
+    assert!(ini.contains("= 12"), "{ini}");
+    // Still serving through the new PgBouncer.
+    let r = https_client()
+        .get("https://127.0.0.1:38543/usage/services")
+        .send()
+        .expect("through nginx");
+    assert_eq!(r.status().as_u16(), 200);
 }

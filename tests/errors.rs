@@ -360,12 +360,21 @@ fn a_component_table_changes_an_infrastructure_container() {
         rest[..end].to_string()
     };
     let nginx = block("nginx");
-    assert!(nginx.contains("127.0.0.1:"), "nginx bound to loopback: {nginx}");
-    assert!(!nginx.contains(":443"), "the override replaces the ports: {nginx}");
+    assert!(
+        nginx.contains("127.0.0.1:"),
+        "nginx bound to loopback: {nginx}"
+    );
+    assert!(
+        !nginx.contains(":443"),
+        "the override replaces the ports: {nginx}"
+    );
     let pg = block("postgres-users");
     assert!(pg.contains("image: postgres:16.4"), "{pg}");
     assert!(pg.contains("TZ: UTC"), "{pg}");
-    assert!(pg.contains("POSTGRES_DB: users_db"), "preset env kept: {pg}");
+    assert!(
+        pg.contains("POSTGRES_DB: users_db"),
+        "preset env kept: {pg}"
+    );
     assert!(pg.contains("pg_isready"), "preset health check kept: {pg}");
 
     let cases: &[(&str, &str)] = &[

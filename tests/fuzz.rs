@@ -95,14 +95,9 @@ fn every_source_is_a_valid_stack() {
         } else {
             common::repo()
         };
-        let stack = stackctl::model::load_str(
-            &source(which),
-            Path::new("stack.toml"),
-            &root,
-            None,
-            true,
-        )
-        .unwrap_or_else(|e| panic!("source {which}: {e}"));
+        let stack =
+            stackctl::model::load_str(&source(which), Path::new("stack.toml"), &root, None, true)
+                .unwrap_or_else(|e| panic!("source {which}: {e}"));
         assert!(!stack.components.is_empty(), "source {which}");
     }
 }

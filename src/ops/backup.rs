@@ -414,6 +414,12 @@ fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
     Ok(v)
 }
 
+/// Whether `backup` covers the container `name` (a database or Redis).
+pub fn covers(stack: &Stack, name: &str) -> bool {
+    stack.postgres.iter().any(|p| p.name == name)
+        || stack.redis.as_ref().is_some_and(|r| r.name == name)
+}
+
 fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
     match part {
         Part::Postgres(p) => stack

@@ -81,7 +81,28 @@ pub fn target_dir(stack: &Stack) -> PathBuf {
                 stack.root.join(p)
             }
         })
+        .or_else(|| workspace_target(&stack.root))
         .unwrap_or_else(|| stack.root.join("target"))
+}
+
+/// The target directory of the cargo workspace stack.toml sits in: a stack
+/// in a subdirectory (examples/) builds crates of the workspace above it.
+fn workspace_target(root: &std::path::Path) -> Option<PathBuf> {
+    let o = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["target_directory"].as_str().map(PathBuf::from)
 }
 
 /// `cargo build --release` of the packages, static, for the scratch images.

@@ -655,7 +655,11 @@ impl Rollout<'_> {
                 u.name.clone()
             }
             Action::Recreate => {
-                if u.stateful && self.backup_before_recreate {
+                // Databases and Redis are dumped first; other volumes are kept as they are.
+                if u.stateful
+                    && self.backup_before_recreate
+                    && super::backup::covers(env.stack, &u.service)
+                {
                     ui.info(format!(
                         "{}: configuration changed; backing it up before recreating it",
                         u.name
