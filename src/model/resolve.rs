@@ -529,6 +529,19 @@ impl Resolver<'_> {
         Ok(secrets)
     }
 
+    /// `owner` names secret `name`, which stack.toml does not declare.
+    fn unknown_secret(&self, at: usize, owner: &str, name: &str) -> ModelError {
+        self.err(
+            K::UnknownSecret,
+            at,
+            format!("{owner} uses secret `{name}`, which is not declared"),
+            format!(
+                "add [secrets.{name}] with generate = \"password\" (or another kind: {})",
+                SecretKind::NAMES.join(", ")
+            ),
+        )
+    }
+
     /// Every secret a service names is declared; a Redis ACL names its password.
     fn check_secrets(
         &self,
@@ -539,19 +552,10 @@ impl Resolver<'_> {
         for (_, s, refs) in services {
             for r in refs {
                 if !secrets.iter().any(|x| &x.name == r.get_ref()) {
-                    return Err(self.err(
-                        K::UnknownSecret,
+                    return Err(self.unknown_secret(
                         r.span().start,
-                        format!(
-                            "service `{}` uses secret `{}`, which is not declared",
-                            s.name,
-                            r.get_ref()
-                        ),
-                        format!(
-                            "add [secrets.{}] with generate = \"password\" (or another kind: {})",
-                            r.get_ref(),
-                            SecretKind::NAMES.join(", ")
-                        ),
+                        &format!("service `{}`", s.name),
+                        r.get_ref(),
                     ));
                 }
             }

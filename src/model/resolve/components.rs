@@ -322,19 +322,7 @@ impl Resolver<'_> {
         let mut secrets = Vec::new();
         for s in d.secrets.as_deref().unwrap_or_default() {
             if !names.secrets.contains(s.get_ref()) {
-                return Err(self.err(
-                    K::UnknownSecret,
-                    pos(&s.span()),
-                    format!(
-                        "{what} uses secret `{}`, which is not declared",
-                        s.get_ref()
-                    ),
-                    format!(
-                        "add [secrets.{}] with generate = \"password\" (or another kind: {})",
-                        s.get_ref(),
-                        SecretKind::NAMES.join(", ")
-                    ),
-                ));
+                return Err(self.unknown_secret(pos(&s.span()), what, s.get_ref()));
             }
             secrets.push(s.get_ref().clone());
         }

@@ -8,7 +8,7 @@
 use super::super::containers::{http_probe, Kind, SECRETS_DIR};
 use super::super::schema::{ComponentDef, ComponentHealthDef, ResourcesDef};
 use super::super::{Addon, ImageSource, Logging, Monitoring, Nginx, Postgres, Redis, Resources};
-use toml::Spanned;
+use super::presets::{sp, spanned, strings};
 
 /// One infrastructure container: its name, kind and definition.
 pub struct InfraContainer {
@@ -61,18 +61,6 @@ pub fn infra(i: &Infra<'_>) -> Vec<InfraContainer> {
         push(&l.filebeat.name, Kind::Filebeat, filebeat(l));
     }
     out
-}
-
-fn sp<T>(v: T) -> Spanned<T> {
-    Spanned::new(0..0, v)
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn spanned(v: &[String]) -> Vec<Spanned<String>> {
-    v.iter().cloned().map(sp).collect()
 }
 
 /// What every infrastructure container has: its image, limits and networks.

@@ -54,7 +54,7 @@ pub fn group(name: &str) -> &'static str {
     }
 }
 
-fn sp<T>(v: T) -> Spanned<T> {
+pub(super) fn sp<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
 }
 
@@ -67,11 +67,11 @@ fn limits(mib: u64, cpus: f64) -> ResourcesDef {
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub(super) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-fn spanned(v: &[String]) -> Vec<Spanned<String>> {
+pub(super) fn spanned(v: &[String]) -> Vec<Spanned<String>> {
     v.iter().cloned().map(sp).collect()
 }
 
