@@ -12,6 +12,9 @@ export PATH="$STACKCTL_LINT_VENV/bin:$PATH"
 
 bash scripts/test-setup.sh
 
+# The example's Python component has unit tests of its own.
+python3 -m unittest discover -s examples/components/worker/tests
+
 # Snapshots must match what is committed; never write new ones here.
 export INSTA_UPDATE=no
 cargo nextest run --workspace --no-fail-fast "$@"

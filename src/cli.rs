@@ -149,7 +149,7 @@ pub enum Command {
     Clean,
     /// Dump every PostgreSQL database (pg_dump, custom format) and a Redis snapshot to backups/PROJECT/TIMESTAMP/, with a checksummed manifest.
     Backup {
-        /// Only these services' databases (a service, or a PostgreSQL or Redis container name; default: all, and Redis).
+        /// Only these (a service's database, a PostgreSQL or Redis container, or a component with `backup` on; default: all of them).
         #[arg(long = "service", value_name = "SERVICE")]
         services: Vec<String>,
         /// Afterwards keep only the newest N backups of this project.

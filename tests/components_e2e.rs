@@ -1,7 +1,8 @@
 //! examples/components on the real engine: a Python worker built from its own
 //! Dockerfile (FROM a Debian-built image), PgBouncer (Debian packages)
 //! between analytics and its PostgreSQL, and a registry image that cannot be
-//! pulled here, which `start` explains how to load.
+//! pulled here, which `start` explains how to load. The worker's state
+//! volume is backed up and restored, and it answers under its alias.
 //! Traffic goes only to this stack's Nginx on loopback ports of its own and
 //! to its containers (docker exec).
 
@@ -49,7 +50,17 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = sc(Some("airgapped"), &["down", "--volumes", "--yes"]);
         let _ = std::fs::remove_file(repo().join(TUNED));
+        let _ = std::fs::remove_dir_all(backups_dir());
     }
+}
+
+fn backups_dir() -> std::path::PathBuf {
+    repo().join("examples/components/backups").join(PROJECT)
+}
+
+/// A shell line run in the worker (as its own user, 65534).
+fn in_worker(line: &str) -> String {
+    docker_ok(&["exec", &container("uptime-worker"), "sh", "-c", line])
 }
 
 /// Container ID of every container of the example, by service name.
@@ -252,4 +263,93 @@ fn components_from_a_dockerfile_debian_packages_and_a_registry() {
         .send()
         .expect("through nginx");
     assert_eq!(r.status().as_u16(), 200);
+
+    // Other containers reach the worker under its alias too.
+    let alias = docker_ok(&[
+        "exec",
+        &container("pgbouncer"),
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/uptime/8090 && echo open",
+    ]);
+    assert!(alias.contains("open"), "{alias}");
+
+    // The worker's state volume (backup = true): archived with the worker
+    // stopped for it, then restored over later changes.
+    let _ = std::fs::remove_dir_all(backups_dir());
+    in_worker("echo before > /var/lib/uptime/marker");
+    let worker_id = container_ids()["uptime-worker"].clone();
+    let t = Instant::now();
+    let o = sc_file(
+        TUNED,
+        AIR,
+        &["--json", "backup", "--service", "uptime-worker"],
+    );
+    let out = succeeded(&o, "backup --service uptime-worker");
+    eprintln!(
+        "FIGURE backup of the worker's volume (stop, archive, start): {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("backup --json");
+    let files = v["manifest"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{v}");
+    assert_eq!(files[0]["kind"], "volume");
+    assert_eq!(files[0]["file"], "uptime-worker.uptime-data.tar");
+    assert_eq!(files[0]["volume"], "uptime-data");
+    assert_eq!(files[0]["path"], "/var/lib/uptime");
+    let name = v["backup"].as_str().unwrap().to_string();
+    let tar = std::fs::read(
+        backups_dir()
+            .join(&name)
+            .join("uptime-worker.uptime-data.tar"),
+    )
+    .unwrap();
+    assert!(
+        tar.windows(b"uptime/marker".len())
+            .any(|w| w == b"uptime/marker"),
+        "the archive holds the marker"
+    );
+    // Stopped and started again, not recreated.
+    assert_eq!(container_ids()["uptime-worker"], worker_id);
+    let running = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}}",
+        &container("uptime-worker"),
+    ]);
+    assert_eq!(running.trim(), "true");
+
+    in_worker("echo after > /var/lib/uptime/marker && echo x > /var/lib/uptime/extra");
+    let t = Instant::now();
+    succeeded(
+        &sc_file(TUNED, AIR, &["restore", &name, "--yes"]),
+        "restore of the worker's volume",
+    );
+    eprintln!(
+        "FIGURE restore of the worker's volume: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let after = in_worker(
+        "cat /var/lib/uptime/marker; stat -c %u /var/lib/uptime/marker; ls -A /var/lib/uptime",
+    );
+    let lines: Vec<&str> = after.lines().collect();
+    assert_eq!(lines[0], "before", "{after}");
+    assert_eq!(lines[1], "65534", "owners are kept: {after}");
+    assert!(
+        !after.contains("extra"),
+        "files added later are gone: {after}"
+    );
+    assert!(!after.contains(".stackctl"), "no helper leftovers: {after}");
+    assert!(after.contains("state.json"), "{after}");
+    // The worker serves again, its probe count carried over from the volume.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = sc_file(TUNED, AIR, &["--json", "health"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v["healthy"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not healthy after restore: {v}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

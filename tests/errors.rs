@@ -295,6 +295,30 @@ fn bad_component_definitions_are_refused_at_their_place() {
             11,
             "imagee",
         ),
+        (
+            "backup without a volume",
+            "image = \"redis:7\"\nbackup = true",
+            14,
+            "no named volume to archive",
+        ),
+        (
+            "unknown backup mode",
+            "image = \"redis:7\"\nvolumes = [\"data:/data\"]\nbackup = \"hourly\"",
+            14,
+            "is not a backup mode",
+        ),
+        (
+            "alias that is no host name",
+            "image = \"redis:7\"\naliases = [\"Cache_1\"]",
+            14,
+            "not a usable host name",
+        ),
+        (
+            "alias taken by another container",
+            "image = \"redis:7\"\naliases = [\"users\"]",
+            23,
+            "already a name of `users`",
+        ),
     ];
     for (name, body, code, says) in cases {
         let stack = format!("{BASE}\n[components.cache]\n{body}\n");
@@ -320,7 +344,7 @@ fn bad_component_definitions_are_refused_at_their_place() {
     assert!(stderr(&o).contains("cycle"), "{}", stderr(&o));
     // And a good one passes, its published port on loopback.
     let stack = format!(
-        "{BASE}\n[components.cache]\nimage = \"redis:7\"\nport = 6379\nports = [\"16379:6379\"]\nuser = \"999:999\"\nvolumes = [\"cache-data:/data\"]\nhealthcheck = {{ command = [\"redis-cli\", \"ping\"] }}\n"
+        "{BASE}\n[components.cache]\nimage = \"redis:7\"\nport = 6379\nports = [\"16379:6379\"]\nuser = \"999:999\"\nvolumes = [\"cache-data:/data\"]\nbackup = \"live\"\naliases = [\"kv\"]\nhealthcheck = {{ command = [\"redis-cli\", \"ping\"] }}\n"
     );
     let p = Project::new(&stack);
     let o = p.run(&["validate"]);
@@ -332,6 +356,18 @@ fn bad_component_definitions_are_refused_at_their_place() {
         compose.contains("127.0.0.1:${PORT_CACHE_6379:-16379}:6379"),
         "{compose}"
     );
+    // The alias on each of its networks.
+    assert!(compose.contains("aliases:\n        - kv"), "{compose}");
+    let o = p.run(&["config", "--format", "json"]);
+    let config: serde_json::Value = serde_json::from_slice(&o.stdout).expect("config json");
+    let cache = config["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cache")
+        .expect("cache in config");
+    assert_eq!(cache["backup"], "live", "{cache}");
+    assert_eq!(cache["aliases"][0], "kv", "{cache}");
 }
 
 /// The infrastructure is presets over the component type: a
@@ -381,6 +417,10 @@ fn a_component_table_changes_an_infrastructure_container() {
         (
             "[components.nginx]\npreset = \"alertmanager\"",
             "takes no preset",
+        ),
+        (
+            "[components.postgres-users]\nbackup = true",
+            "already in every backup",
         ),
         (
             "[components.postgres-users]\nenabled = false",

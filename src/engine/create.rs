@@ -170,7 +170,7 @@ pub fn desired(
             endpoints_config: Some(HashMap::from([(
                 network_name(project, &first_net),
                 EndpointSettings {
-                    aliases: Some(vec![spec.name.clone()]),
+                    aliases: Some(spec.dns_names()),
                     ..Default::default()
                 },
             )])),

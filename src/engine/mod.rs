@@ -196,6 +196,21 @@ impl Engine {
         }
     }
 
+    /// Remove a volume; one that is already gone is fine.
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<qp::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(Error::engine(format!("remove volume {name}"), e)),
+        }
+    }
+
     /// Stop a container gracefully (SIGTERM, SIGKILL after `grace` seconds),
     /// then remove it; one that is already gone is fine.
     pub async fn stop_and_remove(&self, name: &str, grace: u64) -> Result<()> {
@@ -266,6 +281,71 @@ impl Engine {
         }
     }
 
+    /// Start a created container and wait for it to exit: its exit code,
+    /// or `None` when it still runs after `timeout` (it is left running).
+    pub async fn run_to_exit(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<i64>> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| Error::engine(format!("start {name}"), e))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let state = self
+                .docker
+                .inspect_container(name, None)
+                .await
+                .map_err(|e| Error::engine(format!("inspect {name}"), e))?
+                .state
+                .unwrap_or_default();
+            if state.running != Some(true) {
+                return Ok(Some(state.exit_code.unwrap_or(-1)));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A tar archive of `path` in a container (running or not), streamed:
+    /// its entries start with the path's last component.
+    pub fn download(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes>> + '_ {
+        let what = format!("archive {path} of {container}");
+        self.docker
+            .download_from_container(
+                container,
+                Some(qp::DownloadFromContainerOptions { path: path.into() }),
+            )
+            .map(move |r| r.map_err(|e| Error::engine(what.clone(), e)))
+    }
+
+    /// Unpack a tar stream into the directory `path` of a container
+    /// (created or stopped is fine); owners and modes as in the archive.
+    pub async fn upload<S>(&self, container: &str, path: &str, tar: S) -> Result<()>
+    where
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    {
+        self.docker
+            .upload_to_container(
+                container,
+                Some(qp::UploadToContainerOptions {
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                bollard::body_try_stream(tar),
+            )
+            .await
+            .map_err(|e| Error::engine(format!("unpack an archive into {path} of {container}"), e))
+    }
+
     /// The last `n` log lines of a container, for error reports.
     pub async fn tail(&self, container: &str, n: usize) -> String {
         let mut logs = self.docker.logs(
@@ -283,6 +363,28 @@ impl Engine {
         }
         out
     }
+}
+
+/// An async reader as a stream of 1 MiB chunks.
+pub fn read_stream<R, B>(
+    reader: R,
+) -> impl futures::Stream<Item = std::io::Result<B>> + Send + 'static
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    B: From<Vec<u8>> + Send + 'static,
+{
+    futures::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        let mut buf = vec![0u8; 1 << 20];
+        match tokio::io::AsyncReadExt::read(&mut reader, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf.into()), Some(reader)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// A listed container's name, without the engine's leading slash.

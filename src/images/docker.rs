@@ -12,7 +12,6 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 
 use super::layer::{self, Layer};
 use super::recipe::{Base, Recipe};
@@ -165,7 +164,7 @@ async fn import_tree(
     };
     let mut stream = docker.create_image(
         Some(options),
-        Some(bollard::body_try_stream(read_stream(stdout))),
+        Some(bollard::body_try_stream(crate::engine::read_stream(stdout))),
         None,
     );
     while let Some(item) = stream.next().await {
@@ -187,26 +186,6 @@ async fn import_tree(
         bail!("tar of {} failed ({status})", tree.rootfs().display());
     }
     Ok(())
-}
-
-/// An async reader as a stream of 1 MiB chunks.
-fn read_stream<R, B>(reader: R) -> impl futures::Stream<Item = std::io::Result<B>> + Send + 'static
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    B: From<Vec<u8>> + Send + 'static,
-{
-    futures::stream::unfold(Some(reader), |reader| async move {
-        let mut reader = reader?;
-        let mut buf = vec![0u8; 1 << 20];
-        match reader.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(buf.into()), Some(reader)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    })
 }
 
 /// The recipe's rootfs image when the engine has it (the base plus its
@@ -329,7 +308,7 @@ async fn load_layer(
     let mut tail = padding(len);
     tail.extend(vec![0u8; 1024]);
     let body = futures::stream::iter([Ok::<_, std::io::Error>(head.into())])
-        .chain(read_stream(file))
+        .chain(crate::engine::read_stream(file))
         .chain(futures::stream::iter([Ok(tail.into())]));
     let options = bollard::query_parameters::ImportImageOptions {
         quiet: true,

@@ -111,6 +111,8 @@ pub struct ContainerSpec {
     /// Ports the container listens on inside its networks.
     pub expose: Vec<u16>,
     pub networks: Vec<String>,
+    /// Host names it answers to on its networks besides its name.
+    pub aliases: Vec<String>,
     pub mounts: Vec<Mount>,
     pub secrets: Vec<String>,
     pub tmpfs: Vec<String>,
@@ -140,6 +142,14 @@ pub fn has_volume(mounts: &[Mount]) -> bool {
 }
 
 impl ContainerSpec {
+    /// Every host name it answers to on its networks: its name, then its aliases.
+    pub fn dns_names(&self) -> Vec<String> {
+        std::iter::once(&self.name)
+            .chain(&self.aliases)
+            .cloned()
+            .collect()
+    }
+
     pub fn volumes(&self) -> impl Iterator<Item = &str> {
         self.mounts.iter().filter_map(|m| match &m.source {
             Source::Volume { name } => Some(name.as_str()),
@@ -208,6 +218,7 @@ fn base(
         ports: vec![],
         expose: vec![],
         networks: vec![],
+        aliases: vec![],
         mounts: vec![],
         secrets: vec![],
         tmpfs: vec!["/tmp".into()],
@@ -344,6 +355,7 @@ fn component(stack: &Stack, comp: &Component) -> ContainerSpec {
     }
     c.ports = comp.publish.clone();
     c.networks = comp.networks.clone();
+    c.aliases = comp.aliases.clone();
     c.mounts = comp.mounts.clone();
     c.mounts
         .extend(comp.files.iter().map(|f| rendered(&f.rendered, &f.target)));

@@ -447,8 +447,13 @@ pub struct Component {
     pub port: Option<u16>,
     pub publish: Vec<Publish>,
     pub networks: Vec<String>,
+    /// More host names it answers to on its networks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     pub mounts: Vec<containers::Mount>,
     pub tmpfs: Vec<String>,
+    /// Whether `backup` archives its named volumes, and how.
+    pub backup: VolumeBackup,
     pub files: Vec<ComponentFile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<containers::HealthSpec>,
@@ -466,6 +471,18 @@ pub struct Component {
     pub settings: toml::Table,
     /// The part of the stack it belongs to (compose profile, architecture).
     pub group: String,
+}
+
+/// How `stackctl backup` treats a component's named volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeBackup {
+    /// Not archived (its data is rebuilt, or backed up another way).
+    Off,
+    /// Archived with the component stopped, so the files are consistent.
+    Stopped,
+    /// Archived while it runs (for data written only now and then).
+    Live,
 }
 
 impl Component {

@@ -610,6 +610,28 @@ impl Resolver<'_> {
                 ));
             }
         }
+        // An alias is one more host name on the same networks.
+        let mut owner: HashMap<&str, &str> = seen.keys().map(|n| (*n, *n)).collect();
+        for c in components {
+            for a in &c.aliases {
+                if let Some(prev) = owner.insert(a, &c.name) {
+                    let at = f
+                        .components
+                        .get(&c.name)
+                        .map(|d| d.span().start)
+                        .unwrap_or(0);
+                    return Err(self.err(
+                        K::DuplicateName,
+                        at,
+                        format!(
+                            "alias `{a}` of component `{}` is already a name of `{prev}`",
+                            c.name
+                        ),
+                        "choose another alias: each host name of the stack names one container",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -75,9 +75,15 @@ pub struct ComponentDef {
     /// Published ports: "HOST:CONTAINER" (bound to 127.0.0.1) or "IP:HOST:CONTAINER".
     pub ports: Option<Vec<Spanned<String>>>,
     pub networks: Option<Vec<Spanned<String>>>,
+    /// More host names it answers to on each of its networks.
+    pub aliases: Option<Vec<Spanned<String>>>,
     /// "VOLUME:/path" (a named volume of the stack) or "/host/path:/path", each optionally ":ro".
     pub volumes: Option<Vec<Spanned<String>>>,
     pub tmpfs: Option<Vec<String>>,
+    /// Whether `stackctl backup` archives its named volumes: true (the
+    /// component stopped for the archive), "live" (archived while it runs)
+    /// or false (the default).
+    pub backup: Option<Spanned<BackupDef>>,
     /// Config files rendered from templates and mounted read-only:
     /// container path = template name (built-in, or in the project's templates/).
     pub files: Option<IndexMap<String, Spanned<String>>>,
@@ -100,6 +106,14 @@ pub struct ComponentDef {
     /// by the infrastructure presets only, never read from stack.toml.
     #[serde(skip)]
     pub rendered: Option<Vec<(String, String)>>,
+}
+
+/// `backup = true | false | "live"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum BackupDef {
+    Switch(bool),
+    Mode(String),
 }
 
 /// A component's health check: an HTTP path, a command, or a shell line.
@@ -540,8 +554,10 @@ impl Merge for ComponentDef {
             port,
             ports,
             networks,
+            aliases,
             volumes,
             tmpfs,
+            backup,
             files,
             user,
             read_only,

@@ -3,14 +3,19 @@
 //! never held in memory), a Redis snapshot, and a manifest with each file's
 //! size and sha256; `restore` checks all of it before it touches anything.
 //!
+//! Components with `backup` on add an archive of each named volume (see
+//! [`volume`]).
+//!
 //! Backups live in `backups/<project>/<UTC timestamp>/` under the stack root:
 //! one directory per project, so retention never deletes another project's
 //! backups. A directory without `manifest.json` is incomplete and ignored.
 
+mod volume;
+
 use super::stackenv::StackEnv;
 use crate::engine::container_name;
 use crate::error::{Error, Result};
-use crate::model::Stack;
+use crate::model::{Stack, VolumeBackup};
 use crate::ui::Ui;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -47,10 +52,17 @@ pub struct Manifest {
 pub struct Entry {
     /// File name inside the backup directory.
     pub file: String,
-    /// `postgres` (a pg_dump custom-format archive) or `redis` (an RDB snapshot).
+    /// `postgres` (a pg_dump custom-format archive), `redis` (an RDB
+    /// snapshot) or `volume` (a tar archive of a component's named volume).
     pub kind: String,
     /// The container (service name) it came from, e.g. `postgres-user`.
     pub instance: String,
+    /// A volume archive's stack volume name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// A volume archive's mount path in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     pub database: Option<String>,
     pub user: Option<String>,
     /// The services whose data it is.
@@ -63,6 +75,8 @@ pub struct Entry {
 enum Part<'s> {
     Postgres(&'s crate::model::Postgres),
     Redis(&'s crate::model::Redis),
+    /// The named volumes of a component with `backup` on.
+    Volumes(&'s crate::model::Component),
 }
 
 impl Part<'_> {
@@ -70,8 +84,17 @@ impl Part<'_> {
         match self {
             Part::Postgres(p) => &p.name,
             Part::Redis(r) => &r.name,
+            Part::Volumes(c) => &c.name,
         }
     }
+}
+
+/// The components whose volumes `backup` archives.
+fn with_backup(stack: &Stack) -> impl Iterator<Item = &crate::model::Component> {
+    stack
+        .components
+        .iter()
+        .filter(|c| c.backup != VolumeBackup::Off)
 }
 
 /// `backups/<project>/` under the stack root.
@@ -115,17 +138,22 @@ fn git_commit(root: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The container of a data service, checked to be running.
-async fn running_container(env: &StackEnv<'_>, instance: &str) -> Result<String> {
+/// Whether the container of `instance` runs: `None` when there is none.
+async fn state_of(env: &StackEnv<'_>, instance: &str) -> Result<(String, Option<bool>)> {
     let name = container_name(&env.project, instance, 1);
-    let running = match env.engine.docker.inspect_container(&name, None).await {
-        Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+    match env.engine.docker.inspect_container(&name, None).await {
+        Ok(i) => Ok((name, Some(i.state.and_then(|s| s.running).unwrap_or(false)))),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) => false,
-        Err(e) => return Err(Error::engine(format!("inspect {name}"), e)),
-    };
-    if !running {
+        }) => Ok((name, None)),
+        Err(e) => Err(Error::engine(format!("inspect {name}"), e)),
+    }
+}
+
+/// The container of a data service, checked to be running.
+async fn running_container(env: &StackEnv<'_>, instance: &str) -> Result<String> {
+    let (name, running) = state_of(env, instance).await?;
+    if running != Some(true) {
         return Err(Error::NotRunning {
             container: name,
             hint: format!("start it first: `stackctl start {instance}`"),
@@ -381,6 +409,7 @@ fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
     if names.is_empty() {
         let mut v: Vec<Part> = stack.postgres.iter().map(Part::Postgres).collect();
         v.extend(stack.redis.iter().map(Part::Redis));
+        v.extend(with_backup(stack).map(Part::Volumes));
         return Ok(v);
     }
     let mut v: Vec<Part> = Vec::new();
@@ -393,12 +422,17 @@ fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
             Part::Postgres(p)
         } else if let Some(r) = stack.redis.as_ref().filter(|r| &r.name == n) {
             Part::Redis(r)
+        } else if let Some(c) = with_backup(stack).find(|c| &c.name == n) {
+            Part::Volumes(c)
         } else {
             let mut choices: Vec<&str> =
                 stack.postgres.iter().map(|p| p.service.as_str()).collect();
             choices.extend(stack.redis.iter().map(|r| r.name.as_str()));
+            choices.extend(with_backup(stack).map(|c| c.name.as_str()));
             let why = if stack.service(n).is_some() {
                 format!("service `{n}` has no database")
+            } else if stack.component(n).is_some() {
+                format!("component `{n}` has backup off (set backup = true in [components.{n}] to archive its volumes)")
             } else {
                 format!("no service or database `{n}` in this stack")
             };
@@ -414,10 +448,12 @@ fn select<'s>(stack: &'s Stack, names: &[String]) -> Result<Vec<Part<'s>>> {
     Ok(v)
 }
 
-/// Whether `backup` covers the container `name` (a database or Redis).
+/// Whether `backup` covers the container `name` (a database, Redis, or a
+/// component with `backup` on).
 pub fn covers(stack: &Stack, name: &str) -> bool {
     stack.postgres.iter().any(|p| p.name == name)
         || stack.redis.as_ref().is_some_and(|r| r.name == name)
+        || with_backup(stack).any(|c| c.name == name)
 }
 
 fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
@@ -434,17 +470,46 @@ fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
             .filter(|s| s.redis)
             .map(|s| s.name.clone())
             .collect(),
+        Part::Volumes(c) => vec![c.name.clone()],
     }
 }
 
 pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &Ui) -> Result<i32> {
     let t0 = Instant::now();
-    let parts = select(stack, names)?;
+    let mut parts = select(stack, names)?;
     let env = StackEnv::connect(stack).await?;
-    // Every container must be running before anything is written.
+    // Every container must be running before anything is written (a
+    // volume can be archived from a stopped one). A backup of everything
+    // leaves out what was never created (e.g. a database added since).
     let mut containers = Vec::new();
-    for p in &parts {
-        containers.push(running_container(&env, p.instance()).await?);
+    let mut kept = Vec::new();
+    for p in parts.drain(..) {
+        let (name, running) = state_of(&env, p.instance()).await?;
+        match (running, &p) {
+            (None, _) if names.is_empty() => {
+                ui.info(format!(
+                    "{}: not created yet, nothing to back up",
+                    p.instance()
+                ));
+                continue;
+            }
+            (Some(_), Part::Volumes(_)) | (Some(true), _) => {}
+            _ => {
+                return Err(Error::NotRunning {
+                    container: name,
+                    hint: format!("start it first: `stackctl start {}`", p.instance()),
+                })
+            }
+        }
+        containers.push(name);
+        kept.push(p);
+    }
+    let parts = kept;
+    if parts.is_empty() {
+        return Err(Error::NotRunning {
+            container: "every database of the stack".into(),
+            hint: "nothing to back up yet: `stackctl start` first".into(),
+        });
     }
     let base = project_dir(stack);
     let now = chrono::Utc::now();
@@ -545,47 +610,132 @@ async fn write_parts(
 ) -> Result<Vec<Entry>> {
     let mut files = Vec::new();
     for (part, container) in parts.iter().zip(containers) {
+        match part {
+            Part::Volumes(c) => {
+                files.extend(write_volumes(stack, env, c, container, dir, ui).await?)
+            }
+            _ => files.push(write_dump(stack, env, part, container, dir, ui).await?),
+        }
+    }
+    Ok(files)
+}
+
+/// A database dump or the Redis snapshot, through an exec in its container.
+async fn write_dump(
+    stack: &Stack,
+    env: &StackEnv<'_>,
+    part: &Part<'_>,
+    container: &str,
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Entry> {
+    let t = Instant::now();
+    let (file, cmd, database, user, kind) = match part {
+        Part::Postgres(p) => (
+            format!("{}.dump", p.name),
+            pg_cmd("pg_dump --format=custom", &p.user, &p.database),
+            Some(p.database.clone()),
+            Some(p.user.clone()),
+            "postgres",
+        ),
+        Part::Redis(r) => (format!("{}.rdb", r.name), redis_cmd(r), None, None, "redis"),
+        Part::Volumes(_) => unreachable!("volumes are archived by write_volumes"),
+    };
+    let pb = progress(ui, None, file.clone());
+    let tmp = dir.join(format!("{file}.part"));
+    let written = exec_to_file(env, container, cmd, &tmp, &pb).await;
+    pb.finish_and_clear();
+    let (size, sha256) = written?;
+    if kind == "redis" {
+        check_rdb(&tmp)?;
+    }
+    finish_file(&tmp, &dir.join(&file))?;
+    ui.ok(format!(
+        "{file}: {} ({:.1} MB) in {:.1}s",
+        database.as_deref().unwrap_or("snapshot"),
+        size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(Entry {
+        file,
+        kind: kind.into(),
+        instance: part.instance().to_string(),
+        volume: None,
+        path: None,
+        database,
+        user,
+        services: services_of(stack, part),
+        size,
+        sha256,
+    })
+}
+
+/// A `.part` file renamed to its final name once it is complete.
+fn finish_file(tmp: &Path, done: &Path) -> Result<()> {
+    std::fs::rename(tmp, done).map_err(|source| Error::Write {
+        path: done.to_path_buf(),
+        source,
+    })
+}
+
+/// Each named volume of a component, archived; with `backup = true` the
+/// component is stopped for it (when it runs) and started again after.
+async fn write_volumes(
+    stack: &Stack,
+    env: &StackEnv<'_>,
+    c: &crate::model::Component,
+    container: &str,
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Vec<Entry>> {
+    let quiet = ui.clone_quiet();
+    let stop = c.backup == VolumeBackup::Stopped && state_of(env, &c.name).await?.1 == Some(true);
+    let names = std::slice::from_ref(&c.name);
+    if stop {
+        super::up::stop(stack, names, &quiet).await?;
+        ui.ok(format!("{} stopped for its volume archive", c.name));
+    }
+    let mut files = Vec::new();
+    let mut result = Ok(());
+    for (vol, target) in volume::of(c) {
         let t = Instant::now();
-        let (file, cmd, database, user, kind) = match part {
-            Part::Postgres(p) => (
-                format!("{}.dump", p.name),
-                pg_cmd("pg_dump --format=custom", &p.user, &p.database),
-                Some(p.database.clone()),
-                Some(p.user.clone()),
-                "postgres",
-            ),
-            Part::Redis(r) => (format!("{}.rdb", r.name), redis_cmd(r), None, None, "redis"),
-        };
+        let file = volume::file_name(&c.name, &vol);
         let pb = progress(ui, None, file.clone());
         let tmp = dir.join(format!("{file}.part"));
-        let written = exec_to_file(env, container, cmd, &tmp, &pb).await;
+        let written = volume::archive(env, container, &target, &tmp, &pb).await;
         pb.finish_and_clear();
-        let (size, sha256) = written?;
-        if kind == "redis" {
-            check_rdb(&tmp)?;
-        }
-        std::fs::rename(&tmp, dir.join(&file)).map_err(|source| Error::Write {
-            path: dir.join(&file),
-            source,
-        })?;
+        let (size, sha256) =
+            match written.and_then(|w| finish_file(&tmp, &dir.join(&file)).map(|_| w)) {
+                Ok(w) => w,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
         ui.ok(format!(
-            "{file}: {} ({:.1} MB) in {:.1}s",
-            database.as_deref().unwrap_or("snapshot"),
+            "{file}: volume {vol} ({:.1} MB) in {:.1}s",
             size as f64 / 1e6,
             t.elapsed().as_secs_f64()
         ));
         files.push(Entry {
             file,
-            kind: kind.into(),
-            instance: part.instance().to_string(),
-            database,
-            user,
-            services: services_of(stack, part),
+            kind: "volume".into(),
+            instance: c.name.clone(),
+            volume: Some(vol),
+            path: Some(target),
+            database: None,
+            user: None,
+            services: vec![c.name.clone()],
             size,
             sha256,
         });
     }
-    Ok(files)
+    // Started again whatever happened to the archive.
+    if stop {
+        super::up::start(stack, names, 300, &quiet).await?;
+        ui.ok(format!("{} started again", c.name));
+    }
+    result.map(|_| files)
 }
 
 /// A Redis snapshot starts with the RDB magic.
@@ -792,6 +942,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     let env = StackEnv::connect(stack).await?;
     let mut plan = Vec::new();
     let mut redis_file: Option<(&Entry, &crate::model::Redis)> = None;
+    let mut volumes: Vec<(&Entry, &crate::model::Component, String)> = Vec::new();
     for f in &manifest.files {
         match f.kind.as_str() {
             "postgres" => {
@@ -819,10 +970,26 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
                 };
                 redis_file = Some((f, r));
             }
+            "volume" => {
+                let vol = f.volume.clone().unwrap_or_default();
+                let Some(c) = stack
+                    .component(&f.instance)
+                    .filter(|c| volume::of(c).iter().any(|(v, _)| *v == vol))
+                else {
+                    return Err(invalid(
+                        &dir,
+                        format!(
+                            "{} is volume `{vol}` of `{}`, which this stack does not have",
+                            f.file, f.instance
+                        ),
+                    ));
+                };
+                volumes.push((f, c, vol));
+            }
             other => return Err(invalid(&dir, format!("{}: unknown kind `{other}`", f.file))),
         }
     }
-    if plan.is_empty() && redis_file.is_none() {
+    if plan.is_empty() && redis_file.is_none() && volumes.is_empty() {
         return Err(invalid(&dir, "it holds no database to restore"));
     }
     let mut dbs: Vec<String> = plan
@@ -838,6 +1005,11 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     if let Some((_, r)) = redis_file {
         dbs.push(format!("Redis ({})", r.name));
     }
+    dbs.extend(
+        volumes
+            .iter()
+            .map(|(_, c, v)| format!("volume {v} of {}", c.name)),
+    );
     let question = format!(
         "replace the data of {} with backup {} (taken {})",
         dbs.join(", "),
@@ -857,6 +1029,15 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
             .any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
         if uses_pg || (s.redis && redis_file.is_some()) {
             users.push(s.name.clone());
+        }
+    }
+    // A restored component is stopped, and what depends on it.
+    for c in &env.containers {
+        let restored = volumes
+            .iter()
+            .any(|(_, v, _)| v.name == c.name || c.depends_on.contains(&v.name));
+        if restored && !users.contains(&c.name) {
+            users.push(c.name.clone());
         }
     }
     let mut up_now = std::collections::HashSet::new();
@@ -932,6 +1113,25 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
                 ));
                 timings
                     .push(serde_json::json!({"instance": r.name, "file": f.file, "seconds": secs}));
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    for (f, c, vol) in &volumes {
+        if failure.is_some() {
+            break;
+        }
+        let t = Instant::now();
+        match volume::restore(&env, c, vol, &dir, f).await {
+            Ok(()) => {
+                let secs = t.elapsed().as_secs_f64();
+                ui.ok(format!(
+                    "volume {vol} of {} restored from {} ({:.1} MB) in {secs:.1}s",
+                    c.name,
+                    f.file,
+                    f.size as f64 / 1e6
+                ));
+                timings.push(serde_json::json!({"instance": c.name, "volume": vol, "file": f.file, "seconds": secs}));
             }
             Err(e) => failure = Some(e),
         }
@@ -1113,6 +1313,8 @@ mod tests {
                 file: "postgres-user.dump".into(),
                 kind: "postgres".into(),
                 instance: "postgres-user".into(),
+                volume: None,
+                path: None,
                 database: Some("users_db".into()),
                 user: Some("users".into()),
                 services: vec!["users".into()],

@@ -310,7 +310,12 @@ async fn create_unit(
                 NetworkConnectRequest {
                     container: name.to_string(),
                     endpoint_config: Some(EndpointSettings {
-                        aliases: Some(vec![u.alias.clone()]),
+                        aliases: Some(
+                            std::iter::once(&u.alias)
+                                .chain(&u.more_aliases)
+                                .cloned()
+                                .collect(),
+                        ),
                         ..Default::default()
                     }),
                 },
@@ -403,6 +408,7 @@ pub(crate) async fn run_job(
     }
     // Not reachable under the service's alias.
     u.alias = format!("job-{}", job.name);
+    u.more_aliases.clear();
     if let Some(nc) = u.body.networking_config.as_mut() {
         for ep in nc.endpoints_config.iter_mut().flat_map(|m| m.values_mut()) {
             ep.aliases = None;
@@ -1480,6 +1486,7 @@ mod tests {
             hash: "h".into(),
             networks: vec![],
             alias: service.into(),
+            more_aliases: vec![],
             probe: None,
             grace_secs: 1,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),

@@ -38,6 +38,9 @@ pub struct Unit {
     /// Networks (host names), the first one the container is created on.
     pub networks: Vec<String>,
     pub alias: String,
+    /// More host names (a component's aliases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_aliases: Vec<String>,
     pub probe: Option<Vec<String>>,
     pub grace_secs: u64,
     pub depends_on: Vec<String>,
@@ -63,6 +66,7 @@ impl Unit {
                 .map(|n| crate::engine::network_name(project, n))
                 .collect(),
             alias: d.spec.name.clone(),
+            more_aliases: d.spec.aliases.clone(),
             probe: super::up::probe_cmd(&d.spec),
             grace_secs: (d.spec.stop_grace_period.millis() / 1000).max(1),
             depends_on: d.spec.depends_on.clone(),

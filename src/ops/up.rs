@@ -163,7 +163,7 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
                 bollard::models::NetworkConnectRequest {
                     container: d.name.clone(),
                     endpoint_config: Some(bollard::models::EndpointSettings {
-                        aliases: Some(vec![d.spec.name.clone()]),
+                        aliases: Some(d.spec.dns_names()),
                         ..Default::default()
                     }),
                 },

@@ -38,7 +38,7 @@ pub struct ComposeService {
     pub ports: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
-    pub networks: Vec<String>,
+    pub networks: ServiceNetworks,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +59,36 @@ pub struct ComposeService {
     pub deploy: ComposeDeploy,
     pub labels: BTreeMap<String, String>,
     pub logging: ComposeLogging,
+}
+
+/// A service's networks: a plain list, or a map when it has aliases.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ServiceNetworks {
+    List(Vec<String>),
+    Aliased(IndexMap<String, NetworkAttach>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkAttach {
+    pub aliases: Vec<String>,
+}
+
+impl ServiceNetworks {
+    fn of(c: &ContainerSpec) -> ServiceNetworks {
+        if c.aliases.is_empty() {
+            return ServiceNetworks::List(c.networks.clone());
+        }
+        let attach = NetworkAttach {
+            aliases: c.aliases.clone(),
+        };
+        ServiceNetworks::Aliased(
+            c.networks
+                .iter()
+                .map(|n| (n.clone(), attach.clone()))
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -251,7 +281,7 @@ pub fn compose(
                     })
                     .collect(),
                 expose: c.expose.iter().map(|p| p.to_string()).collect(),
-                networks: c.networks.clone(),
+                networks: ServiceNetworks::of(c),
                 volumes: mounts,
                 secrets: c.secrets.clone(),
                 depends_on: c

@@ -213,7 +213,7 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
                     "metadata": meta(&c.name, &ns, c),
                     "spec": spec,
                 }));
-                objects.push(service(c, &ns, true));
+                objects.extend(service(c, &ns, true));
                 objects.push(json!({
                     "apiVersion": "policy/v1",
                     "kind": "PodDisruptionBudget",
@@ -265,7 +265,7 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
                         }],
                     },
                 }));
-                objects.push(service(c, &ns, true));
+                objects.extend(service(c, &ns, true));
             }
             Kind::Nginx | Kind::Prometheus | Kind::Component => {
                 for v in c.volumes() {
@@ -297,7 +297,7 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
                         "template": template,
                     },
                 }));
-                objects.push(service(c, &ns, false));
+                objects.extend(service(c, &ns, false));
             }
             // Not part of the Kubernetes target (see k8s_stack).
             _ => continue,
@@ -488,7 +488,8 @@ fn ports(c: &ContainerSpec) -> Vec<u16> {
 
 /// App services and databases are headless: like Docker's DNS, the name
 /// resolves to every ready replica (Prometheus' dns_sd finds each one).
-fn service(c: &ContainerSpec, ns: &str, headless: bool) -> Value {
+/// A component's aliases are Services of their own over the same pods.
+fn service(c: &ContainerSpec, ns: &str, headless: bool) -> Vec<Value> {
     let mut spec = json!({
         "selector": selector_labels(c, ns),
         "ports": ports(c).iter().map(|p| json!({
@@ -498,7 +499,10 @@ fn service(c: &ContainerSpec, ns: &str, headless: bool) -> Value {
     if headless {
         spec["clusterIP"] = json!("None");
     }
-    json!({ "apiVersion": "v1", "kind": "Service", "metadata": meta(&c.name, ns, c), "spec": spec })
+    c.dns_names()
+        .iter()
+        .map(|name| json!({ "apiVersion": "v1", "kind": "Service", "metadata": meta(name, ns, c), "spec": spec }))
+        .collect()
 }
 
 fn cpu(c: f64) -> String {

@@ -266,7 +266,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
                 .iter()
                 .map(|n| NetworkAttachmentConfig {
                     target: Some(network_name(project, n)),
-                    aliases: Some(vec![c.name.clone()]),
+                    aliases: Some(c.dns_names()),
                     ..Default::default()
                 })
                 .collect(),

@@ -1,7 +1,8 @@
 """uptime-worker: probes HTTP targets on an interval and serves the results.
 
 Configuration (environment): TARGETS (comma-separated URLs), INTERVAL_SECONDS
-(default 10), TIMEOUT_SECONDS (default 3), PORT (default 8090).
+(default 10), TIMEOUT_SECONDS (default 3), PORT (default 8090), STATE_FILE
+(optional: where the probe count is kept across restarts).
 """
 import http.server
 import json
@@ -18,13 +19,32 @@ def parse_targets(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def load_total(path):
+    """The probe count saved in the state file; 0 when there is none yet."""
+    if not path or not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["probes"])
+
+
+def save_total(path, total):
+    """Written whole or not at all: a new file renamed over the old one."""
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        json.dump({"probes": total, "saved": time.time()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class State:
-    def __init__(self, targets, interval):
+    def __init__(self, targets, interval, state_file=None):
         self.targets = targets
         self.interval = interval
+        self.state_file = state_file
         self.lock = threading.Lock()
         self.last = {}
-        self.total = 0
+        self.total = load_total(state_file)
         self.last_round = 0.0
 
     def record(self, target, ok, seconds, status, error):
@@ -41,6 +61,8 @@ class State:
     def round_done(self):
         with self.lock:
             self.last_round = time.monotonic()
+            if self.state_file:
+                save_total(self.state_file, self.total)
 
     def alive(self):
         with self.lock:
@@ -127,12 +149,16 @@ def main():
     if not targets:
         print("uptime-worker: TARGETS is empty; set it to the URLs to probe", file=sys.stderr)
         return 2
-    state = State(targets, interval)
+    state = State(targets, interval, os.environ.get("STATE_FILE") or None)
     stop = threading.Event()
     threading.Thread(target=loop, args=(state, timeout, stop), daemon=True).start()
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), handler_for(state))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print("uptime-worker: probing %d target(s) every %ss, serving :%d" % (len(targets), interval, port), flush=True)
+    print(
+        "uptime-worker: probing %d target(s) every %ss, serving :%d, %d probes so far"
+        % (len(targets), interval, port, state.total),
+        flush=True,
+    )
     server.serve_forever()
     stop.set()
     return 0

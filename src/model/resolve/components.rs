@@ -5,7 +5,7 @@
 use super::presets::{self, PresetCx};
 use super::*;
 use crate::model::containers::{HealthSpec, Kind, Mount, Source};
-use crate::model::{Component, ComponentFile, ComponentSource, Metrics, Publish};
+use crate::model::{Component, ComponentFile, ComponentSource, Metrics, Publish, VolumeBackup};
 use schema::ComponentDef;
 
 /// What every component may name: networks, and the containers it may depend on.
@@ -153,8 +153,9 @@ impl Resolver<'_> {
         for p in d.ports.as_deref().unwrap_or_default() {
             publish.push(self.publish(&what, p, pos(&p.span()))?);
         }
-        let networks = self.component_networks(&what, d, names, pos)?;
+        let (networks, aliases) = self.component_networks(name, &what, d, names, pos)?;
         let (mounts, tmpfs) = self.component_mounts(&what, at, d, pos)?;
+        let backup = self.volume_backup(&what, d, kind, &mounts, pos)?;
         let files = self.component_files(name, &what, d, pos)?;
         let (secrets, depends_on) = self.component_refs(name, &what, d, names, pos)?;
         let user = match &d.user {
@@ -224,8 +225,10 @@ impl Resolver<'_> {
             port,
             publish,
             networks,
+            aliases,
             mounts,
             tmpfs,
+            backup,
             files,
             healthcheck,
             user,
@@ -245,13 +248,15 @@ impl Resolver<'_> {
         })
     }
 
+    /// Its networks (the stack's first when it names none) and its aliases.
     fn component_networks(
         &self,
+        name: &str,
         what: &str,
         d: &ComponentDef,
         names: &Names<'_>,
         pos: impl Fn(&std::ops::Range<usize>) -> usize,
-    ) -> Result<Vec<String>, ModelError> {
+    ) -> Result<(Vec<String>, Vec<String>), ModelError> {
         let mut networks = Vec::new();
         for n in d.networks.as_deref().unwrap_or_default() {
             if !names.networks.contains(n.get_ref()) {
@@ -276,7 +281,68 @@ impl Resolver<'_> {
         if networks.is_empty() {
             networks.push(names.networks[0].clone());
         }
-        Ok(networks)
+        let mut aliases: Vec<String> = Vec::new();
+        for a in d.aliases.as_deref().unwrap_or_default() {
+            let alias = a.get_ref();
+            if !valid_name(alias) || alias == name {
+                return Err(self.err(
+                    K::InvalidValue,
+                    pos(&a.span()),
+                    format!("{what}: alias `{alias}` is not a usable host name"),
+                    "use lower-case letters, digits and '-', other than the component's own name",
+                ));
+            }
+            if !aliases.contains(alias) {
+                aliases.push(alias.clone());
+            }
+        }
+        Ok((networks, aliases))
+    }
+
+    /// Whether `backup` archives its named volumes.
+    fn volume_backup(
+        &self,
+        what: &str,
+        d: &ComponentDef,
+        kind: Kind,
+        mounts: &[Mount],
+        pos: impl Fn(&std::ops::Range<usize>) -> usize,
+    ) -> Result<VolumeBackup, ModelError> {
+        use schema::BackupDef;
+        let Some(b) = &d.backup else {
+            return Ok(VolumeBackup::Off);
+        };
+        let at = pos(&b.span());
+        let mode = match b.get_ref() {
+            BackupDef::Switch(false) => return Ok(VolumeBackup::Off),
+            BackupDef::Switch(true) => VolumeBackup::Stopped,
+            BackupDef::Mode(m) if m == "live" => VolumeBackup::Live,
+            BackupDef::Mode(m) => {
+                return Err(self.err(
+                    K::InvalidValue,
+                    at,
+                    format!("{what}: backup = \"{m}\" is not a backup mode"),
+                    "use backup = true (archived with the component stopped), \"live\" (while it runs) or false",
+                ))
+            }
+        };
+        if matches!(kind, Kind::Postgres | Kind::Redis) {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                format!("{what}: its data is already in every backup (a database dump or a Redis snapshot)"),
+                "remove `backup` here",
+            ));
+        }
+        if !crate::model::containers::has_volume(mounts) {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                format!("{what}: backup is on, but it has no named volume to archive"),
+                "add a volume (volumes = [\"NAME:/path\"]) or remove `backup`",
+            ));
+        }
+        Ok(mode)
     }
 
     /// Its volumes and rendered files, and its tmpfs mounts.
