@@ -409,6 +409,16 @@ pub struct Publish {
     pub container: u16,
 }
 
+impl Publish {
+    /// Bound to a loopback address: reachable from this host only.
+    pub fn loopback(&self) -> bool {
+        self.ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback())
+    }
+}
+
 /// A config file rendered from a template and mounted read-only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ComponentFile {

@@ -1193,7 +1193,6 @@ async fn restore_redis(
     quiet: &Ui,
 ) -> Result<()> {
     use bollard::models::{ContainerCreateBody, HostConfig};
-    let docker = &env.engine.docker;
     let spec = env
         .containers
         .iter()
@@ -1254,41 +1253,25 @@ async fn restore_redis(
         ..Default::default()
     };
     env.engine.create(&name, body).await?;
-    let result = async {
-        docker
-            .start_container(&name, None)
-            .await
-            .map_err(|e| Error::engine(format!("start {name}"), e))?;
-        let deadline = Instant::now() + std::time::Duration::from_secs(600);
-        loop {
-            let state = docker
-                .inspect_container(&name, None)
-                .await
-                .map_err(|e| Error::engine(format!("inspect {name}"), e))?
-                .state
-                .unwrap_or_default();
-            if state.running != Some(true) {
-                let code = state.exit_code.unwrap_or(-1);
-                if code == 0 {
-                    return Ok(());
-                }
-                return Err(Error::DataCommand {
-                    what: format!("writing {} into {volume}", f.file),
-                    code,
-                    message: env.engine.tail(&name, 20).await.trim().to_string(),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(Error::DataCommand {
-                    what: format!("writing {} into {volume}", f.file),
-                    code: -1,
-                    message: "not done after 600 s".into(),
-                });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    .await;
+    let what = format!("writing {} into {volume}", f.file);
+    let result = match env
+        .engine
+        .run_to_exit(&name, std::time::Duration::from_secs(600))
+        .await
+    {
+        Ok(Some(0)) => Ok(()),
+        Ok(Some(code)) => Err(Error::DataCommand {
+            what,
+            code,
+            message: env.engine.tail(&name, 20).await.trim().to_string(),
+        }),
+        Ok(None) => Err(Error::DataCommand {
+            what,
+            code: -1,
+            message: "not done after 600 s".into(),
+        }),
+        Err(e) => Err(e),
+    };
     let _ = env.engine.remove(&name).await;
     result
 }

@@ -308,6 +308,16 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
     let tag = crate::ops::image_tag(env.stack);
     let mut out = Vec::new();
     for c in specs {
+        for p in c.ports.iter().filter(|p| p.loopback() && create) {
+            ui.warn(format!(
+                "{}: port {} is bound to {} in stack.toml; Swarm cannot bind a published port to one address, so it is not published (reach it with `docker exec` on its node, or publish it on purpose with \"0.0.0.0:{}:{}\")",
+                c.name,
+                p.host,
+                p.ip.as_deref().unwrap_or_default(),
+                p.host,
+                p.container
+            ));
+        }
         let image = crate::engine::create::image_ref(c, &tag);
         let pin = pinned(&env.engine, &image).await?;
         let s = spec::service_spec(c, &pin, &image, &ctx);

@@ -280,9 +280,12 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
         }),
         ..Default::default()
     };
+    // Swarm publishes on every interface of a node: a port stack.toml
+    // binds to loopback is not published at all (see `plan`).
     let ports: Vec<EndpointPortConfig> = c
         .ports
         .iter()
+        .filter(|pb| !pb.loopback())
         .map(|pb| (&pb.host, &pb.container))
         .map(|(h, p)| EndpointPortConfig {
             protocol: Some(EndpointPortConfigProtocolEnum::TCP),
@@ -497,5 +500,12 @@ mod tests {
         // Another tag of the same image is the same spec.
         let retagged = service_spec(nginx, "sha256:def", "stackctl/nginx:other", &ctx);
         assert_eq!(spec_hash(&s), spec_hash(&retagged));
+        // Prometheus is published on loopback only: Swarm cannot bind one
+        // address, so it is not published at all rather than on every one.
+        let prom = specs.iter().find(|c| c.name == "prometheus").unwrap();
+        assert!(!prom.ports.is_empty() && prom.ports.iter().all(|p| p.loopback()));
+        let s = service_spec(prom, "sha256:9", "stackctl/prometheus:2-bookworm", &ctx);
+        let published = s.endpoint_spec.and_then(|e| e.ports).unwrap_or_default();
+        assert!(published.is_empty(), "{published:?}");
     }
 }
