@@ -23,6 +23,16 @@ impl Ui {
         }
     }
 
+    /// Errors only, no colours: for callers of the library (tests, tools).
+    pub fn silent() -> Ui {
+        Ui {
+            json: false,
+            quiet: true,
+            verbose: 0,
+            colors: false,
+        }
+    }
+
     /// The same settings, printing only errors (for steps whose notes were shown already).
     pub fn clone_quiet(&self) -> Ui {
         Ui {

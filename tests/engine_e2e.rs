@@ -152,6 +152,21 @@ fn day_one_path_on_the_real_engine() {
     assert_eq!(v["healthy"], true, "{v}");
     let st = ok(&["status"]);
     assert!(st.contains("match stack.toml"), "{st}");
+    // Every container has a process limit (a fork bomb stops there).
+    let ids = docker_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.stackctl.project={PROJECT}"),
+    ]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert!(ids.len() > 10, "{ids:?}");
+    let mut args = vec!["inspect", "-f", "{{.Name}} {{.HostConfig.PidsLimit}}"];
+    args.extend(&ids);
+    for line in docker_ok(&args).lines() {
+        let limit: i64 = line.rsplit(' ').next().unwrap().parse().unwrap_or(0);
+        assert!(limit >= 1024, "no process limit: {line}");
+    }
 
     // A real request: register and log in through Nginx and the gateway.
     let email = "e2e-user@example.com";
@@ -233,6 +248,41 @@ fn day_one_path_on_the_real_engine() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Each service has its own Redis user (stackctl's ACL): the gateway's
+    // rate-limit buckets were written through it, and 1c-integration's user
+    // cannot read them.
+    let redis_as = |user: &str, secret: &str, cmd: &str| -> String {
+        let pw = std::fs::read_to_string(repo().join("secrets").join(secret)).unwrap();
+        let line = format!(
+            "REDISCLI_AUTH='{}' redis-cli --user {user} {cmd} 2>&1",
+            pw.trim()
+        );
+        let o = sc(&["exec", "redis", "--", "/bin/sh", "-c", &line]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o).trim().to_string()
+    };
+    let buckets = redis_as(
+        "default",
+        "redis-password",
+        "--scan --pattern 'api-gateway:*'",
+    );
+    let bucket = buckets
+        .lines()
+        .next()
+        .expect("the gateway wrote no Redis key");
+    let theirs = redis_as(
+        "1c-integration",
+        "redis-1c-integration-password",
+        &format!("GET '{bucket}'"),
+    );
+    assert!(theirs.contains("NOPERM"), "{theirs}");
+    let own = redis_as(
+        "1c-integration",
+        "redis-1c-integration-password",
+        "SETEX 1c-integration:e2e 60 x",
+    );
+    assert_eq!(own, "OK");
 
     monitoring_sees_everything_and_alerts_reach_alertmanager();
 

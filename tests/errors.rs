@@ -370,6 +370,73 @@ fn bad_component_definitions_are_refused_at_their_place() {
     assert_eq!(cache["aliases"][0], "kv", "{cache}");
 }
 
+/// A service's Redis access: refused at the `redis` value with its reason,
+/// and a good one lands in the resolved stack with its own password secret.
+#[test]
+fn bad_redis_access_is_refused_at_its_place() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "pattern with a space",
+            r#"redis = { keys = ["users: *"] }"#,
+            "pattern `users: *`",
+        ),
+        (
+            "empty pattern",
+            r#"redis = { read = [""] }"#,
+            "read pattern ``",
+        ),
+        (
+            "rule instead of a command",
+            r#"redis = { commands = ["+get"] }"#,
+            "`+get` is not a Redis command",
+        ),
+        (
+            "unknown key",
+            r#"redis = { key = ["users:*"] }"#,
+            "did you mean `keys`",
+        ),
+    ];
+    for (name, line, says) in cases {
+        let stack = BASE.replace("port = 8002", &format!("port = 8002\n{line}"));
+        let o = Project::new(&stack).run(&["validate"]);
+        let err = stderr(&o);
+        let code = if *name == "unknown key" { 11 } else { 14 };
+        assert_eq!(o.status.code(), Some(code), "{name}: {err}");
+        assert!(err.contains(says), "{name}: `{says}` missing in: {err}");
+        assert!(
+            err.contains("stack.toml:19:"),
+            "{name}: not at the redis line: {err}"
+        );
+        assert!(err.contains("hint:"), "{name}: {err}");
+    }
+    let stack = BASE.replace(
+        "port = 8002",
+        "port = 8002\nredis = { keys = [\"users:*\"], read = [\"revoked:*\"], commands = [\"get\", \"@hash\"] }",
+    );
+    let o = Project::new(&stack).run(&["config", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let users = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "users")
+        .unwrap();
+    assert_eq!(users["redis"]["user"], "users");
+    assert_eq!(users["redis"]["password_secret"], "redis-users-password");
+    assert_eq!(users["redis"]["read"][0], "revoked:*");
+    let secrets: Vec<&str> = v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        secrets.contains(&"redis-users-password") && secrets.contains(&"redis-acl"),
+        "{secrets:?}"
+    );
+}
+
 /// The infrastructure is presets over the component type: a
 /// `[components.NAME]` table named after one of its containers changes that
 /// container (any field), and what it cannot do is refused at its place.

@@ -107,6 +107,9 @@ fn the_repo_stack_renders_every_part_of_the_original() {
             Some("no-new-privileges:true"),
             "{name}"
         );
+        // A fork bomb stops at the container's limit (PostgreSQL's, with
+        // max_connections = 100, has room for a process per connection).
+        assert_eq!(svc["pids_limit"].as_u64(), Some(1024), "{name}");
         // One-shot jobs run to completion instead of being health-checked.
         let job = name.starts_with("job-");
         assert_eq!(svc["restart"].as_str() == Some("no"), job, "{name}");

@@ -155,6 +155,7 @@ pub fn desired(
             memory: Some(spec.resources.memory.bytes() as i64),
             memory_reservation: Some(spec.resources.reserve_memory.bytes() as i64),
             nano_cpus: Some((spec.resources.cpus * 1e9) as i64),
+            pids_limit: Some(spec.resources.pids as i64),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),

@@ -30,6 +30,28 @@ fn parse_api(v: &str) -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
+/// A warning when DOCKER_HOST is plain (unencrypted, unauthenticated) TCP to
+/// an address other than this machine's loopback.
+pub fn plain_tcp_warning(host: &str) -> Option<String> {
+    let rest = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let name = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "DOCKER_HOST={host} is plain TCP: anyone on that network can drive the daemon (root on its host) and read the secrets stackctl sends it; set DOCKER_TLS_VERIFY=1 with DOCKER_CERT_PATH (client certificates), or reach the daemon through an SSH tunnel (ssh -NL 127.0.0.1:2375:/var/run/docker.sock HOST, then DOCKER_HOST=tcp://127.0.0.1:2375)"
+        )
+    })
+}
+
 impl Engine {
     /// Connect as DOCKER_HOST says (default: the local unix socket) and check
     /// the daemon answers with a recent enough API.
@@ -68,6 +90,11 @@ impl Engine {
                     bollard::API_DEFAULT_VERSION,
                 )
             } else {
+                if let Some(w) = plain_tcp_warning(&host) {
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    // Said even under -q: it is about who else controls the daemon.
+                    ONCE.call_once(|| eprintln!("warning: {w}"));
+                }
                 Docker::connect_with_http(&host, timeout, bollard::API_DEFAULT_VERSION)
             }
         } else {
@@ -426,5 +453,32 @@ mod tests {
         assert!(super::parse_api("1.41") >= super::MIN_API);
         assert!(super::parse_api("1.9") < super::MIN_API);
         assert!(super::parse_api("1.100") > super::parse_api("1.41"));
+    }
+
+    #[test]
+    fn plain_tcp_to_another_machine_is_warned_about() {
+        use super::plain_tcp_warning as w;
+        for quiet in [
+            "unix:///var/run/docker.sock",
+            "tcp://127.0.0.1:2375",
+            "tcp://localhost:2375",
+            "tcp://[::1]:2375",
+            "http://127.0.0.2:2375",
+            "https://10.0.0.5:2376",
+        ] {
+            assert_eq!(w(quiet), None, "{quiet}");
+        }
+        for loud in [
+            "tcp://10.0.0.5:2375",
+            "tcp://[fd00::5]:2375",
+            "http://prod:2375",
+            "tcp://prod",
+        ] {
+            let msg = w(loud).unwrap_or_else(|| panic!("{loud}: no warning"));
+            assert!(
+                msg.contains(loud) && msg.contains("DOCKER_TLS_VERIFY"),
+                "{msg}"
+            );
+        }
     }
 }

@@ -267,16 +267,17 @@ fn service(stack: &Stack, s: &Service) -> ContainerSpec {
         c.secrets.push(pg.password_secret.clone());
         c.depends_on.push(pg.name.clone());
     }
-    if let Some(r) = stack.redis.as_ref().filter(|_| s.redis) {
+    if let (Some(r), Some(access)) = (stack.redis.as_ref(), s.redis.as_ref()) {
         c.env.insert(
             "REDIS_URL".into(),
             format!("redis://{}:{}/0", r.name, r.port),
         );
+        c.env.insert("REDIS_USERNAME".into(), access.user.clone());
         c.env.insert(
             "REDIS_PASSWORD_FILE".into(),
-            format!("{SECRETS_DIR}/{}", r.password_secret),
+            format!("{SECRETS_DIR}/{}", access.password_secret),
         );
-        c.secrets.push(r.password_secret.clone());
+        c.secrets.push(access.password_secret.clone());
         c.depends_on.push(r.name.clone());
     }
     for dep in &s.depends_on {

@@ -128,16 +128,19 @@ pub struct Resources {
     pub cpus: f64,
     pub reserve_memory: Memory,
     pub reserve_cpus: f64,
+    /// Most processes and threads the container may have (a fork bomb stops there).
+    pub pids: u32,
 }
 
 impl Serialize for Resources {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Resources", 5)?;
+        let mut st = s.serialize_struct("Resources", 6)?;
         st.serialize_field("memory", &self.memory)?;
         st.serialize_field("cpus", &self.cpus)?;
         st.serialize_field("reserve_memory", &self.reserve_memory)?;
         st.serialize_field("reserve_cpus", &self.reserve_cpus)?;
+        st.serialize_field("pids", &self.pids)?;
         // For templates, which cannot parse "256M".
         st.serialize_field("memory_bytes", &self.memory.bytes())?;
         st.end()
@@ -246,7 +249,9 @@ pub struct Service {
     /// Name of its own PostgreSQL instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<String>,
-    pub redis: bool,
+    /// Its own Redis ACL user, when it uses Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisAccess>,
     pub debug: bool,
     pub public: bool,
     pub args: Vec<String>,
@@ -255,6 +260,37 @@ pub struct Service {
     /// Horizontal autoscaling (Kubernetes HorizontalPodAutoscaler).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+}
+
+/// A service's own Redis ACL user: named after the service, with its own
+/// password secret, limited to its key patterns and commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RedisAccess {
+    pub user: String,
+    pub password_secret: String,
+    /// Key patterns read and written.
+    pub keys: Vec<String>,
+    /// Key patterns only read.
+    pub read: Vec<String>,
+    /// Key patterns only written.
+    pub write: Vec<String>,
+    /// Commands and `@categories` allowed besides `@connection`.
+    pub commands: Vec<String>,
+}
+
+impl RedisAccess {
+    /// The ACL rules after `user NAME on <password>`: no other keys or
+    /// channels, nothing but its commands, `@dangerous` always off.
+    pub fn rules(&self) -> String {
+        let mut r = vec!["resetkeys".to_string(), "resetchannels".into()];
+        r.extend(self.keys.iter().map(|k| format!("~{k}")));
+        r.extend(self.read.iter().map(|k| format!("%R~{k}")));
+        r.extend(self.write.iter().map(|k| format!("%W~{k}")));
+        r.extend(["-@all".to_string(), "+@connection".into()]);
+        r.extend(self.commands.iter().map(|c| format!("+{c}")));
+        r.push("-@dangerous".into());
+        r.join(" ")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -910,6 +910,7 @@ impl Resolver<'_> {
             cpus: 0.5,
             reserve_memory: Memory(128 * 1024 * 1024),
             reserve_cpus: 0.25,
+            pids: 1024,
         };
         Ok(Defaults {
             user: d.user.clone().unwrap_or_else(|| "1001:1001".into()),
@@ -977,11 +978,24 @@ impl Resolver<'_> {
                 "lower the reservation or raise the limit",
             ));
         }
+        let pids = match &r.pids {
+            Some(p) if *p.get_ref() < 16 => {
+                return Err(self.err(
+                    K::InvalidValue,
+                    p.span().start,
+                    format!("pids = {} leaves no room to start", p.get_ref()),
+                    "use at least 16 (the default is 1024)",
+                ))
+            }
+            Some(p) => *p.get_ref(),
+            None => base.pids,
+        };
         Ok(Resources {
             memory,
             cpus,
             reserve_memory,
             reserve_cpus,
+            pids,
         })
     }
 

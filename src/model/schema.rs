@@ -221,6 +221,8 @@ pub struct ResourcesDef {
     pub cpus: Option<Spanned<f64>>,
     pub reserve_memory: Option<Memory>,
     pub reserve_cpus: Option<Spanned<f64>>,
+    /// Most processes and threads (`pids_limit`).
+    pub pids: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -239,7 +241,7 @@ pub struct SecretDef {
     pub generate: Spanned<String>,
     #[serde(default)]
     pub description: Option<String>,
-    /// For `redis-acl`: the password secret the ACL grants.
+    /// For `redis-acl`: the administrator's password secret (the services' users come from stack.toml).
     #[serde(default)]
     pub from: Option<Spanned<String>>,
 }
@@ -268,7 +270,9 @@ pub struct ServiceDef {
     pub health_path: Option<String>,
     pub healthcheck: Option<HealthDef>,
     pub postgres: Option<Spanned<PostgresDef>>,
-    pub redis: Option<bool>,
+    /// `true` (its own ACL user with the default access), or the access as
+    /// `{ keys, read, write, commands }`.
+    pub redis: Option<Spanned<RedisUseDef>>,
     pub debug: Option<bool>,
     /// Routed by Nginx to the outside world (the gateway).
     pub public: Option<bool>,
@@ -278,6 +282,53 @@ pub struct ServiceDef {
     pub user: Option<String>,
     /// Horizontal autoscaling where the target supports it (Kubernetes).
     pub autoscale: Option<Spanned<AutoscaleDef>>,
+}
+
+/// `redis = true | false | { keys, read, write, commands }`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisUseDef {
+    Switch(bool),
+    Access(RedisAccessDef),
+}
+
+// By hand rather than `untagged`: a mistake inside the table is reported as
+// itself ("unknown field `key`"), not as "did not match any variant".
+impl<'de> Deserialize<'de> for RedisUseDef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RedisUseDef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a table { keys, read, write, commands }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<RedisUseDef, E> {
+                Ok(RedisUseDef::Switch(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<RedisUseDef, A::Error> {
+                RedisAccessDef::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RedisUseDef::Access)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a service's own Redis ACL user may touch.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisAccessDef {
+    /// Key patterns it may read and write (default `["<service>:*", "revoked:*"]`).
+    pub keys: Option<Vec<String>>,
+    /// Key patterns it may only read.
+    pub read: Option<Vec<String>>,
+    /// Key patterns it may only write.
+    pub write: Option<Vec<String>>,
+    /// Commands and `@categories` it may run (default `["@read", "@write",
+    /// "@scripting"]`); `@dangerous` ones are always off.
+    pub commands: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -459,7 +510,7 @@ macro_rules! merge_struct {
 
 merge_struct!(Defaults { user, read_only, restart, reservation_percent, stop_grace_period } nested { healthcheck, resources });
 merge_struct!(HealthDef { interval, timeout, retries, start_period } nested {});
-merge_struct!(ResourcesDef { memory, cpus, reserve_memory, reserve_cpus } nested {});
+merge_struct!(ResourcesDef { memory, cpus, reserve_memory, reserve_cpus, pids } nested {});
 merge_struct!(PostgresDef { database, name, user } nested { resources });
 merge_struct!(InfraDef {} nested { postgres, redis, nginx });
 merge_struct!(PostgresInfraDef { image, build, max_connections, shared_buffers } nested { resources });

@@ -467,7 +467,7 @@ fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
         Part::Redis(_) => stack
             .services
             .iter()
-            .filter(|s| s.redis)
+            .filter(|s| s.redis.is_some())
             .map(|s| s.name.clone())
             .collect(),
         Part::Volumes(c) => vec![c.name.clone()],
@@ -1027,7 +1027,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
         let uses_pg = plan
             .iter()
             .any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
-        if uses_pg || (s.redis && redis_file.is_some()) {
+        if uses_pg || (s.redis.is_some() && redis_file.is_some()) {
             users.push(s.name.clone());
         }
     }

@@ -106,20 +106,9 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
                     .pem()
                     .into_bytes()
             }
-            SecretKind::RedisAcl => {
-                let from = s.from.clone().unwrap_or_default();
-                let pw_path = dir.join(&from);
-                let pw = std::fs::read_to_string(&pw_path).map_err(|source| Error::Read {
-                    path: pw_path.clone(),
-                    source,
-                })?;
-                let digest = {
-                    use sha2::{Digest, Sha256};
-                    hex::encode(Sha256::digest(pw.trim().as_bytes()))
-                };
-                // The password is stored hashed; the file names no secret in clear.
-                format!("user default on #{digest} ~* &* +@all\n").into_bytes()
-            }
+            // Derived from stack.toml and the passwords: rewritten below
+            // whenever either changed.
+            SecretKind::RedisAcl => continue,
             SecretKind::File => {
                 ui.warn(format!(
                     "secret `{}` must be provided by you: put it in {}",
@@ -132,8 +121,73 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
         write_secret(&path, &bytes)?;
         created.push(s.name.clone());
     }
+    created.extend(refresh_redis_acl(stack)?);
     set_owners(stack, &dir)?;
     Ok(created)
+}
+
+/// The Redis ACL file: the administrator (`default`, with the password its
+/// secret's `from` names: health check, exporter, backups) and one user per
+/// service that uses Redis, each with its own password and the access
+/// stack.toml gives it. Passwords appear only as SHA-256 hashes.
+pub fn redis_acl(stack: &Stack, dir: &Path, from: &str) -> Result<String> {
+    let hash = |secret: &str| -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let path = dir.join(secret);
+        let pw = std::fs::read_to_string(&path).map_err(|_| {
+            Error::usage(
+                format!(
+                    "secret `{secret}` is missing ({} does not exist)",
+                    path.display()
+                ),
+                "run `stackctl setup` to create the stack's secrets",
+            )
+        })?;
+        Ok(hex::encode(Sha256::digest(pw.trim().as_bytes())))
+    };
+    let mut acl = format!("user default on #{} ~* &* +@all\n", hash(from)?);
+    for a in stack.services.iter().filter_map(|s| s.redis.as_ref()) {
+        acl.push_str(&format!(
+            "user {} on #{} {}\n",
+            a.user,
+            hash(&a.password_secret)?,
+            a.rules()
+        ));
+    }
+    Ok(acl)
+}
+
+/// Write every Redis ACL secret again when stack.toml or a password changed
+/// since (`setup`, `start` and `deploy` call this before Redis reads it).
+/// Returns the names written. An ACL whose passwords are missing is left to
+/// `setup` (the containers' secret check says so).
+pub fn refresh_redis_acl(stack: &Stack) -> Result<Vec<String>> {
+    let dir = secrets_dir(stack);
+    let mut written = Vec::new();
+    for s in stack
+        .secrets
+        .iter()
+        .filter(|s| s.generate == SecretKind::RedisAcl)
+    {
+        let acl = redis_acl(stack, &dir, s.from.as_deref().unwrap_or_default())?;
+        let path = dir.join(&s.name);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(acl.as_str()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{}.{}.tmp", s.name, std::process::id()));
+        std::fs::write(&tmp, acl.as_bytes())
+            .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+        written.push(s.name.clone());
+    }
+    if !written.is_empty() {
+        set_owners(stack, &dir)?;
+    }
+    Ok(written)
 }
 
 /// Who may read each secret file when it is bind-mounted as is (docker-compose

@@ -187,6 +187,10 @@ impl<'a> StackEnv<'a> {
         only: Option<&std::collections::HashSet<String>>,
         ui: &Ui,
     ) -> Result<Vec<Desired>> {
+        // The Redis ACL follows stack.toml before any hash is made of it; a
+        // password it needs that is missing is reported when staging.
+        let _ = super::setup::refresh_redis_acl(self.stack);
+        let secrets_dir = super::setup::secrets_dir(self.stack);
         let tag = super::image_tag(self.stack);
         let mut skipped: Vec<String> = Vec::new();
         let mut out = Vec::new();
@@ -236,7 +240,7 @@ impl<'a> StackEnv<'a> {
                     }
                 },
             };
-            let inputs = mounted_inputs(c, artifacts);
+            let inputs = mounted_inputs(c, artifacts, &secrets_dir);
             for r in 1..=c.replicas {
                 out.push(create::desired(
                     c,
@@ -269,8 +273,18 @@ impl<'a> StackEnv<'a> {
 }
 
 /// The bytes of every rendered file a container mounts, in path order.
-fn mounted_inputs(c: &ContainerSpec, a: &Artifacts) -> Vec<u8> {
+/// What a container reads besides its spec and image: its rendered files,
+/// and a digest of its secrets (a changed secret is seen only by a new
+/// container: the staged copy it mounts is replaced, not rewritten).
+fn mounted_inputs(c: &ContainerSpec, a: &Artifacts, secrets_dir: &std::path::Path) -> Vec<u8> {
     let mut v = Vec::new();
+    for s in &c.secrets {
+        use sha2::{Digest, Sha256};
+        if let Ok(bytes) = std::fs::read(secrets_dir.join(s)) {
+            v.extend_from_slice(s.as_bytes());
+            v.extend_from_slice(&Sha256::digest(&bytes));
+        }
+    }
     for m in &c.mounts {
         if let crate::model::containers::Source::Rendered { path } = &m.source {
             let dir = format!("{path}/");

@@ -56,6 +56,9 @@ pub struct ComposeService {
     pub cap_add: Vec<String>,
     pub security_opt: Vec<String>,
     pub stop_grace_period: String,
+    /// Most processes and threads (docker-compose 1.29 applies this key,
+    /// not `deploy.resources.limits.pids`).
+    pub pids_limit: u32,
     pub deploy: ComposeDeploy,
     pub labels: BTreeMap<String, String>,
     pub logging: ComposeLogging,
@@ -310,6 +313,7 @@ pub fn compose(
                 cap_add: c.cap_add.clone(),
                 security_opt: vec!["no-new-privileges:true".into()],
                 stop_grace_period: c.stop_grace_period.to_string(),
+                pids_limit: c.resources.pids,
                 deploy: ComposeDeploy {
                     replicas: c.replicas,
                     resources: limits(&c.resources),

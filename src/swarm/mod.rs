@@ -200,6 +200,9 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         .into_iter()
         .filter_map(|s| Some((s.spec?.name?, s.id?)))
         .collect();
+    if create {
+        crate::ops::setup::refresh_redis_acl(env.stack)?;
+    }
     let dir = crate::ops::setup::secrets_dir(env.stack);
     let mut secrets: HashMap<String, ObjectRef> = HashMap::new();
     for s in specs.iter().flat_map(|c| c.secrets.iter()) {

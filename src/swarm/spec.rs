@@ -239,7 +239,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             limits: Some(Limit {
                 nano_cpus: Some((r.cpus * 1e9) as i64),
                 memory_bytes: Some(r.memory.bytes() as i64),
-                ..Default::default()
+                pids: Some(r.pids as i64),
             }),
             reservations: Some(ResourceObject {
                 nano_cpus: ctx

@@ -73,6 +73,7 @@ fn base(image: &ImageSource, r: &Resources, networks: &[String]) -> ComponentDef
             cpus: Some(sp(r.cpus)),
             reserve_memory: Some(r.reserve_memory),
             reserve_cpus: Some(sp(r.reserve_cpus)),
+            pids: Some(sp(r.pids)),
         }),
         networks: Some(spanned(networks)),
         ..Default::default()
@@ -141,6 +142,15 @@ fn postgres(p: &Postgres) -> ComponentDef {
         ),
         ("PGDATA", "/var/lib/postgresql/data/pgdata".into()),
     ];
+    let mut base = base(&p.image, &p.resources, &p.networks);
+    // One process per connection, and its helpers.
+    if let Some(r) = base.resources.as_mut() {
+        r.pids = Some(sp(r
+            .pids
+            .as_ref()
+            .map_or(0, |p| *p.get_ref())
+            .max(p.max_connections + 64)));
+    }
     ComponentDef {
         description: Some(format!("PostgreSQL of {}", p.service)),
         env: Some(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
@@ -179,7 +189,7 @@ fn postgres(p: &Postgres) -> ComponentDef {
             "-d".into(),
             p.database.clone(),
         ]),
-        ..base(&p.image, &p.resources, &p.networks)
+        ..base
     }
 }
 

@@ -169,7 +169,7 @@ impl Resolver<'_> {
                 .unwrap_or_else(|| "/health/ready".into()),
             healthcheck: self.health(d.healthcheck.as_ref(), &defaults.healthcheck),
             postgres: pg.as_ref().map(|p| p.name.clone()),
-            redis: d.redis.unwrap_or(false),
+            redis: self.service_redis(sname, d, secrets)?,
             debug: d.debug.unwrap_or(false),
             public: d.public.unwrap_or(false),
             args: d.args.clone().unwrap_or_default(),
@@ -178,6 +178,88 @@ impl Resolver<'_> {
             autoscale,
         };
         Ok(((sdef, service, refs), pg))
+    }
+
+    /// The service's own Redis ACL user: `redis = true` gives the default
+    /// access (its `<name>:` keys and the shared `revoked:` list, reads,
+    /// writes and scripts), a table narrows it.
+    fn service_redis(
+        &self,
+        sname: &str,
+        d: &schema::ServiceDef,
+        secrets: &mut Vec<Secret>,
+    ) -> Result<Option<RedisAccess>, ModelError> {
+        use schema::RedisUseDef as U;
+        let Some(r) = &d.redis else { return Ok(None) };
+        let def = match r.get_ref() {
+            U::Switch(false) => return Ok(None),
+            U::Switch(true) => schema::RedisAccessDef::default(),
+            U::Access(a) => a.clone(),
+        };
+        let at = r.span().start;
+        if sname == "default" {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                "a service named `default` cannot have its own Redis user (`default` is Redis' administrator)",
+                "rename the service",
+            ));
+        }
+        let patterns = |list: Option<Vec<String>>, dflt: Vec<String>, what: &str| {
+            let list = list.unwrap_or(dflt);
+            match list
+                .iter()
+                .find(|p| p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                Some(bad) => Err(self.err(
+                    K::InvalidValue,
+                    at,
+                    format!("service `{sname}`: Redis {what} pattern `{bad}` is not valid"),
+                    "use a glob without spaces, e.g. \"my-service:*\"",
+                )),
+                None => Ok(list),
+            }
+        };
+        let keys = patterns(
+            def.keys,
+            vec![format!("{sname}:*"), "revoked:*".into()],
+            "key",
+        )?;
+        let read = patterns(def.read, vec![], "read")?;
+        let write = patterns(def.write, vec![], "write")?;
+        let commands = def
+            .commands
+            .unwrap_or_else(|| ["@read", "@write", "@scripting"].map(String::from).to_vec());
+        if let Some(bad) = commands.iter().find(|c| {
+            let name = c.strip_prefix('@').unwrap_or(c);
+            name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'|' || b == b'-' || b == b'_')
+        }) {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                format!("service `{sname}`: `{bad}` is not a Redis command or @category"),
+                "name commands (\"get\", \"script|load\") or categories (\"@read\"); @dangerous ones are always off",
+            ));
+        }
+        let password_secret = format!("redis-{sname}-password");
+        imply(
+            secrets,
+            &password_secret,
+            SecretKind::Password,
+            None,
+            &format!("password of {sname}'s own Redis user"),
+        );
+        Ok(Some(RedisAccess {
+            user: sname.to_string(),
+            password_secret,
+            keys,
+            read,
+            write,
+            commands,
+        }))
     }
 
     /// The crate's path, checked on disk when asked to.

@@ -15,7 +15,7 @@ impl Resolver<'_> {
         secrets: &mut Vec<Secret>,
     ) -> Result<Option<Redis>, ModelError> {
         let def = f.infra.redis.clone().unwrap_or_default();
-        let user = services.iter().find(|(_, s, _)| s.redis);
+        let user = services.iter().find(|(_, s, _)| s.redis.is_some());
         if !def.enabled.unwrap_or(user.is_some()) {
             if let Some((sdef, s, _)) = user {
                 return Err(self.err(
@@ -37,14 +37,14 @@ impl Resolver<'_> {
             &password_secret,
             SecretKind::Password,
             None,
-            "password of the Redis user the services use",
+            "password of Redis' administrator (`default`: health check, exporter, backups)",
         );
         imply(
             secrets,
             &acl_secret,
             SecretKind::RedisAcl,
             Some(&password_secret),
-            "Redis ACL file granting that password",
+            "Redis ACL file: the administrator and one user per service, derived from stack.toml",
         );
         Ok(Some(Redis {
             name: "redis".into(),
