@@ -24,13 +24,19 @@ impl Drop for Server {
     }
 }
 
-fn ui() -> stackctl::ui::Ui {
-    stackctl::ui::Ui::silent()
-}
-
 /// The repo stack with its root (and so its secrets directory) in `dir`.
 fn repo_stack(dir: &Path, src: &str) -> Stack {
     stackctl::model::load_str(src, &repo().join("stack.toml"), dir, None, false).unwrap()
+}
+
+/// A temp root holding the repo stack's secrets, as `setup` makes them,
+/// and the stack's text.
+fn with_secrets() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read_to_string(repo().join("stack.toml")).unwrap();
+    let stack = repo_stack(dir.path(), &src);
+    setup::ensure_secrets(&stack, &stackctl::ui::Ui::silent()).unwrap();
+    (dir, src)
 }
 
 fn start_redis(acl: &Path) -> (Server, u16) {
@@ -75,10 +81,7 @@ fn as_user(port: u16, user: &str, password: &str, args: &[&str]) -> String {
 
 #[test]
 fn each_service_reaches_its_own_keys_and_commands_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = std::fs::read_to_string(repo().join("stack.toml")).unwrap();
-    let stack = repo_stack(dir.path(), &src);
-    setup::ensure_secrets(&stack, &ui()).unwrap();
+    let (dir, _) = with_secrets();
     let secrets = dir.path().join("secrets");
     let pw = |name: &str| std::fs::read_to_string(secrets.join(name)).unwrap();
     let acl = std::fs::read_to_string(secrets.join("redis-acl")).unwrap();
@@ -203,10 +206,8 @@ fn each_service_reaches_its_own_keys_and_commands_only() {
 
 #[test]
 fn the_acl_follows_stack_toml() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = std::fs::read_to_string(repo().join("stack.toml")).unwrap();
+    let (dir, src) = with_secrets();
     let stack = repo_stack(dir.path(), &src);
-    setup::ensure_secrets(&stack, &ui()).unwrap();
     let acl_path = dir.path().join("secrets/redis-acl");
     let before = std::fs::read_to_string(&acl_path).unwrap();
     // Nothing changed: nothing written.

@@ -197,6 +197,20 @@ pub fn desired(
     }
 }
 
+/// One secret file of the stack; missing, it is an error saying to run setup.
+pub fn read_secret(dir: &Path, name: &str) -> crate::Result<Vec<u8>> {
+    let path = dir.join(name);
+    std::fs::read(&path).map_err(|_| {
+        crate::Error::usage(
+            format!(
+                "secret `{name}` is missing ({} does not exist)",
+                path.display()
+            ),
+            "run `stackctl setup` to create the stack's secrets",
+        )
+    })
+}
+
 /// The secret files a container reads, copied where only it mounts them:
 /// the directory is root-only, the files readable inside the container
 /// whatever user it runs as (as Swarm secrets are: 0444).
@@ -216,13 +230,7 @@ pub fn stage_secrets(
         let _ = std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700));
     }
     for s in secrets {
-        let src = secrets_src.join(s);
-        let bytes = std::fs::read(&src).map_err(|_| {
-            crate::Error::usage(
-                format!("secret `{s}` is missing ({} does not exist)", src.display()),
-                "run `stackctl setup` to create the stack's secrets",
-            )
-        })?;
+        let bytes = read_secret(secrets_src, s)?;
         let dst = dir.join(s);
         let tmp = dir.join(format!(".{s}.tmp"));
         std::fs::write(&tmp, bytes)

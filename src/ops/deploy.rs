@@ -862,14 +862,6 @@ async fn pin_images(env: &StackEnv<'_>, rev: &Revision, units: &mut [Unit]) -> R
     Ok(())
 }
 
-async fn stage(env: &StackEnv<'_>, units: &[Unit]) -> Result<()> {
-    let secrets = super::setup::secrets_dir(env.stack);
-    for u in units {
-        crate::engine::create::stage_secrets(&secrets, &env.paths, &u.name, &u.secrets)?;
-    }
-    Ok(())
-}
-
 fn lock_image(units: &[Unit]) -> String {
     units
         .iter()
@@ -1023,7 +1015,11 @@ async fn deploy_locked(
     let rev = new_revision(env, id, "deploy", None, chash, units);
     let mut units = units.to_vec();
     pin_images(env, &rev, &mut units).await?;
-    stage(env, &units).await?;
+    env.stage_secrets(
+        units
+            .iter()
+            .map(|u| (u.name.as_str(), u.secrets.as_slice())),
+    )?;
     let plan = plan_with_units(plan, &units);
     let jobs = job_units(env, &units);
     let rollout = Rollout {
@@ -1188,7 +1184,11 @@ async fn rollback_to(
             .cloned()
             .collect();
     }
-    stage(env, &units).await?;
+    env.stage_secrets(
+        units
+            .iter()
+            .map(|u| (u.name.as_str(), u.secrets.as_slice())),
+    )?;
     let plan = plan(env, units, Some(&scope)).await?;
     print_plan(&plan, ui);
     let rollout = Rollout {

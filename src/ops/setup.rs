@@ -24,9 +24,10 @@ fn random_password(len: usize) -> String {
         .collect()
 }
 
-/// Write a new secret file atomically, never replacing one that exists: a
-/// second `setup` racing this one keeps whichever file landed first.
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Write a secret file atomically (0600 until `set_owners`): a new one never
+/// replaces one that exists (a second `setup` racing this one keeps whichever
+/// file landed first); with `replace`, a derived one takes the old one's place.
+fn write_secret(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -42,6 +43,9 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
         .map_err(err)?;
+    if replace {
+        return std::fs::rename(&tmp, path).map_err(err);
+    }
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
@@ -118,7 +122,7 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
                 continue;
             }
         };
-        write_secret(&path, &bytes)?;
+        write_secret(&path, &bytes, false)?;
         created.push(s.name.clone());
     }
     created.extend(refresh_redis_acl(stack)?);
@@ -133,17 +137,10 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
 pub fn redis_acl(stack: &Stack, dir: &Path, from: &str) -> Result<String> {
     let hash = |secret: &str| -> Result<String> {
         use sha2::{Digest, Sha256};
-        let path = dir.join(secret);
-        let pw = std::fs::read_to_string(&path).map_err(|_| {
-            Error::usage(
-                format!(
-                    "secret `{secret}` is missing ({} does not exist)",
-                    path.display()
-                ),
-                "run `stackctl setup` to create the stack's secrets",
-            )
-        })?;
-        Ok(hex::encode(Sha256::digest(pw.trim().as_bytes())))
+        let pw = crate::engine::create::read_secret(dir, secret)?;
+        Ok(hex::encode(Sha256::digest(
+            String::from_utf8_lossy(&pw).trim().as_bytes(),
+        )))
     };
     let mut acl = format!("user default on #{} ~* &* +@all\n", hash(from)?);
     for a in stack.services.iter().filter_map(|s| s.redis.as_ref()) {
@@ -157,8 +154,32 @@ pub fn redis_acl(stack: &Stack, dir: &Path, from: &str) -> Result<String> {
     Ok(acl)
 }
 
+/// A digest of what each secret holds, for the containers' config hash: the
+/// file, or for a Redis ACL what [`refresh_redis_acl`] writes before the
+/// containers are staged (so a hash made earlier, or by `status`, which
+/// writes nothing, already sees it). Secrets not there yet are left out.
+pub fn secret_digests(stack: &Stack) -> std::collections::HashMap<String, Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let dir = secrets_dir(stack);
+    stack
+        .secrets
+        .iter()
+        .filter_map(|s| {
+            let bytes = match s.generate {
+                SecretKind::RedisAcl => {
+                    redis_acl(stack, &dir, s.from.as_deref().unwrap_or_default())
+                        .ok()?
+                        .into_bytes()
+                }
+                _ => std::fs::read(dir.join(&s.name)).ok()?,
+            };
+            Some((s.name.clone(), Sha256::digest(&bytes).to_vec()))
+        })
+        .collect()
+}
+
 /// Write every Redis ACL secret again when stack.toml or a password changed
-/// since (`setup`, `start` and `deploy` call this before Redis reads it).
+/// since (`setup`, and staging for `start`, `deploy` and Swarm, call this).
 /// Returns the names written. An ACL whose passwords are missing is left to
 /// `setup` (the containers' secret check says so).
 pub fn refresh_redis_acl(stack: &Stack) -> Result<Vec<String>> {
@@ -174,14 +195,7 @@ pub fn refresh_redis_acl(stack: &Stack) -> Result<Vec<String>> {
         if std::fs::read_to_string(&path).ok().as_deref() == Some(acl.as_str()) {
             continue;
         }
-        let tmp = dir.join(format!(".{}.{}.tmp", s.name, std::process::id()));
-        std::fs::write(&tmp, acl.as_bytes())
-            .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|source| Error::Write {
-                path: path.clone(),
-                source,
-            })?;
+        write_secret(&path, acl.as_bytes(), true)?;
         written.push(s.name.clone());
     }
     if !written.is_empty() {

@@ -66,6 +66,20 @@ impl<'a> StackEnv<'a> {
         self.desired(&artifacts, &ui.clone_quiet()).await
     }
 
+    /// Copy each container's secrets where only it mounts them, the Redis
+    /// ACL written first when stack.toml or a password changed.
+    pub fn stage_secrets<'s>(
+        &self,
+        containers: impl IntoIterator<Item = (&'s str, &'s [String])>,
+    ) -> Result<()> {
+        super::setup::refresh_redis_acl(self.stack)?;
+        let dir = super::setup::secrets_dir(self.stack);
+        for (name, secrets) in containers {
+            create::stage_secrets(&dir, &self.paths, name, secrets)?;
+        }
+        Ok(())
+    }
+
     /// Create the stack's networks that are missing; their names.
     pub async fn ensure_networks(&self) -> Result<Vec<String>> {
         let mut created = Vec::new();
@@ -187,10 +201,7 @@ impl<'a> StackEnv<'a> {
         only: Option<&std::collections::HashSet<String>>,
         ui: &Ui,
     ) -> Result<Vec<Desired>> {
-        // The Redis ACL follows stack.toml before any hash is made of it; a
-        // password it needs that is missing is reported when staging.
-        let _ = super::setup::refresh_redis_acl(self.stack);
-        let secrets_dir = super::setup::secrets_dir(self.stack);
+        let digests = super::setup::secret_digests(self.stack);
         let tag = super::image_tag(self.stack);
         let mut skipped: Vec<String> = Vec::new();
         let mut out = Vec::new();
@@ -240,7 +251,7 @@ impl<'a> StackEnv<'a> {
                     }
                 },
             };
-            let inputs = mounted_inputs(c, artifacts, &secrets_dir);
+            let inputs = mounted_inputs(c, artifacts, &digests);
             for r in 1..=c.replicas {
                 out.push(create::desired(
                     c,
@@ -276,13 +287,12 @@ impl<'a> StackEnv<'a> {
 /// What a container reads besides its spec and image: its rendered files,
 /// and a digest of its secrets (a changed secret is seen only by a new
 /// container: the staged copy it mounts is replaced, not rewritten).
-fn mounted_inputs(c: &ContainerSpec, a: &Artifacts, secrets_dir: &std::path::Path) -> Vec<u8> {
+fn mounted_inputs(c: &ContainerSpec, a: &Artifacts, secrets: &HashMap<String, Vec<u8>>) -> Vec<u8> {
     let mut v = Vec::new();
     for s in &c.secrets {
-        use sha2::{Digest, Sha256};
-        if let Ok(bytes) = std::fs::read(secrets_dir.join(s)) {
+        if let Some(digest) = secrets.get(s) {
             v.extend_from_slice(s.as_bytes());
-            v.extend_from_slice(&Sha256::digest(&bytes));
+            v.extend_from_slice(digest);
         }
     }
     for m in &c.mounts {

@@ -3,7 +3,7 @@
 //! dependencies are ready.
 
 use super::stackenv::StackEnv;
-use crate::engine::create::{self, Desired};
+use crate::engine::create::Desired;
 use crate::engine::{Engine, LABEL_CONFIG_HASH};
 use crate::error::{Error, Result};
 use crate::model::containers::ContainerSpec;
@@ -187,10 +187,11 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
     env.ensure_volumes().await?;
     env.ensure_infra_images(ui, true).await?;
     let desired: Vec<Desired> = env.desired_for(&artifacts, Some(&want), ui).await?;
-    let secrets = super::setup::secrets_dir(stack);
-    for d in &desired {
-        create::stage_secrets(&secrets, &env.paths, &d.name, &d.spec.secrets)?;
-    }
+    env.stage_secrets(
+        desired
+            .iter()
+            .map(|d| (d.name.as_str(), d.spec.secrets.as_slice())),
+    )?;
     let started: HashSet<String> = desired.iter().map(|d| d.spec.name.clone()).collect();
 
     // One-shot jobs (`[jobs.NAME]`, e.g. migrations) run before the services

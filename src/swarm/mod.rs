@@ -209,16 +209,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         if secrets.contains_key(s) {
             continue;
         }
-        let path = dir.join(s);
-        let bytes = std::fs::read(&path).map_err(|_| {
-            Error::usage(
-                format!(
-                    "secret `{s}` is missing ({} does not exist)",
-                    path.display()
-                ),
-                "run `stackctl setup` to create the stack's secrets",
-            )
-        })?;
+        let bytes = crate::engine::create::read_secret(&dir, s)?;
         let name = spec::object_name(project, s, &bytes);
         let id = match existing.get(&name) {
             Some(id) => id.clone(),

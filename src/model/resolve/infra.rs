@@ -142,15 +142,11 @@ fn postgres(p: &Postgres) -> ComponentDef {
         ),
         ("PGDATA", "/var/lib/postgresql/data/pgdata".into()),
     ];
-    let mut base = base(&p.image, &p.resources, &p.networks);
     // One process per connection, and its helpers.
-    if let Some(r) = base.resources.as_mut() {
-        r.pids = Some(sp(r
-            .pids
-            .as_ref()
-            .map_or(0, |p| *p.get_ref())
-            .max(p.max_connections + 64)));
-    }
+    let resources = Resources {
+        pids: p.resources.pids.max(p.max_connections + 64),
+        ..p.resources
+    };
     ComponentDef {
         description: Some(format!("PostgreSQL of {}", p.service)),
         env: Some(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
@@ -189,7 +185,7 @@ fn postgres(p: &Postgres) -> ComponentDef {
             "-d".into(),
             p.database.clone(),
         ]),
-        ..base
+        ..base(&p.image, &resources, &p.networks)
     }
 }
 
