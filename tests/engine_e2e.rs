@@ -277,6 +277,13 @@ fn day_one_path_on_the_real_engine() {
         &format!("GET '{bucket}'"),
     );
     assert!(theirs.contains("NOPERM"), "{theirs}");
+    // The exporter has its own user too: its metrics reads, no keys.
+    let exporter = redis_as(
+        "redis-exporter",
+        "redis-redis-exporter-password",
+        &format!("GET '{bucket}'"),
+    );
+    assert!(exporter.contains("NOPERM"), "{exporter}");
     let own = redis_as(
         "1c-integration",
         "redis-1c-integration-password",
@@ -459,17 +466,22 @@ fn monitoring_sees_everything_and_alerts_reach_alertmanager() {
         // One exporter, five servers: each database's statistics, by `server`.
         let servers = probe("count(count%20by%20(server)%20(pg_stat_database_xact_commit))");
         let redis = probe("redis_up");
+        // Its own Redis user reads the configuration and scrapes without an error.
+        let redis_config = probe("redis_config_maxmemory");
+        let redis_errors = probe("redis_exporter_last_scrape_error");
         let nginx = probe("nginx_up");
         let ok = servers.first().is_some_and(|s| s["value"][1] == "5")
             && pg.iter().all(|s| s["value"][1] == "1")
             && redis.iter().any(|s| s["value"][1] == "1")
+            && redis_config.iter().any(|s| s["value"][1] == "209715200")
+            && redis_errors.iter().all(|s| s["value"][1] == "0")
             && nginx.iter().any(|s| s["value"][1] == "1");
         if ok {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "exporters: pg_up {pg:?} servers {servers:?} redis_up {redis:?} nginx_up {nginx:?}"
+            "exporters: pg_up {pg:?} servers {servers:?} redis_up {redis:?} redis_config_maxmemory {redis_config:?} redis_exporter_last_scrape_error {redis_errors:?} nginx_up {nginx:?}"
         );
         std::thread::sleep(Duration::from_secs(3));
     }

@@ -395,6 +395,11 @@ fn bad_redis_access_is_refused_at_its_place() {
             r#"redis = { key = ["users:*"] }"#,
             "did you mean `keys`",
         ),
+        (
+            "category among the dangerous",
+            r#"redis = { dangerous = ["@dangerous"] }"#,
+            "`@dangerous` in `dangerous` is not a Redis command",
+        ),
     ];
     for (name, line, says) in cases {
         let stack = BASE.replace("port = 8002", &format!("port = 8002\n{line}"));
@@ -434,6 +439,40 @@ fn bad_redis_access_is_refused_at_its_place() {
     assert!(
         secrets.contains(&"redis-users-password") && secrets.contains(&"redis-acl"),
         "{secrets:?}"
+    );
+
+    // A component has its own user the same way, wired as a service's.
+    let stack = format!(
+        "{BASE}\n[components.worker]\nimage = \"example/worker:1\"\nredis = {{ keys = [\"jobs:*\"], commands = [\"@list\"] }}\n"
+    );
+    let p = Project::new(&stack);
+    let o = p.run(&["render"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let compose = std::fs::read_to_string(p.path().join("deploy/docker-compose.yml")).unwrap();
+    let worker: String = compose
+        .lines()
+        .skip_while(|l| *l != "  worker:")
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for want in [
+        "REDIS_USERNAME: worker",
+        "REDIS_PASSWORD_FILE: /run/secrets/redis-worker-password",
+        "redis-worker-password",
+    ] {
+        assert!(worker.contains(want), "{want} missing in {worker}");
+    }
+    // Without Redis in the stack, a component's `redis` is refused at its line.
+    let stack = format!(
+        "{BASE}\n[infra.redis]\nenabled = false\n\n[components.worker]\nimage = \"example/worker:1\"\nredis = true\n"
+    );
+    let o = Project::new(&stack).run(&["validate"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(14), "{err}");
+    assert!(
+        err.contains("component `worker` uses Redis, but [infra.redis] is disabled"),
+        "{err}"
     );
 }
 

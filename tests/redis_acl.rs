@@ -1,6 +1,7 @@
 //! The Redis ACL stackctl derives from stack.toml, loaded by a real
 //! redis-server (Debian's, on loopback): every service of the repo stack has
-//! its own user that reaches its own keys and commands and nothing else, the
+//! its own user that reaches its own keys and commands and nothing else (and
+//! so has the Redis exporter, with the few @dangerous reads it needs), the
 //! administrator keeps everything, no password is in the file, and the file
 //! follows stack.toml when the access changes.
 
@@ -96,7 +97,8 @@ fn each_service_reaches_its_own_keys_and_commands_only() {
             "security",
             "user-management",
             "1c-integration",
-            "api-gateway"
+            "api-gateway",
+            "redis-exporter"
         ]
     );
     for s in std::fs::read_dir(&secrets).unwrap() {
@@ -123,7 +125,7 @@ fn each_service_reaches_its_own_keys_and_commands_only() {
         assert!(reply.contains("NOPERM"), "{user} {args:?}: {reply}");
     };
 
-    // The administrator: everything (health check, exporter, backups).
+    // The administrator: everything (health check, backups).
     assert_eq!(run("default", &["SET", "api-gateway:seed", "1"]), "OK");
     assert_eq!(
         run("default", &["SET", "1c-integration:metadata", "m"]),
@@ -199,6 +201,28 @@ fn each_service_reaches_its_own_keys_and_commands_only() {
             denied(user, cmd);
         }
     }
+    // The exporter (a component with its own user): the reads its metrics
+    // need, named one by one after @dangerous, and no key, no write, no
+    // other administration.
+    assert!(run("redis-exporter", &["INFO", "ALL"]).contains("redis_version"));
+    assert!(run("redis-exporter", &["CONFIG", "GET", "maxmemory"]).contains("maxmemory"));
+    assert!(!run("redis-exporter", &["SLOWLOG", "LEN"]).contains("NOPERM"));
+    assert!(!run("redis-exporter", &["LATENCY", "LATEST"]).contains("NOPERM"));
+    for cmd in [
+        &["GET", "api-gateway:seed"][..],
+        &["MGET", "revoked:sid:s1"],
+        &["SET", "redis-exporter:x", "1"],
+        &["CONFIG", "SET", "maxmemory", "1"],
+        &["KEYS", "*"],
+        &["FLUSHALL"],
+        &["ACL", "LIST"],
+        &["CLIENT", "KILL", "TYPE", "normal"],
+        &["SLOWLOG", "RESET"],
+        &["EVAL", "return 1", "0"],
+    ] {
+        denied("redis-exporter", cmd);
+    }
+
     // Nobody gets in with another's password.
     let reply = as_user(port, "api-gateway", pw("redis-password").trim(), &["PING"]);
     assert!(reply.contains("WRONGPASS"), "{reply}");

@@ -267,19 +267,7 @@ fn service(stack: &Stack, s: &Service) -> ContainerSpec {
         c.secrets.push(pg.password_secret.clone());
         c.depends_on.push(pg.name.clone());
     }
-    if let (Some(r), Some(access)) = (stack.redis.as_ref(), s.redis.as_ref()) {
-        c.env.insert(
-            "REDIS_URL".into(),
-            format!("redis://{}:{}/0", r.name, r.port),
-        );
-        c.env.insert("REDIS_USERNAME".into(), access.user.clone());
-        c.env.insert(
-            "REDIS_PASSWORD_FILE".into(),
-            format!("{SECRETS_DIR}/{}", access.password_secret),
-        );
-        c.secrets.push(access.password_secret.clone());
-        c.depends_on.push(r.name.clone());
-    }
+    redis_user(stack, &mut c, s.redis.as_ref());
     for dep in &s.depends_on {
         if let Some(ds) = stack.service(dep) {
             c.env.insert(
@@ -367,6 +355,7 @@ fn component(stack: &Stack, comp: &Component) -> ContainerSpec {
     c.restart = comp.restart.clone();
     c.replicas = comp.replicas;
     c.depends_on = comp.depends_on.clone();
+    redis_user(stack, &mut c, comp.redis.as_ref());
     c.cap_add = comp.cap_add.clone();
     c.labels.extend(comp.labels.clone());
     // The infrastructure's kind label already says what it is.
@@ -376,6 +365,29 @@ fn component(stack: &Stack, comp: &Component) -> ContainerSpec {
     c.stateful = comp.stateful();
     c.group = comp.group.clone();
     c
+}
+
+/// A container with its own Redis ACL user: where Redis is, who it is,
+/// its password file; it waits for Redis.
+fn redis_user(stack: &Stack, c: &mut ContainerSpec, access: Option<&RedisAccess>) {
+    let (Some(r), Some(access)) = (stack.redis.as_ref(), access) else {
+        return;
+    };
+    c.env.insert(
+        "REDIS_URL".into(),
+        format!("redis://{}:{}/0", r.name, r.port),
+    );
+    c.env.insert("REDIS_USERNAME".into(), access.user.clone());
+    c.env.insert(
+        "REDIS_PASSWORD_FILE".into(),
+        format!("{SECRETS_DIR}/{}", access.password_secret),
+    );
+    if !c.secrets.contains(&access.password_secret) {
+        c.secrets.push(access.password_secret.clone());
+    }
+    if !c.depends_on.contains(&r.name) {
+        c.depends_on.push(r.name.clone());
+    }
 }
 
 /// Dependencies first, otherwise in the order given (the model rejects cycles).

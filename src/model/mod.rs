@@ -276,11 +276,15 @@ pub struct RedisAccess {
     pub write: Vec<String>,
     /// Commands and `@categories` allowed besides `@connection`.
     pub commands: Vec<String>,
+    /// @dangerous commands allowed by name, after `-@dangerous`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dangerous: Vec<String>,
 }
 
 impl RedisAccess {
     /// The ACL rules after `user NAME on <password>`: no other keys or
-    /// channels, nothing but its commands, `@dangerous` always off.
+    /// channels, nothing but its commands, `@dangerous` off except the
+    /// ones named in `dangerous`.
     pub fn rules(&self) -> String {
         let mut r = vec!["resetkeys".to_string(), "resetchannels".into()];
         r.extend(self.keys.iter().map(|k| format!("~{k}")));
@@ -289,6 +293,7 @@ impl RedisAccess {
         r.extend(["-@all".to_string(), "+@connection".into()]);
         r.extend(self.commands.iter().map(|c| format!("+{c}")));
         r.push("-@dangerous".into());
+        r.extend(self.dangerous.iter().map(|c| format!("+{c}")));
         r.join(" ")
     }
 }
@@ -515,6 +520,9 @@ pub struct Component {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
     pub settings: toml::Table,
+    /// Its own Redis ACL user, when it uses Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisAccess>,
     /// The part of the stack it belongs to (compose profile, architecture).
     pub group: String,
 }

@@ -363,8 +363,10 @@ impl Resolver<'_> {
             networks: &nets.0,
             containers: &container_names,
             secrets: &secret_names,
+            redis: redis.is_some(),
         };
-        let mut components = self.infra_components(infra, &mut f.components, &defaults, &cnames)?;
+        let mut components =
+            self.infra_components(infra, &mut f.components, &defaults, &cnames, &mut secrets)?;
         let cx = presets::PresetCx {
             postgres: &postgres,
             redis: redis.as_ref(),
@@ -372,7 +374,7 @@ impl Resolver<'_> {
             monitoring: monitoring_net,
             backend: nets.first("backend"),
         };
-        components.extend(self.components(&f.components, &cx, &defaults, &cnames)?);
+        components.extend(self.components(&f.components, &cx, &defaults, &cnames, &mut secrets)?);
         self.check_cycles(&services, &components, &f.components)?;
         self.check_secrets(&f, &services, &secrets)?;
         self.check_names(&f, &services, &components)?;

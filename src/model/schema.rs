@@ -101,6 +101,9 @@ pub struct ComponentDef {
     pub metrics: Option<MetricsDef>,
     /// Free settings its templates read (`component.settings`).
     pub settings: Option<toml::Table>,
+    /// Its own Redis ACL user, as a service's `redis` (`true` or
+    /// `{ keys, read, write, commands, dangerous }`).
+    pub redis: Option<Spanned<RedisUseDef>>,
     /// Files the stack renderer itself writes (source relative to the
     /// output directory, target in the container), mounted read-only: set
     /// by the infrastructure presets only, never read from stack.toml.
@@ -299,7 +302,7 @@ impl<'de> Deserialize<'de> for RedisUseDef {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = RedisUseDef;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false or a table { keys, read, write, commands }")
+                f.write_str("true, false or a table { keys, read, write, commands, dangerous }")
             }
             fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<RedisUseDef, E> {
                 Ok(RedisUseDef::Switch(b))
@@ -329,6 +332,9 @@ pub struct RedisAccessDef {
     /// Commands and `@categories` it may run (default `["@read", "@write",
     /// "@scripting"]`); `@dangerous` ones are always off.
     pub commands: Option<Vec<String>>,
+    /// The @dangerous commands it may run after all, each named (no
+    /// categories): e.g. a metrics exporter's `info` and `config|get`.
+    pub dangerous: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -616,6 +622,7 @@ impl Merge for ComponentDef {
             replicas,
             depends_on,
             cap_add,
+            redis,
             rendered
         );
         // Maps merge by key; limits, health and metrics by field.

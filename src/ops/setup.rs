@@ -131,8 +131,8 @@ pub fn ensure_secrets(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
 }
 
 /// The Redis ACL file: the administrator (`default`, with the password its
-/// secret's `from` names: health check, exporter, backups) and one user per
-/// service that uses Redis, each with its own password and the access
+/// secret's `from` names: health check, backups) and one user per
+/// service or component that uses Redis, each with its own password and the access
 /// stack.toml gives it. Passwords appear only as SHA-256 hashes.
 pub fn redis_acl(stack: &Stack, dir: &Path, from: &str) -> Result<String> {
     let hash = |secret: &str| -> Result<String> {
@@ -143,7 +143,8 @@ pub fn redis_acl(stack: &Stack, dir: &Path, from: &str) -> Result<String> {
         )))
     };
     let mut acl = format!("user default on #{} ~* &* +@all\n", hash(from)?);
-    for a in stack.services.iter().filter_map(|s| s.redis.as_ref()) {
+    let services = stack.services.iter().filter_map(|s| s.redis.as_ref());
+    for a in services.chain(stack.components.iter().filter_map(|c| c.redis.as_ref())) {
         acl.push_str(&format!(
             "user {} on #{} {}\n",
             a.user,

@@ -13,6 +13,8 @@ pub(super) struct Names<'a> {
     pub networks: &'a [String],
     pub containers: &'a [String],
     pub secrets: &'a [String],
+    /// Whether the stack runs Redis (a component may have its own user).
+    pub redis: bool,
 }
 
 /// The names of the components not switched off.
@@ -32,6 +34,7 @@ impl Resolver<'_> {
         cx: &PresetCx<'_>,
         defaults: &Defaults,
         names: &Names<'_>,
+        secrets: &mut Vec<Secret>,
     ) -> Result<Vec<Component>, ModelError> {
         let mut out = Vec::new();
         for name in enabled(defs) {
@@ -46,7 +49,8 @@ impl Resolver<'_> {
                 ));
             }
             let (d, preset) = self.with_preset(&name, def, cx)?;
-            out.push(self.component(&name, at, &d, (Kind::Component, preset), defaults, names)?);
+            let kind = (Kind::Component, preset);
+            out.push(self.component(&name, at, &d, kind, (defaults, names), secrets)?);
         }
         Ok(out)
     }
@@ -60,6 +64,7 @@ impl Resolver<'_> {
         defs: &mut IndexMap<String, Spanned<ComponentDef>>,
         defaults: &Defaults,
         names: &Names<'_>,
+        secrets: &mut Vec<Secret>,
     ) -> Result<Vec<Component>, ModelError> {
         let mut out = Vec::new();
         for i in infra {
@@ -90,7 +95,8 @@ impl Resolver<'_> {
                 d.merge(o);
             }
             let preset = Some(i.kind.as_str().to_string());
-            out.push(self.component(&i.name, at, &d, (i.kind, preset), defaults, names)?);
+            let kind = (i.kind, preset);
+            out.push(self.component(&i.name, at, &d, kind, (defaults, names), secrets)?);
         }
         Ok(out)
     }
@@ -131,8 +137,8 @@ impl Resolver<'_> {
         at: usize,
         d: &ComponentDef,
         (kind, preset): (Kind, Option<String>),
-        defaults: &Defaults,
-        names: &Names<'_>,
+        (defaults, names): (&Defaults, &Names<'_>),
+        implied: &mut Vec<Secret>,
     ) -> Result<Component, ModelError> {
         // Values a preset supplied carry no location: point at the table.
         let pos = |s: &std::ops::Range<usize>| if s.end == 0 { at } else { s.start };
@@ -158,6 +164,16 @@ impl Resolver<'_> {
         let backup = self.volume_backup(&what, d, kind, &mounts, pos)?;
         let files = self.component_files(name, &what, d, pos)?;
         let (secrets, depends_on) = self.component_refs(name, &what, d, names, pos)?;
+        let redis_at = d.redis.as_ref().map_or(at, |r| pos(&r.span()));
+        let redis = self.redis_access(name, &what, d.redis.as_ref(), redis_at, implied)?;
+        if redis.is_some() && !names.redis {
+            return Err(self.err(
+                K::InvalidValue,
+                redis_at,
+                format!("{what} uses Redis, but [infra.redis] is disabled"),
+                "enable [infra.redis] or remove `redis` from the component",
+            ));
+        }
         let user = match &d.user {
             Some(u) => Some(self.user(&what, u, pos(&u.span()))?),
             None => None,
@@ -245,6 +261,7 @@ impl Resolver<'_> {
             cap_add: d.cap_add.clone().unwrap_or_default(),
             metrics,
             settings: d.settings.clone().unwrap_or_default(),
+            redis,
         })
     }
 

@@ -3,7 +3,9 @@
 //! `ComponentDef` a stack.toml holds. The stack's own definition is merged
 //! over the preset, so any field can be overridden.
 
-use super::super::schema::{ComponentDef, ComponentHealthDef, MetricsDef, ResourcesDef};
+use super::super::schema::{
+    ComponentDef, ComponentHealthDef, MetricsDef, RedisAccessDef, RedisUseDef, ResourcesDef,
+};
 use super::super::units::Memory;
 use super::super::{Nginx, Postgres, Redis};
 use crate::model::containers::SECRETS_DIR;
@@ -160,19 +162,31 @@ fn postgres_exporter(cx: &PresetCx<'_>) -> ComponentDef {
     }
 }
 
+/// Its own Redis user (no keys; INFO, CONFIG GET, SLOWLOG and LATENCY
+/// reads: the @dangerous commands an exporter needs, and nothing else), not
+/// the administrator's. The password is read from its file at start.
 fn redis_exporter(cx: &PresetCx<'_>) -> ComponentDef {
-    let (secrets, depends, script) = match cx.redis {
+    let (redis, script) = match cx.redis {
         Some(r) => (
-            vec![r.password_secret.clone()],
-            vec![r.name.clone()],
+            Some(sp(RedisUseDef::Access(RedisAccessDef {
+                keys: Some(vec![]),
+                commands: Some(strings(&["ping", "select", "dbsize"])),
+                dangerous: Some(strings(&[
+                    "info",
+                    "config|get",
+                    "slowlog|get",
+                    "slowlog|len",
+                    "latency|latest",
+                ])),
+                ..Default::default()
+            }))),
             format!(
-                "REDIS_PASSWORD=\"$(cat {SECRETS_DIR}/{})\" exec /usr/bin/prometheus-redis-exporter -redis.addr=redis://{}:{} -web.listen-address=:9121",
-                r.password_secret, r.name, r.port
+                "REDIS_PASSWORD=\"$(cat \"$REDIS_PASSWORD_FILE\")\" exec /usr/bin/prometheus-redis-exporter -redis.addr=redis://{}:{} -redis.user=\"$REDIS_USERNAME\" -web.listen-address=:9121",
+                r.name, r.port
             ),
         ),
         None => (
-            vec![],
-            vec![],
+            None,
             "exec /usr/bin/prometheus-redis-exporter -web.listen-address=:9121".into(),
         ),
     };
@@ -180,8 +194,7 @@ fn redis_exporter(cx: &PresetCx<'_>) -> ComponentDef {
         description: Some("Redis metrics".into()),
         entrypoint: Some(strings(&["/bin/sh", "-c"])),
         command: Some(vec![script]),
-        secrets: Some(spanned(&secrets)),
-        depends_on: Some(spanned(&depends)),
+        redis,
         ..exporter(
             "stackctl/redis-exporter:bookworm",
             9121,

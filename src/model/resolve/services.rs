@@ -169,7 +169,13 @@ impl Resolver<'_> {
                 .unwrap_or_else(|| "/health/ready".into()),
             healthcheck: self.health(d.healthcheck.as_ref(), &defaults.healthcheck),
             postgres: pg.as_ref().map(|p| p.name.clone()),
-            redis: self.service_redis(sname, d, secrets)?,
+            redis: self.redis_access(
+                sname,
+                &format!("service `{sname}`"),
+                d.redis.as_ref(),
+                d.redis.as_ref().map_or(0, |r| r.span().start),
+                secrets,
+            )?,
             debug: d.debug.unwrap_or(false),
             public: d.public.unwrap_or(false),
             args: d.args.clone().unwrap_or_default(),
@@ -180,32 +186,34 @@ impl Resolver<'_> {
         Ok(((sdef, service, refs), pg))
     }
 
-    /// The service's own Redis ACL user: `redis = true` gives the default
-    /// access (its `<name>:` keys and the shared `revoked:` list, reads,
-    /// writes and scripts), a table narrows it.
-    fn service_redis(
+    /// A service's or component's own Redis ACL user (`owner` names it):
+    /// `redis = true` gives the default access (its `<owner>:` keys and the
+    /// shared `revoked:` list, reads, writes and scripts), a table narrows
+    /// it. Its password secret is implied.
+    pub(super) fn redis_access(
         &self,
-        sname: &str,
-        d: &schema::ServiceDef,
+        owner: &str,
+        what: &str,
+        r: Option<&Spanned<schema::RedisUseDef>>,
+        at: usize,
         secrets: &mut Vec<Secret>,
     ) -> Result<Option<RedisAccess>, ModelError> {
         use schema::RedisUseDef as U;
-        let Some(r) = &d.redis else { return Ok(None) };
+        let Some(r) = r else { return Ok(None) };
         let def = match r.get_ref() {
             U::Switch(false) => return Ok(None),
             U::Switch(true) => schema::RedisAccessDef::default(),
             U::Access(a) => a.clone(),
         };
-        let at = r.span().start;
-        if sname == "default" {
+        if owner == "default" {
             return Err(self.err(
                 K::InvalidValue,
                 at,
-                "a service named `default` cannot have its own Redis user (`default` is Redis' administrator)",
-                "rename the service",
+                format!("{what}: a container named `default` cannot have its own Redis user (`default` is Redis' administrator)"),
+                "rename it",
             ));
         }
-        let patterns = |list: Option<Vec<String>>, dflt: Vec<String>, what: &str| {
+        let patterns = |list: Option<Vec<String>>, dflt: Vec<String>, kind: &str| {
             let list = list.unwrap_or(dflt);
             match list
                 .iter()
@@ -214,51 +222,63 @@ impl Resolver<'_> {
                 Some(bad) => Err(self.err(
                     K::InvalidValue,
                     at,
-                    format!("service `{sname}`: Redis {what} pattern `{bad}` is not valid"),
-                    "use a glob without spaces, e.g. \"my-service:*\"",
+                    format!("{what}: Redis {kind} pattern `{bad}` is not valid"),
+                    format!("use a glob without spaces, e.g. \"{owner}:*\""),
                 )),
                 None => Ok(list),
             }
         };
         let keys = patterns(
             def.keys,
-            vec![format!("{sname}:*"), "revoked:*".into()],
+            vec![format!("{owner}:*"), "revoked:*".into()],
             "key",
         )?;
         let read = patterns(def.read, vec![], "read")?;
         let write = patterns(def.write, vec![], "write")?;
+        let is_command = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'|' || b == b'-' || b == b'_')
+        };
         let commands = def
             .commands
             .unwrap_or_else(|| ["@read", "@write", "@scripting"].map(String::from).to_vec());
-        if let Some(bad) = commands.iter().find(|c| {
-            let name = c.strip_prefix('@').unwrap_or(c);
-            name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'|' || b == b'-' || b == b'_')
-        }) {
+        if let Some(bad) = commands
+            .iter()
+            .find(|c| !is_command(c.strip_prefix('@').unwrap_or(c)))
+        {
             return Err(self.err(
                 K::InvalidValue,
                 at,
-                format!("service `{sname}`: `{bad}` is not a Redis command or @category"),
+                format!("{what}: `{bad}` is not a Redis command or @category"),
                 "name commands (\"get\", \"script|load\") or categories (\"@read\"); @dangerous ones are always off",
             ));
         }
-        let password_secret = format!("redis-{sname}-password");
+        let dangerous = def.dangerous.unwrap_or_default();
+        if let Some(bad) = dangerous.iter().find(|c| !is_command(c)) {
+            return Err(self.err(
+                K::InvalidValue,
+                at,
+                format!("{what}: `{bad}` in `dangerous` is not a Redis command"),
+                "name each @dangerous command it needs (\"info\", \"config|get\"); categories are not allowed there",
+            ));
+        }
+        let password_secret = format!("redis-{owner}-password");
         imply(
             secrets,
             &password_secret,
             SecretKind::Password,
             None,
-            &format!("password of {sname}'s own Redis user"),
+            &format!("password of {owner}'s own Redis user"),
         );
         Ok(Some(RedisAccess {
-            user: sname.to_string(),
+            user: owner.to_string(),
             password_secret,
             keys,
             read,
             write,
             commands,
+            dangerous,
         }))
     }
 

@@ -16,7 +16,15 @@ impl Resolver<'_> {
     ) -> Result<Option<Redis>, ModelError> {
         let def = f.infra.redis.clone().unwrap_or_default();
         let user = services.iter().find(|(_, s, _)| s.redis.is_some());
-        if !def.enabled.unwrap_or(user.is_some()) {
+        // A component of the stack's own with a Redis user wants it too.
+        let component_user = super::components::enabled(&f.components).any(|n| {
+            f.components[&n]
+                .get_ref()
+                .redis
+                .as_ref()
+                .is_some_and(|r| *r.get_ref() != schema::RedisUseDef::Switch(false))
+        });
+        if !def.enabled.unwrap_or(user.is_some() || component_user) {
             if let Some((sdef, s, _)) = user {
                 return Err(self.err(
                     K::InvalidValue,
@@ -37,14 +45,14 @@ impl Resolver<'_> {
             &password_secret,
             SecretKind::Password,
             None,
-            "password of Redis' administrator (`default`: health check, exporter, backups)",
+            "password of Redis' administrator (`default`: health check, backups)",
         );
         imply(
             secrets,
             &acl_secret,
             SecretKind::RedisAcl,
             Some(&password_secret),
-            "Redis ACL file: the administrator and one user per service, derived from stack.toml",
+            "Redis ACL file: the administrator and one user per service or component using Redis, derived from stack.toml",
         );
         Ok(Some(Redis {
             name: "redis".into(),
