@@ -292,6 +292,7 @@ fn day_one_path_on_the_real_engine() {
     assert_eq!(own, "OK");
 
     monitoring_sees_everything_and_alerts_reach_alertmanager();
+    only_prometheus_of_the_monitoring_side_reaches_the_services();
 
     // Plain HTTP is redirected to HTTPS.
     let r = reqwest::blocking::Client::builder()
@@ -405,6 +406,67 @@ fn from_inside(container: &str, url: &str) -> serde_json::Value {
     let name = format!("{PROJECT}-{container}-1");
     let out = docker_ok(&["exec", &name, "wget", "-qO-", url]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
+}
+
+/// The services are not on the monitoring network: Alertmanager (there, like
+/// Grafana, the exporters and logging) cannot even resolve them, while
+/// Prometheus scrapes them all (checked above). A container that does share
+/// their network (the PostgreSQL exporter) is refused when it forges an
+/// identity header.
+fn only_prometheus_of_the_monitoring_side_reaches_the_services() {
+    let url = "http://ai-assistant:8000/health/live";
+    let from_alertmanager = sc(&[
+        "exec",
+        "alertmanager",
+        "--",
+        "wget",
+        "-q",
+        "-T",
+        "3",
+        "-O-",
+        url,
+    ]);
+    assert_ne!(
+        from_alertmanager.status.code(),
+        Some(0),
+        "alertmanager reached the ai-assistant: {}",
+        stdout(&from_alertmanager)
+    );
+    let from_prometheus = sc(&[
+        "exec",
+        "prometheus",
+        "--",
+        "wget",
+        "-q",
+        "-T",
+        "3",
+        "-O-",
+        url,
+    ]);
+    assert_eq!(
+        from_prometheus.status.code(),
+        Some(0),
+        "{}",
+        stderr(&from_prometheus)
+    );
+    let forged = sc(&[
+        "exec",
+        "postgres-exporter",
+        "--",
+        "wget",
+        "-S",
+        "-T",
+        "5",
+        "-O-",
+        "--header",
+        "X-User-Id: 00000000-0000-0000-0000-000000000001",
+        "http://ai-assistant:8000/conversations",
+    ]);
+    let text = format!("{}{}", stdout(&forged), stderr(&forged));
+    assert!(
+        text.contains(" 401 "),
+        "a forged X-User-Id was not refused: {text}"
+    );
 }
 
 /// The air-gapped monitoring stack: Prometheus scrapes every service and

@@ -435,8 +435,14 @@ fn the_repo_stack_gets_autoscalers_statefulsets_ingress_and_network_isolation() 
     let frontend = get("NetworkPolicy", "network-frontend");
     assert!(frontend["spec"]["egress"].to_string().contains("0.0.0.0/0"));
     let gw_labels = &get("Deployment", "api-gateway")["spec"]["template"]["metadata"]["labels"];
-    for n in ["frontend", "backend", "monitoring"] {
+    for n in ["frontend", "backend"] {
         assert_eq!(gw_labels[format!("stackctl.io/network-{n}")], "true");
+    }
+    // The services are off the monitoring network; Prometheus joins theirs.
+    assert!(gw_labels.get("stackctl.io/network-monitoring").is_none());
+    let prom_labels = &get("Deployment", "prometheus")["spec"]["template"]["metadata"]["labels"];
+    for n in ["monitoring", "backend"] {
+        assert_eq!(prom_labels[format!("stackctl.io/network-{n}")], "true");
     }
     let db_labels = &get("StatefulSet", "postgres-ai")["spec"]["template"]["metadata"]["labels"];
     assert!(db_labels.get("stackctl.io/network-frontend").is_none());

@@ -191,6 +191,21 @@ impl Nets {
 
 /// Declares a secret stackctl needs (a database password, the TLS pair),
 /// unless stack.toml declares it already.
+/// Prometheus joins, besides its own, a network of each target it shares
+/// none with (an `internal` one first), so the services need not sit on the
+/// monitoring network beside Grafana, the exporters and logging: Prometheus
+/// is the only monitoring container that reaches them.
+fn scrape_networks(prometheus: &mut Vec<String>, targets: &[Vec<String>], all: &[Network]) {
+    for t in targets {
+        if t.is_empty() || t.iter().any(|n| prometheus.contains(n)) {
+            continue;
+        }
+        let internal = |n: &&String| all.iter().any(|a| &a.name == *n && a.internal);
+        let join = t.iter().find(internal).unwrap_or(&t[0]);
+        prometheus.push(join.clone());
+    }
+}
+
 fn imply(secrets: &mut Vec<Secret>, name: &str, kind: SecretKind, from: Option<&str>, what: &str) {
     if !secrets.iter().any(|s| s.name == name) {
         secrets.push(Secret {
@@ -375,6 +390,22 @@ impl Resolver<'_> {
             backend: nets.first("backend"),
         };
         components.extend(self.components(&f.components, &cx, &defaults, &cnames, &mut secrets)?);
+        if let Some(m) = &monitoring {
+            let targets = services
+                .iter()
+                .map(|(_, s, _)| &s.networks)
+                .chain(
+                    components
+                        .iter()
+                        .filter(|c| c.metrics.is_some())
+                        .map(|c| &c.networks),
+                )
+                .cloned()
+                .collect::<Vec<_>>();
+            if let Some(p) = components.iter_mut().find(|c| c.name == m.prometheus.name) {
+                scrape_networks(&mut p.networks, &targets, &networks);
+            }
+        }
         self.check_cycles(&services, &components, &f.components)?;
         self.check_secrets(&f, &services, &secrets)?;
         self.check_names(&f, &services, &components)?;
