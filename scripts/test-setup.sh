@@ -10,7 +10,7 @@ REDIS_PORT=6379
 need_apt=()
 for pair in psql:postgresql pg_ctlcluster:postgresql-common redis-server:redis-server nginx:nginx-light \
             promtool:prometheus amtool:prometheus-alertmanager openssl:openssl docker-compose:docker-compose debootstrap:debootstrap \
-            docker-registry:docker-registry curl:curl; do
+            docker-registry:docker-registry curl:curl haproxy:haproxy; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done

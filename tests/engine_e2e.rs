@@ -293,6 +293,7 @@ fn day_one_path_on_the_real_engine() {
 
     monitoring_sees_everything_and_alerts_reach_alertmanager();
     only_prometheus_of_the_monitoring_side_reaches_the_services();
+    the_docker_api_proxy_passes_only_reads();
 
     // Plain HTTP is redirected to HTTPS.
     let r = reqwest::blocking::Client::builder()
@@ -467,6 +468,82 @@ fn only_prometheus_of_the_monitoring_side_reaches_the_services() {
         text.contains(" 401 "),
         "a forged X-User-Id was not refused: {text}"
     );
+}
+
+/// Filebeat's view of the engine: through the proxy on its own network, the
+/// container list and an inspection answer; creating a container, exec,
+/// archives, secrets, images and the engine's info are refused (403), and no
+/// container but the proxy mounts the socket. (Filebeat itself is a
+/// registry image, skipped here; a helper on the proxy's network stands in.)
+fn the_docker_api_proxy_passes_only_reads() {
+    let net = format!("{PROJECT}-docker-api");
+    let call = |args: &[&str]| -> String {
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--network",
+            &net,
+            "--entrypoint",
+            "wget",
+            "stackctl/docker-api-proxy:bookworm",
+            "-S",
+            "-T",
+            "5",
+            "-O-",
+        ];
+        all.extend_from_slice(args);
+        let o = std::process::Command::new("docker")
+            .args(&all)
+            .output()
+            .expect("docker run");
+        format!("{}{}", stdout(&o), stderr(&o))
+    };
+    let api = "http://docker-api:2375";
+    let list = call(&[&format!("{api}/v1.41/containers/json")]);
+    assert!(list.contains(" 200 ") && list.contains(PROJECT), "{list}");
+    let gw = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.Id}}",
+        &format!("{PROJECT}-api-gateway-1"),
+    ]);
+    let one = call(&[&format!("{api}/containers/{}/json", gw.trim())]);
+    assert!(one.contains(" 200 "), "{one}");
+    for refused in [
+        vec![
+            "--post-data={}".to_string(),
+            format!("{api}/containers/create"),
+        ],
+        vec![
+            "--post-data={\"Cmd\":[\"id\"]}".to_string(),
+            format!("{api}/containers/{}/exec", gw.trim()),
+        ],
+        vec![format!(
+            "{api}/containers/{}/archive?path=/run/secrets",
+            gw.trim()
+        )],
+        vec![format!("{api}/secrets")],
+        vec![format!("{api}/images/json")],
+        vec![format!("{api}/info")],
+        vec![format!("{api}/containers/%2e%2e/info")],
+    ] {
+        let args: Vec<&str> = refused.iter().map(String::as_str).collect();
+        let reply = call(&args);
+        assert!(
+            reply.contains(" 403 "),
+            "{refused:?} was not refused: {reply}"
+        );
+    }
+    let sockets = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("label=io.stackctl.project={PROJECT}"),
+        "--filter",
+        "volume=/var/run/docker.sock",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(sockets.trim(), format!("{PROJECT}-docker-api-1"));
 }
 
 /// The air-gapped monitoring stack: Prometheus scrapes every service and

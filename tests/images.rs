@@ -1172,6 +1172,13 @@ async fn every_builtin_image_builds_in_parallel_and_runs_as_its_user() {
             "PgBouncer",
         ),
         (
+            "stackctl/docker-api-proxy:bookworm",
+            None,
+            vec!["-v"],
+            "0",
+            "HAProxy version",
+        ),
+        (
             "stackctl-images-test/jq:bookworm",
             Some(&["jq"]),
             vec!["--version"],

@@ -328,6 +328,50 @@ fn hadolint_finds_no_errors_in_the_dockerfiles() {
     check(&mut cmd, "hadolint");
 }
 
+/// Filebeat reads the log files read-only and asks the Docker API proxy
+/// (HAProxy, whose config `haproxy -c` accepts) for metadata: only the proxy
+/// mounts the socket, and it shares its internal network with Filebeat alone.
+#[test]
+fn only_the_docker_api_proxy_holds_the_socket() {
+    let (p, out) = rendered(".", &[]);
+    let cfg = out.join("components/docker-api/haproxy.cfg");
+    let said = check(
+        Command::new(tool("haproxy")).arg("-c").arg("-f").arg(&cfg),
+        "haproxy -c",
+    );
+    assert!(said.contains("valid"), "{said}");
+    let o = p.run(&["config", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let comps = v["components"].as_array().unwrap();
+    let socket_holders: Vec<&str> = comps
+        .iter()
+        .filter(|c| c["mounts"].to_string().contains("docker.sock"))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(socket_holders, ["docker-api"]);
+    let on_api_net: Vec<&str> = comps
+        .iter()
+        .filter(|c| c["networks"].to_string().contains("\"docker-api\""))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(on_api_net, ["docker-api", "filebeat"]);
+    let net = v["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "docker-api")
+        .unwrap();
+    assert_eq!(net["internal"], true);
+    let fb = std::fs::read_to_string(out.join("filebeat/filebeat.yml")).unwrap();
+    assert!(!fb.contains("docker.sock"), "{fb}");
+    assert_eq!(
+        fb.matches("host: \"tcp://docker-api:2375\"").count(),
+        2,
+        "{fb}"
+    );
+}
+
 #[test]
 fn nginx_accepts_the_rendered_config() {
     let nginx = tool("nginx");

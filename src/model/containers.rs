@@ -17,6 +17,8 @@ pub enum Kind {
     Elasticsearch,
     Kibana,
     Filebeat,
+    /// The read-only Docker API proxy Filebeat asks for container metadata.
+    DockerApi,
     /// A `[components.NAME]` container.
     Component,
 }
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Elasticsearch => "elasticsearch",
             Kind::Kibana => "kibana",
             Kind::Filebeat => "filebeat",
+            Kind::DockerApi => "docker-api",
             Kind::Component => "component",
         }
     }
@@ -44,7 +47,7 @@ impl Kind {
             Kind::Postgres | Kind::Redis => "data",
             Kind::Nginx => "edge",
             Kind::Prometheus | Kind::Grafana => "monitoring",
-            Kind::Elasticsearch | Kind::Kibana | Kind::Filebeat => "logging",
+            Kind::Elasticsearch | Kind::Kibana | Kind::Filebeat | Kind::DockerApi => "logging",
         }
     }
 }

@@ -409,6 +409,10 @@ pub struct Logging {
     pub elasticsearch: Addon,
     pub kibana: Addon,
     pub filebeat: Addon,
+    /// The read-only Docker API proxy (Filebeat's container metadata),
+    /// alone with Filebeat on `docker_api_network`.
+    pub docker_api: Addon,
+    pub docker_api_network: String,
     pub retention: Duration,
 }
 

@@ -189,8 +189,6 @@ impl Nets {
     }
 }
 
-/// Declares a secret stackctl needs (a database password, the TLS pair),
-/// unless stack.toml declares it already.
 /// Prometheus joins, besides its own, a network of each target it shares
 /// none with (an `internal` one first), so the services need not sit on the
 /// monitoring network beside Grafana, the exporters and logging: Prometheus
@@ -206,6 +204,8 @@ fn scrape_networks(prometheus: &mut Vec<String>, targets: &[Vec<String>], all: &
     }
 }
 
+/// Declares a secret stackctl needs (a database password, the TLS pair),
+/// unless stack.toml declares it already.
 fn imply(secrets: &mut Vec<Secret>, name: &str, kind: SecretKind, from: Option<&str>, what: &str) {
     if !secrets.iter().any(|s| s.name == name) {
         secrets.push(Secret {
@@ -320,8 +320,8 @@ impl Resolver<'_> {
     ) -> Result<Stack, ModelError> {
         let (name, tag) = self.header(&f)?;
         let defaults = self.defaults(&f.defaults)?;
-        let networks = self.networks(&f)?;
-        let nets = Nets(networks.iter().map(|n| n.name.clone()).collect());
+        let mut networks = self.networks(&f)?;
+        let mut nets = Nets(networks.iter().map(|n| n.name.clone()).collect());
         let mut secrets = self.declared_secrets(&f)?;
 
         // Application services (a disabled one is left out).
@@ -360,6 +360,18 @@ impl Resolver<'_> {
             .map(|m| m.network.clone())
             .unwrap_or_else(|| nets.first("monitoring"));
         let logging = self.logging(&f.logging, monitoring_net.clone(), &defaults)?;
+        if let Some(l) = &logging {
+            if !nets.0.contains(&l.docker_api_network) {
+                networks.push(Network {
+                    name: l.docker_api_network.clone(),
+                    internal: true,
+                    description: Some(
+                        "Filebeat and the read-only Docker API proxy, no one else".into(),
+                    ),
+                });
+                nets.0.push(l.docker_api_network.clone());
+            }
+        }
         let infra = infra::infra(&infra::Infra {
             postgres: &postgres,
             redis: redis.as_ref(),

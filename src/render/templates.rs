@@ -113,6 +113,10 @@ pub fn context(stack: &Stack, layout: &Layout) -> Result<tera::Context> {
             "log_retention_days",
             &(l.retention.millis() / 86_400_000).max(1),
         );
+        c.insert(
+            "docker_api_url",
+            &format!("tcp://{}:{}", l.docker_api.name, l.docker_api.port),
+        );
     }
     Ok(c)
 }

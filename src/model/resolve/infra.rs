@@ -58,6 +58,7 @@ pub fn infra(i: &Infra<'_>) -> Vec<InfraContainer> {
     if let Some(l) = i.logging {
         push(&l.elasticsearch.name, Kind::Elasticsearch, elasticsearch(l));
         push(&l.kibana.name, Kind::Kibana, kibana(l));
+        push(&l.docker_api.name, Kind::DockerApi, docker_api(l));
         push(&l.filebeat.name, Kind::Filebeat, filebeat(l));
     }
     out
@@ -308,6 +309,40 @@ fn kibana(l: &Logging) -> ComponentDef {
     }
 }
 
+/// The Docker socket behind HAProxy, passing on only GETs of the engine's
+/// version, the container list, one container's inspection and the event
+/// stream (the metadata Filebeat adds to each line); 403 for anything else.
+/// Only Filebeat shares its network. It connects to the socket as root,
+/// without any capability.
+fn docker_api(l: &Logging) -> ComponentDef {
+    let d = &l.docker_api;
+    let mut files = indexmap::IndexMap::new();
+    files.insert(
+        "/usr/local/etc/haproxy/haproxy.cfg".to_string(),
+        sp("docker-api-haproxy.cfg.tera".to_string()),
+    );
+    ComponentDef {
+        description: Some("the Docker API, read-only, for Filebeat's container metadata".into()),
+        port: Some(sp(d.port)),
+        volumes: Some(spanned(&strings(&[
+            "/var/run/docker.sock:/var/run/docker.sock:ro",
+        ]))),
+        files: Some(files),
+        user: Some(sp("0:0".into())),
+        healthcheck: shell(format!(
+            "wget -q -O /dev/null http://127.0.0.1:{}/_ping",
+            d.port
+        )),
+        ..base(
+            &d.image,
+            &d.resources,
+            std::slice::from_ref(&l.docker_api_network),
+        )
+    }
+}
+
+/// Reads the containers' log files from a read-only mount (root: they are
+/// root's) and asks the Docker API proxy, not the socket, who wrote them.
 fn filebeat(l: &Logging) -> ComponentDef {
     let f = &l.filebeat;
     ComponentDef {
@@ -315,7 +350,6 @@ fn filebeat(l: &Logging) -> ComponentDef {
         command: Some(strings(&["filebeat", "-e", "--strict.perms=false"])),
         volumes: Some(spanned(&strings(&[
             "/var/lib/docker/containers:/var/lib/docker/containers:ro",
-            "/var/run/docker.sock:/var/run/docker.sock:ro",
             "filebeat-data:/usr/share/filebeat/data",
         ]))),
         rendered: rendered(&[
@@ -327,8 +361,15 @@ fn filebeat(l: &Logging) -> ComponentDef {
         ]),
         // Reading other containers' log files needs root; it keeps no capabilities.
         user: Some(sp("0:0".into())),
-        depends_on: Some(vec![sp(l.elasticsearch.name.clone())]),
+        depends_on: Some(vec![
+            sp(l.elasticsearch.name.clone()),
+            sp(l.docker_api.name.clone()),
+        ]),
         healthcheck: command(strings(&["filebeat", "test", "output"])),
-        ..base(&f.image, &f.resources, std::slice::from_ref(&l.network))
+        ..base(
+            &f.image,
+            &f.resources,
+            &[l.network.clone(), l.docker_api_network.clone()],
+        )
     }
 }

@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// The network of the Docker API proxy and Filebeat, and no one else
+/// (declared by stackctl, internal, unless stack.toml declares it).
+pub(super) const DOCKER_API_NETWORK: &str = "docker-api";
+
 impl Resolver<'_> {
     pub(super) fn redis(
         &self,
@@ -308,6 +312,22 @@ impl Resolver<'_> {
                 "docker.elastic.co/beats/filebeat:8.15.0",
                 5066,
             )?,
+            docker_api: Addon {
+                name: "docker-api".into(),
+                image: ImageSource::Debian {
+                    image: "stackctl/docker-api-proxy:bookworm".into(),
+                },
+                port: 2375,
+                resources: Resources {
+                    memory: Memory(64 * 1024 * 1024),
+                    cpus: 0.1,
+                    reserve_memory: Memory(32 * 1024 * 1024),
+                    reserve_cpus: 0.05,
+                    pids: defaults.resources.pids,
+                },
+                admin_password_secret: None,
+            },
+            docker_api_network: DOCKER_API_NETWORK.into(),
             retention: l.retention.unwrap_or(Duration::from_secs(7 * 86_400)),
         }))
     }
