@@ -372,6 +372,73 @@ fn only_the_docker_api_proxy_holds_the_socket() {
     );
 }
 
+/// Elasticsearch and Kibana always ask for a login: security on, the
+/// administrator's password from its file, Kibana and Filebeat each with
+/// their own user whose password is read from a file at start (never in
+/// the environment Docker records), Filebeat's role writes logs only.
+#[test]
+fn elasticsearch_and_kibana_need_a_login() {
+    let (p, out) = rendered(".", &[]);
+    let o = p.run(&["config", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let comp = |name: &str| {
+        v["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    let es = comp("elasticsearch");
+    assert_eq!(es["env"]["xpack.security.enabled"], "true");
+    assert_eq!(
+        es["env"]["ELASTIC_PASSWORD_FILE"],
+        "/run/secrets/elasticsearch-password"
+    );
+    let start = es["command"][0].as_str().unwrap();
+    assert!(
+        start.contains(
+            "useradd kibana -p \"$(cat /run/secrets/kibana-es-password)\" -r kibana_system"
+        ),
+        "{start}"
+    );
+    assert!(start.contains("useradd filebeat -p \"$(cat /run/secrets/filebeat-es-password)\" -r stackctl_logs_writer"), "{start}");
+    assert!(
+        es["healthcheck"].to_string().contains("-u \\\"elastic:"),
+        "{}",
+        es["healthcheck"]
+    );
+    let kibana = comp("kibana");
+    assert_eq!(kibana["env"]["ELASTICSEARCH_USERNAME"], "kibana");
+    for c in [&es, &kibana, &comp("filebeat")] {
+        let env = c["env"].as_object().unwrap();
+        assert!(
+            env.keys()
+                .all(|k| !k.contains("PASSWORD") || k.ends_with("_FILE")),
+            "{}: a password in its environment: {env:?}",
+            c["name"]
+        );
+    }
+    let fb = std::fs::read_to_string(out.join("filebeat/filebeat.yml")).unwrap();
+    assert!(
+        fb.contains("username: \"filebeat\"") && fb.contains("password: \"${ES_PASSWORD}\""),
+        "{fb}"
+    );
+    let roles = std::fs::read_to_string(out.join("elasticsearch/roles.yml")).unwrap();
+    let writer = roles
+        .split("stackctl_logs_writer:")
+        .nth(1)
+        .expect("the writer role");
+    for wide in ["\"all\"", "\"read\"", "\"delete", "\"manage\"", "\"write\""] {
+        assert!(
+            !writer.contains(wide),
+            "the writer role grants {wide}: {roles}"
+        );
+    }
+}
+
 #[test]
 fn nginx_accepts_the_rendered_config() {
     let nginx = tool("nginx");

@@ -413,8 +413,20 @@ pub struct Logging {
     /// alone with Filebeat on `docker_api_network`.
     pub docker_api: Addon,
     pub docker_api_network: String,
+    /// Elasticsearch's users, each password a secret: `elastic` (the
+    /// administrator, for people), Kibana's and Filebeat's own.
+    pub elastic_password_secret: String,
+    pub kibana_password_secret: String,
+    pub filebeat_password_secret: String,
     pub retention: Duration,
 }
+
+/// The Elasticsearch role Filebeat writes with (in the rendered roles.yml).
+pub const LOGS_WRITER_ROLE: &str = "stackctl_logs_writer";
+/// Kibana's and Filebeat's own Elasticsearch users (file realm, made by
+/// Elasticsearch's start from their password secrets).
+pub const ES_KIBANA_USER: &str = "kibana";
+pub const ES_FILEBEAT_USER: &str = "filebeat";
 
 /// Where a component's image comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

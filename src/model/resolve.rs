@@ -359,7 +359,7 @@ impl Resolver<'_> {
             .as_ref()
             .map(|m| m.network.clone())
             .unwrap_or_else(|| nets.first("monitoring"));
-        let logging = self.logging(&f.logging, monitoring_net.clone(), &defaults)?;
+        let logging = self.logging(&f.logging, monitoring_net.clone(), &defaults, &mut secrets)?;
         if let Some(l) = &logging {
             if !nets.0.contains(&l.docker_api_network) {
                 networks.push(Network {

@@ -222,6 +222,10 @@ pub fn render(stack: &Stack, layout: &Layout) -> Result<Artifacts> {
             "filebeat/ilm-policy.json",
             t.render("filebeat-ilm-policy.json.tera", &ctx)?,
         );
+        a.add(
+            "elasticsearch/roles.yml",
+            t.render("elasticsearch-roles.yml.tera", &ctx)?,
+        );
     }
 
     // The scratch images need a CA bundle; the host's is copied next to them.

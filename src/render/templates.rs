@@ -113,6 +113,8 @@ pub fn context(stack: &Stack, layout: &Layout) -> Result<tera::Context> {
             "log_retention_days",
             &(l.retention.millis() / 86_400_000).max(1),
         );
+        c.insert("filebeat_es_user", crate::model::ES_FILEBEAT_USER);
+        c.insert("logs_writer_role", crate::model::LOGS_WRITER_ROLE);
         c.insert(
             "docker_api_url",
             &format!("tcp://{}:{}", l.docker_api.name, l.docker_api.port),

@@ -5,9 +5,12 @@
 //! container each one runs is the `ComponentDef` written here, and a
 //! `[components.NAME]` table of the same name is merged over it.
 
-use super::super::containers::{http_probe, Kind, SECRETS_DIR};
+use super::super::containers::{Kind, SECRETS_DIR};
 use super::super::schema::{ComponentDef, ComponentHealthDef, ResourcesDef};
-use super::super::{Addon, ImageSource, Logging, Monitoring, Nginx, Postgres, Redis, Resources};
+use super::super::{
+    Addon, ImageSource, Logging, Monitoring, Nginx, Postgres, Redis, Resources, ES_FILEBEAT_USER,
+    ES_KIBANA_USER, LOGS_WRITER_ROLE,
+};
 use super::presets::{sp, spanned, strings};
 
 /// One infrastructure container: its name, kind and definition.
@@ -266,30 +269,67 @@ fn grafana(g: &Addon, prometheus: &str, network: &str) -> ComponentDef {
     }
 }
 
+/// Security on, always: every request needs a user. `elastic` (the
+/// administrator, for people) gets its password from its secret file; at
+/// each start, before Elasticsearch itself, its own tool writes Kibana's and
+/// Filebeat's users into the file realm from their password secrets (the
+/// hashes are Elasticsearch's own), with Filebeat's write-only role from
+/// the rendered roles.yml. HTTP stays plain on the stack's network.
 fn elasticsearch(l: &Logging) -> ComponentDef {
     let es = &l.elasticsearch;
     let heap = (es.resources.memory.mib() / 2).max(256);
     let env = [
         ("discovery.type", "single-node".to_string()),
-        ("xpack.security.enabled", "false".into()),
+        ("xpack.security.enabled", "true".into()),
+        ("xpack.security.http.ssl.enabled", "false".into()),
+        ("xpack.security.transport.ssl.enabled", "false".into()),
+        (
+            "ELASTIC_PASSWORD_FILE",
+            format!("{SECRETS_DIR}/{}", l.elastic_password_secret),
+        ),
         ("ES_JAVA_OPTS", format!("-Xms{heap}m -Xmx{heap}m")),
     ];
-    let probe =
-        http_probe("'http://127.0.0.1:9200/_cluster/health?wait_for_status=yellow&timeout=5s'");
+    let user = |name: &str, secret: &str, role: &str| {
+        format!(
+            "bin/elasticsearch-users userdel {name} >/dev/null 2>&1 || true; \
+             bin/elasticsearch-users useradd {name} -p \"$(cat {SECRETS_DIR}/{secret})\" -r {role}; "
+        )
+    };
+    let start = format!(
+        "set -e; cd /usr/share/elasticsearch; {}{}exec /bin/tini -- /usr/local/bin/docker-entrypoint.sh eswrapper",
+        user(ES_KIBANA_USER, &l.kibana_password_secret, "kibana_system"),
+        user(ES_FILEBEAT_USER, &l.filebeat_password_secret, LOGS_WRITER_ROLE),
+    );
     ComponentDef {
-        description: Some("log store".into()),
+        description: Some("log store (security on: every request needs a user)".into()),
         env: Some(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        entrypoint: Some(strings(&["/bin/sh", "-c"])),
+        command: Some(vec![start]),
+        secrets: Some(spanned(&[
+            l.elastic_password_secret.clone(),
+            l.kibana_password_secret.clone(),
+            l.filebeat_password_secret.clone(),
+        ])),
         ports: Some(spanned(&[format!("{}:9200", es.port)])),
         volumes: Some(spanned(&strings(&[
             "elasticsearch-data:/usr/share/elasticsearch/data",
         ]))),
+        rendered: rendered(&[(
+            "elasticsearch/roles.yml",
+            "/usr/share/elasticsearch/config/roles.yml",
+        )]),
         read_only: Some(false),
         user: Some(sp("1000:0".into())),
-        healthcheck: shell(probe[1].clone()),
+        healthcheck: shell(format!(
+            "curl -fsS -o /dev/null -u \"elastic:$(cat {SECRETS_DIR}/{})\" 'http://127.0.0.1:9200/_cluster/health?wait_for_status=yellow&timeout=5s'",
+            l.elastic_password_secret
+        )),
         ..base(&es.image, &es.resources, std::slice::from_ref(&l.network))
     }
 }
 
+/// Logs in to Elasticsearch as its own user (role kibana_system), the
+/// password read from its file at start; people log in as `elastic`.
 fn kibana(l: &Logging) -> ComponentDef {
     let k = &l.kibana;
     let mut env = std::collections::BTreeMap::new();
@@ -297,14 +337,24 @@ fn kibana(l: &Logging) -> ComponentDef {
         "ELASTICSEARCH_HOSTS".to_string(),
         format!("http://{}:9200", l.elasticsearch.name),
     );
+    env.insert("ELASTICSEARCH_USERNAME".into(), ES_KIBANA_USER.into());
     ComponentDef {
-        description: Some("log search UI".into()),
+        description: Some("log search UI (log in as elastic)".into()),
         env: Some(env),
+        entrypoint: Some(strings(&["/bin/sh", "-c"])),
+        command: Some(vec![format!(
+            "ELASTICSEARCH_PASSWORD=\"$(cat {SECRETS_DIR}/{})\" exec /bin/tini -- /usr/local/bin/kibana-docker",
+            l.kibana_password_secret
+        )]),
+        secrets: Some(spanned(std::slice::from_ref(&l.kibana_password_secret))),
         ports: Some(spanned(&[format!("{}:5601", k.port)])),
         read_only: Some(false),
         user: Some(sp("1000:0".into())),
         depends_on: Some(vec![sp(l.elasticsearch.name.clone())]),
-        healthcheck: http("/api/status", 5601),
+        // Ready when it answers at all: 200, or 401 (it asks for a login).
+        healthcheck: shell(
+            "code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5601/api/status); [ \"$code\" = 200 ] || [ \"$code\" = 401 ]".into(),
+        ),
         ..base(&k.image, &k.resources, std::slice::from_ref(&l.network))
     }
 }
@@ -345,9 +395,18 @@ fn docker_api(l: &Logging) -> ComponentDef {
 /// root's) and asks the Docker API proxy, not the socket, who wrote them.
 fn filebeat(l: &Logging) -> ComponentDef {
     let f = &l.filebeat;
+    // Its own Elasticsearch user's password, read from its file (filebeat.yml names ${ES_PASSWORD}).
+    let password = format!(
+        "ES_PASSWORD=\"$(cat {SECRETS_DIR}/{})\"",
+        l.filebeat_password_secret
+    );
     ComponentDef {
         description: Some("ships the containers' logs to Elasticsearch".into()),
-        command: Some(strings(&["filebeat", "-e", "--strict.perms=false"])),
+        entrypoint: Some(strings(&["/bin/sh", "-c"])),
+        command: Some(vec![format!(
+            "{password} exec /usr/bin/tini -s -- filebeat -e --strict.perms=false"
+        )]),
+        secrets: Some(spanned(std::slice::from_ref(&l.filebeat_password_secret))),
         volumes: Some(spanned(&strings(&[
             "/var/lib/docker/containers:/var/lib/docker/containers:ro",
             "filebeat-data:/usr/share/filebeat/data",
@@ -365,7 +424,7 @@ fn filebeat(l: &Logging) -> ComponentDef {
             sp(l.elasticsearch.name.clone()),
             sp(l.docker_api.name.clone()),
         ]),
-        healthcheck: command(strings(&["filebeat", "test", "output"])),
+        healthcheck: shell(format!("{password} filebeat test output")),
         ..base(
             &f.image,
             &f.resources,

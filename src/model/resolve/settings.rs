@@ -280,9 +280,27 @@ impl Resolver<'_> {
         l: &schema::LoggingDef,
         network: String,
         defaults: &Defaults,
+        secrets: &mut Vec<Secret>,
     ) -> Result<Option<Logging>, ModelError> {
         if !l.enabled.unwrap_or(true) {
             return Ok(None);
+        }
+        let users = [
+            (
+                "elasticsearch-password",
+                "password of Elasticsearch's administrator `elastic` (Kibana's login)",
+            ),
+            (
+                "kibana-es-password",
+                "password of Kibana's own Elasticsearch user (role kibana_system)",
+            ),
+            (
+                "filebeat-es-password",
+                "password of Filebeat's own Elasticsearch user (writes the logs, nothing else)",
+            ),
+        ];
+        for (name, what) in users {
+            imply(secrets, name, SecretKind::Password, None, what);
         }
         // The parts of the Elastic stack are always there together.
         let part = |def: Option<&schema::AddonDef>, name: &str, image: &str, port: u16| {
@@ -328,6 +346,9 @@ impl Resolver<'_> {
                 admin_password_secret: None,
             },
             docker_api_network: DOCKER_API_NETWORK.into(),
+            elastic_password_secret: users[0].0.into(),
+            kibana_password_secret: users[1].0.into(),
+            filebeat_password_secret: users[2].0.into(),
             retention: l.retention.unwrap_or(Duration::from_secs(7 * 86_400)),
         }))
     }
