@@ -191,6 +191,8 @@ fn day_one_path_on_the_real_engine() {
     let (code, me) = api("GET", "/me", Some(&token), serde_json::Value::Null);
     assert_eq!(code, 200, "{me}");
     assert_eq!(me["email"].as_str(), Some(email), "{me}");
+    revocation_reaches_the_gateway_at_once(email);
+    a_login_burst_leaves_user_management_running(email);
     // What 1C users come for, through Nginx and the gateway, as the first admin.
     let admin_pw = std::fs::read_to_string(repo().join("secrets/admin-password")).unwrap();
     let (code, login) = api(
@@ -407,6 +409,98 @@ fn from_inside(container: &str, url: &str) -> serde_json::Value {
     let name = format!("{PROJECT}-{container}-1");
     let out = docker_ok(&["exec", &name, "wget", "-qO-", url]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
+}
+
+/// A logout revokes the session everywhere at once: the very next request
+/// with the same access token is refused by the gateway (on its way to
+/// another service, so user-management's own check plays no part).
+fn revocation_reaches_the_gateway_at_once(email: &str) {
+    let (code, login) = api(
+        "POST",
+        "/auth/login",
+        None,
+        serde_json::json!({"email": email, "password": "correct horse battery staple 42"}),
+    );
+    assert_eq!(code, 200, "login: {login}");
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let conversations = || {
+        https_client()
+            .get("https://127.0.0.1:443/api/v1/ai-assistant/conversations")
+            .bearer_auth(&token)
+            .send()
+            .expect("conversations")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(conversations(), 200);
+    let (code, out) = api(
+        "POST",
+        "/auth/logout",
+        Some(&token),
+        serde_json::Value::Null,
+    );
+    assert!(code == 200 || code == 204, "logout: {code} {out}");
+    let t = Instant::now();
+    let first = conversations();
+    eprintln!(
+        "FIGURE logout to the gateway refusing the session: {:.0} ms (first request after logout: {first})",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(first, 401, "the gateway still honours a revoked session");
+}
+
+/// 60 logins at once, straight to user-management from a helper on its
+/// network (Nginx's rate limit would stop most of them first): each answers
+/// 200 or 503 (the hashing pool is full), and the service is still running,
+/// never restarted or killed for memory; its memory peak is printed.
+fn a_login_burst_leaves_user_management_running(email: &str) {
+    let name = format!("{PROJECT}-user-management-1");
+    let id = docker_ok(&["inspect", "-f", "{{.Id}}", &name]);
+    let body =
+        format!("{{\"email\":\"{email}\",\"password\":\"correct horse battery staple 42\"}}");
+    let script = format!(
+        "for i in $(seq 60); do (wget -S -q -T 30 -O /dev/null --header 'Content-Type: application/json' --post-data '{body}' http://user-management:8002/auth/login 2>&1 | grep -m1 'HTTP/' ) & done; wait"
+    );
+    let t = Instant::now();
+    let out = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &format!("{PROJECT}-backend"),
+        "--entrypoint",
+        "sh",
+        "stackctl/docker-api-proxy:bookworm",
+        "-c",
+        &script,
+    ]);
+    let ok = out.matches(" 200 ").count();
+    let busy = out.matches(" 503 ").count();
+    let peak = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/docker/{}/memory.max_usage_in_bytes",
+        id.trim()
+    ))
+    .ok()
+    .and_then(|v| v.trim().parse::<u64>().ok())
+    .map_or("unknown (not cgroup v1)".to_string(), |b| {
+        format!("{} MiB", b / 1024 / 1024)
+    });
+    eprintln!(
+        "FIGURE 60 concurrent logins in {:.1}s: {ok} ok, {busy} busy (503); user-management memory peak {peak} of its 256 MiB limit",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(ok + busy, 60, "every login answered 200 or 503: {out}");
+    assert!(ok > 0, "{out}");
+    let state = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}} {{.State.OOMKilled}} {{.RestartCount}}",
+        &name,
+    ]);
+    assert_eq!(
+        state.trim(),
+        "true false 0",
+        "user-management after the burst"
+    );
 }
 
 /// The services are not on the monitoring network: Alertmanager (there, like
