@@ -79,6 +79,8 @@ fn day_one_path_on_the_real_engine() {
         t.elapsed().as_secs_f64()
     );
 
+    the_assembled_image_is_what_the_dockerfile_builds("security");
+
     // Push to the local registry on loopback (scripts/test-setup.sh starts it).
     let pushed = ok(&[
         "--registry",
@@ -409,6 +411,87 @@ fn from_inside(container: &str, url: &str) -> serde_json::Value {
     let name = format!("{PROJECT}-{container}-1");
     let out = docker_ok(&["exec", &name, "wget", "-qO-", url]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
+}
+
+/// `stackctl build` assembles each service image without the builder; the
+/// rendered Dockerfile (what docker-compose builds) must make the same
+/// image: the same metadata and the same files with the same owners and
+/// modes. Built here with `docker build` (the classic builder) from the
+/// files the Dockerfile copies, and compared.
+fn the_assembled_image_is_what_the_dockerfile_builds(service: &str) {
+    let dockerfile =
+        std::fs::read_to_string(repo().join(format!("deploy/services/{service}/Dockerfile")))
+            .unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), &dockerfile).unwrap();
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ")) {
+        let src = line.split_whitespace().rev().nth(1).unwrap();
+        let from = match src.strip_prefix("target/") {
+            Some(rest) => target.join(rest),
+            None => repo().join(src),
+        };
+        let to = ctx.path().join(src);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
+    let tag = format!("{PROJECT}-dockerfile/{service}:compare");
+    docker_ok(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
+    let ours = docker_ok(&[
+        "images",
+        "--filter",
+        &format!("label=io.stackctl.service={service}"),
+        "--filter",
+        "label=io.stackctl.inputs",
+        "--format",
+        "{{.ID}}",
+    ]);
+    let ours = ours.lines().next().expect("stackctl's image").to_string();
+    let config = |image: &str| -> serde_json::Value {
+        serde_json::from_str(&docker_ok(&["inspect", "-f", "{{json .Config}}", image])).unwrap()
+    };
+    let (a, b) = (config(&ours), config(&tag));
+    for key in [
+        "User",
+        "Env",
+        "Entrypoint",
+        "ExposedPorts",
+        "Healthcheck",
+        "Cmd",
+        "WorkingDir",
+    ] {
+        assert_eq!(
+            a[key], b[key],
+            "{key}: assembled {} / Dockerfile {}",
+            a[key], b[key]
+        );
+    }
+    for (k, v) in b["Labels"].as_object().unwrap() {
+        assert_eq!(&a["Labels"][k], v, "label {k}");
+    }
+    // The files, their modes and owners.
+    let listing = |image: &str| -> Vec<String> {
+        let name = format!("{PROJECT}-compare-{}", image.replace([':', '/'], "-"));
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &name])
+            .output();
+        docker_ok(&["create", "--name", &name, image]);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker export {name} | tar -tvf - --numeric-owner | grep -E ' (etc/ssl|app)' | awk '{{print $1, $2, $NF}}' | sort"
+            ))
+            .output()
+            .unwrap();
+        docker_ok(&["rm", "-f", &name]);
+        stdout(&out).lines().map(str::to_string).collect()
+    };
+    let (la, lb) = (listing(&ours), listing(&tag));
+    assert!(la.iter().any(|l| l.contains("app/")), "{la:?}");
+    assert_eq!(la, lb, "assembled / Dockerfile files differ");
+    docker_ok(&["rmi", &tag]);
 }
 
 /// A logout revokes the session everywhere at once: the very next request

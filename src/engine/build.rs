@@ -1,6 +1,7 @@
 //! Building an image from an in-memory tar context through the Engine API,
 //! draining the build stream (a failed build answers 200 with the error
-//! inside) and naming the step that failed.
+//! inside) and naming the step that failed; and assembling a one-layer
+//! image without the builder (the services' `FROM scratch` images).
 
 use super::Engine;
 use crate::error::{Error, Result};
@@ -19,6 +20,13 @@ impl Context {
     /// The paths in the context, sorted.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
+    }
+
+    /// Each path with its bytes, sorted.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files
+            .iter()
+            .map(|(p, (_, b))| (p.as_str(), b.as_slice()))
     }
 
     pub fn add(&mut self, path: &str, mode: u32, bytes: Vec<u8>) {
@@ -83,20 +91,9 @@ impl Context {
     }
 }
 
-/// Build `context` as `tags[0]` (and tag it with the rest); `step` is told
-/// every "Step N/M" line. Returns the image id.
-pub async fn build(
-    engine: &Engine,
-    service: &str,
-    context: &Context,
-    tags: &[String],
-    labels: HashMap<String, String>,
-    step: &(dyn Fn(&str) + Sync),
-) -> Result<String> {
-    build_file(engine, service, context, "Dockerfile", tags, labels, step).await
-}
-
-/// As [`build`], with the Dockerfile at `dockerfile` inside the context.
+/// Build `context` as `tags[0]` (and tag it with the rest), the Dockerfile
+/// at `dockerfile` inside the context; `step` is told every "Step N/M"
+/// line. Returns the image id.
 pub async fn build_file(
     engine: &Engine,
     service: &str,
@@ -169,6 +166,133 @@ pub async fn build_file(
     })?;
     for t in tags.iter().skip(1) {
         tag(engine, &id, t).await?;
+    }
+    Ok(id)
+}
+
+/// One file of an assembled image's layer, with its owner.
+pub struct LayerFile {
+    pub path: String,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The layer of an assembled image: its files (and their parent
+/// directories, root's), sorted, fixed times. Deterministic.
+fn layer_tar(files: &[LayerFile]) -> Result<Vec<u8>> {
+    let io = |e: std::io::Error| Error::Other(anyhow::anyhow!("image layer: {e}"));
+    let mut t = tar::Builder::new(Vec::new());
+    // A directory belongs to the owner of the file it was made for (as
+    // `COPY --chown` makes it).
+    let mut dirs = std::collections::BTreeMap::new();
+    for f in files {
+        let mut acc = String::new();
+        let parts: Vec<&str> = f.path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            acc = if acc.is_empty() {
+                part.to_string()
+            } else {
+                format!("{acc}/{part}")
+            };
+            dirs.entry(acc.clone()).or_insert((f.uid, f.gid));
+        }
+    }
+    let header = |kind, mode, size, (uid, gid)| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(0);
+        h.set_cksum();
+        h
+    };
+    for (d, owner) in dirs {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0, owner);
+        t.append_data(&mut h, format!("{d}/"), std::io::empty())
+            .map_err(io)?;
+    }
+    let mut sorted: Vec<&LayerFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    for f in sorted {
+        let mut h = header(
+            tar::EntryType::Regular,
+            f.mode,
+            f.bytes.len() as u64,
+            (f.uid, f.gid),
+        );
+        t.append_data(&mut h, &f.path, f.bytes.as_slice())
+            .map_err(io)?;
+    }
+    t.into_inner().map_err(io)
+}
+
+/// A one-layer image (what a `FROM scratch` Dockerfile of COPYs and
+/// metadata makes) without the builder: the layer and `config` (the image
+/// config's `architecture`, `os`, `created` and `config`; the layer's
+/// `rootfs` is added here) loaded as one `docker save` archive through
+/// `POST /images/load`, under every tag in `tags`. The builder creates and
+/// commits a container per Dockerfile step; this is one upload. Returns the
+/// image id.
+pub async fn assemble(
+    engine: &Engine,
+    service: &str,
+    files: &[LayerFile],
+    mut config: serde_json::Value,
+    tags: &[String],
+) -> Result<String> {
+    let failed = |message: String| Error::Build {
+        service: service.into(),
+        step: " assembling the image".into(),
+        message,
+        hint: "check the daemon's disk space".into(),
+    };
+    let layer = layer_tar(files)?;
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    config["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": [diff_id] });
+    config["history"] = serde_json::json!([{
+        "created": config["created"].clone(),
+        "created_by": format!("stackctl: {}", files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>().join(", ")),
+    }]);
+    let config = serde_json::to_vec(&config).map_err(|e| failed(e.to_string()))?;
+    let id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": tags,
+        "Layers": ["layer/layer.tar"],
+    }]))
+    .map_err(|e| failed(e.to_string()))?;
+    let mut archive = tar::Builder::new(Vec::new());
+    for (name, bytes) in [
+        ("manifest.json", &manifest),
+        ("config.json", &config),
+        ("layer/layer.tar", &layer),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(bytes.len() as u64);
+        h.set_mtime(0);
+        h.set_cksum();
+        archive
+            .append_data(&mut h, name, bytes.as_slice())
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let archive = archive.into_inner().map_err(|e| failed(e.to_string()))?;
+    let options = bollard::query_parameters::ImportImageOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let mut stream = engine
+        .docker
+        .import_image(options, bollard::body_full(archive.into()), None);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| failed(e.to_string()))?;
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            return Err(failed(err));
+        }
     }
     Ok(id)
 }

@@ -245,7 +245,8 @@ pub fn image_config(recipe: &Recipe, base: &BaseImage, layer: &Layer) -> serde_j
     })
 }
 
-fn docker_arch() -> &'static str {
+/// The engine's name for this machine's architecture.
+pub fn docker_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -1,6 +1,8 @@
 //! `stackctl build [SERVICE…] [--push]`: one static `cargo build` for all
-//! services, then each image streamed as a tar context to the Engine API,
-//! in parallel, skipped when its inputs hash to an existing image.
+//! services, then each `FROM scratch` image assembled (one layer: the CA
+//! bundle and the binary, with the rendered Dockerfile's metadata) and
+//! loaded through the Engine API, in parallel, skipped when its inputs hash
+//! to an existing image.
 
 use super::stackenv::StackEnv;
 use crate::engine::build::{self as ebuild, Context};
@@ -237,6 +239,108 @@ pub async fn image_size(env: &StackEnv<'_>, id: &str) -> Result<u64> {
         .unwrap_or(0) as u64)
 }
 
+/// The bytes of the context file whose path ends with `suffix`.
+fn ctx_file(ctx: &Context, suffix: &str) -> Vec<u8> {
+    ctx.files()
+        .find(|(p, _)| p.ends_with(suffix))
+        .map(|(_, b)| b.to_vec())
+        .unwrap_or_default()
+}
+
+/// The service's `FROM scratch` image as the rendered Dockerfile
+/// (templates/Dockerfile.scratch.tera) describes it: the CA bundle, the
+/// binary owned by the service's user, and the same metadata (labels,
+/// environment, user, port, health check, entrypoint), plus `labels`. What
+/// `docker build` of that Dockerfile makes, made without the builder
+/// (tests/engine_e2e.rs compares the two).
+pub fn scratch_image(
+    stack: &Stack,
+    s: &Service,
+    ca: Vec<u8>,
+    binary: Vec<u8>,
+    labels: HashMap<String, String>,
+) -> Result<(Vec<ebuild::LayerFile>, serde_json::Value)> {
+    let app_dir = crate::model::containers::APP_DIR;
+    let bin = format!("{app_dir}/{}", s.binary);
+    let id = |v: Option<&str>| v.and_then(|x| x.parse::<u64>().ok());
+    let mut owner = s.user.split(':');
+    let (uid, gid) = match (id(owner.next()), owner.next()) {
+        (Some(u), None) => (u, u),
+        (Some(u), Some(g)) => match id(Some(g)) {
+            Some(g) => (u, g),
+            None => return Err(numeric_user(s)),
+        },
+        _ => return Err(numeric_user(s)),
+    };
+    let files = vec![
+        ebuild::LayerFile {
+            path: "etc/ssl/certs/ca-certificates.crt".into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            bytes: ca,
+        },
+        ebuild::LayerFile {
+            path: bin.trim_start_matches('/').to_string(),
+            mode: 0o755,
+            uid,
+            gid,
+            bytes: binary,
+        },
+    ];
+    let mut all = serde_json::Map::new();
+    for (k, v) in [
+        ("org.opencontainers.image.title", s.name.clone()),
+        (
+            "org.opencontainers.image.description",
+            s.description.clone().unwrap_or_else(|| s.name.clone()),
+        ),
+        ("org.opencontainers.image.version", stack.version.clone()),
+        (LABEL_STACK, stack.name.clone()),
+        (LABEL_SERVICE, s.name.clone()),
+    ] {
+        all.insert(k.to_string(), v.into());
+    }
+    all.extend(labels.into_iter().map(|(k, v)| (k, v.into())));
+    let ns = |d: crate::model::units::Duration| d.millis() * 1_000_000;
+    let h = &s.healthcheck;
+    let config = serde_json::json!({
+        "architecture": crate::images::docker::docker_arch(),
+        "os": "linux",
+        "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "config": {
+            "User": s.user,
+            "Env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+                format!("SERVICE_NAME={}", s.name),
+                format!("PORT={}", s.port),
+            ],
+            "ExposedPorts": { format!("{}/tcp", s.port): {} },
+            "Healthcheck": {
+                "Test": ["CMD", bin, "healthcheck"],
+                "Interval": ns(h.interval),
+                "Timeout": ns(h.timeout),
+                "StartPeriod": ns(h.start_period),
+                "Retries": h.retries,
+            },
+            "Entrypoint": [bin],
+            "Labels": all,
+        },
+    });
+    Ok((files, config))
+}
+
+fn numeric_user(s: &Service) -> Error {
+    Error::usage(
+        format!(
+            "service `{}`: user `{}` is not numeric (a FROM scratch image has no /etc/passwd)",
+            s.name, s.user
+        ),
+        "use uid:gid numbers, e.g. user = \"1001:1001\"",
+    )
+}
+
 /// The tag of a service image: git short commit (+"-dirty"), the inputs' hash, or the literal.
 pub fn tag_for(stack: &Stack, inputs_hash: &str) -> String {
     if let Ok(t) = std::env::var("IMAGE_TAG") {
@@ -384,8 +488,11 @@ pub async fn build(
                         env.stack.version.clone(),
                     ),
                 ]);
-                let step = |m: &str| bar.set_message(m.to_string());
-                let id = ebuild::build(&env.engine, &s.name, &ctx, &refs, labels, &step).await?;
+                bar.set_message("assembling");
+                let ca = ctx_file(&ctx, "certs/ca-certificates.crt");
+                let bin = ctx_file(&ctx, &format!("release/{}", s.binary));
+                let (files, config) = scratch_image(env.stack, s, ca, bin, labels)?;
+                let id = ebuild::assemble(&env.engine, &s.name, &files, config, &refs).await?;
                 (id, true)
             };
             let size = image_size(env, &id).await?;
