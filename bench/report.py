@@ -12,6 +12,7 @@ median(A) for every row measured by both. Cases are printed in the order of
 their titles ("1. ..."), rows in their first-seen order.
 """
 import statistics
+import re
 import sys
 from collections import OrderedDict
 from html import escape
@@ -43,8 +44,8 @@ def load(samples_path, cases_path):
     # printed in the order of their titles ("1. ...", "2. ...")
     def key(item):
         t = item[1]["title"]
-        n = t.split(".", 1)[0]
-        return (int(n) if n.isdigit() else 99, t)
+        n = re.match(r"\d+", t)
+        return (int(n.group()) if n else 99, t)
     return OrderedDict(sorted(cases.items(), key=key))
 
 
