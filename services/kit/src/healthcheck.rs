@@ -98,6 +98,7 @@ where
         // (`kit::migrate::run_if_requested`); never start the server instead.
         return crate::migrate::not_supported();
     }
+    crate::memory::return_large_frees();
     crate::telemetry::init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -95,6 +95,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod http;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod revocation;
