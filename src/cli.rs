@@ -78,8 +78,11 @@ pub enum Command {
     Architecture(ArchitectureArgs),
     /// Check the daemon and disk; create secrets, networks, volumes and infrastructure images.
     Setup,
-    /// Build (or find cached) the infrastructure images made from Debian packages.
-    Images,
+    /// Build (or find cached) the infrastructure images made from Debian packages and list every image the stack needs; `save`/`load` move them as one file.
+    Images {
+        #[command(subcommand)]
+        command: Option<ImagesCommand>,
+    },
     /// Build the service images: one static cargo build, then each image through the Engine API.
     Build {
         /// Services to build (default: all).
@@ -194,6 +197,17 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Write every image the stack needs that this host has into one archive (for a host without a registry).
+    Save {
+        /// The archive to write (replaced only when complete).
+        file: std::path::PathBuf,
+    },
+    /// Load an archive `images save` wrote, then list the stack's images.
+    Load { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -92,7 +92,13 @@ fn run(cli: cli::Cli, ui: &ui::Ui) -> Result<i32> {
                 }
                 match engine_cmd {
                     C::Setup => setup::setup(&stack, ui).await,
-                    C::Images => setup::images(&stack, ui).await,
+                    C::Images { command: None } => setup::images(&stack, ui).await,
+                    C::Images {
+                        command: Some(cli::ImagesCommand::Save { file }),
+                    } => setup::save_images(&stack, &file, ui).await,
+                    C::Images {
+                        command: Some(cli::ImagesCommand::Load { file }),
+                    } => setup::load_images(&stack, &file, ui).await,
                     C::Build {
                         services,
                         push,

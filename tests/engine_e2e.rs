@@ -80,6 +80,7 @@ fn day_one_path_on_the_real_engine() {
     );
 
     the_assembled_image_is_what_the_dockerfile_builds("security");
+    images_move_as_one_archive();
 
     // Push to the local registry on loopback (scripts/test-setup.sh starts it).
     let pushed = ok(&[
@@ -494,6 +495,41 @@ fn the_assembled_image_is_what_the_dockerfile_builds(service: &str) {
     docker_ok(&["rmi", &tag]);
 }
 
+/// `images save` writes every image the stack needs into one archive and
+/// `images load` brings them back (the way to a host without a registry):
+/// an image removed in between is there again, with the same id.
+fn images_move_as_one_archive() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let archive = dir.path().join("stack-images.tar");
+    let t = Instant::now();
+    let saved = ok(&["images", "save", archive.to_str().unwrap()]);
+    let size = std::fs::metadata(&archive).unwrap().len();
+    eprintln!(
+        "FIGURE images save: {:.0} MB in {:.1}s",
+        size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(saved.contains("saved") || size > 0, "{saved}");
+    assert!(!dir.path().join("stack-images.partial").exists());
+    let image = "stackctl/docker-api-proxy:bookworm";
+    let id = docker_ok(&["image", "inspect", "-f", "{{.Id}}", image]);
+    // Another name holds the image meanwhile: removing the stack's name only
+    // untags it (a container of another test may use it).
+    let holder = format!("{PROJECT}-holder/docker-api-proxy:keep");
+    docker_ok(&["tag", image, &holder]);
+    docker_ok(&["rmi", image]);
+    assert!(!docker_ok(&["images", "-q", image]).contains(&id[7..19]));
+    let t = Instant::now();
+    let loaded = ok(&["images", "load", archive.to_str().unwrap()]);
+    eprintln!("FIGURE images load: {:.1}s", t.elapsed().as_secs_f64());
+    assert!(
+        loaded.contains(image) && !loaded.contains("missing: run"),
+        "{loaded}"
+    );
+    assert_eq!(docker_ok(&["image", "inspect", "-f", "{{.Id}}", image]), id);
+    docker_ok(&["rmi", &holder]);
+}
+
 /// A logout revokes the session everywhere at once: the very next request
 /// with the same access token is refused by the gateway (on its way to
 /// another service, so user-management's own check plays no part).
@@ -516,12 +552,7 @@ fn revocation_reaches_the_gateway_at_once(email: &str) {
             .as_u16()
     };
     assert_eq!(conversations(), 200);
-    let (code, out) = api(
-        "POST",
-        "/auth/logout",
-        Some(&token),
-        serde_json::Value::Null,
-    );
+    let (code, out) = api("POST", "/auth/logout", Some(&token), serde_json::json!({}));
     assert!(code == 200 || code == 204, "logout: {code} {out}");
     let t = Instant::now();
     let first = conversations();
@@ -542,7 +573,7 @@ fn a_login_burst_leaves_user_management_running(email: &str) {
     let body =
         format!("{{\"email\":\"{email}\",\"password\":\"correct horse battery staple 42\"}}");
     let script = format!(
-        "for i in $(seq 60); do (wget -S -q -T 30 -O /dev/null --header 'Content-Type: application/json' --post-data '{body}' http://user-management:8002/auth/login 2>&1 | grep -m1 'HTTP/' ) & done; wait"
+        "for i in $(seq 60); do (wget -t 1 -S -q -T 30 -O /dev/null --header 'Content-Type: application/json' --post-data '{body}' http://user-management:8002/auth/login 2>&1 | grep -m1 'HTTP/' ) & done; wait"
     );
     let t = Instant::now();
     let out = docker_ok(&[

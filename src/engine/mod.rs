@@ -53,6 +53,68 @@ pub fn plain_tcp_warning(host: &str) -> Option<String> {
 }
 
 impl Engine {
+    /// The images `names` as one `docker save` archive at `path`: written to
+    /// a temporary file beside it and renamed when complete, so a failure
+    /// leaves no half archive. Returns its size.
+    pub async fn save_images(&self, names: &[String], path: &std::path::Path) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let tmp = path.with_extension("partial");
+        let write_err = |source| Error::Write {
+            path: tmp.clone(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(write_err)?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut stream = self.docker.export_images(&refs);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(Error::engine("save the images", e));
+                }
+            };
+            size += chunk.len() as u64;
+            if let Err(e) = file.write_all(&chunk).await {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(write_err(e));
+            }
+        }
+        file.sync_all().await.map_err(write_err)?;
+        drop(file);
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|source| Error::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(size)
+    }
+
+    /// Load a `docker save` archive (`POST /images/load`), streamed from its file.
+    pub async fn load_images(&self, path: &std::path::Path) -> Result<()> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let options = qp::ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let body = read_stream::<_, bytes::Bytes>(file);
+        let mut stream = self.docker.import_image_stream(options, body, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| Error::engine(format!("load {}", path.display()), e))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(Error::engine(format!("load {}", path.display()), err));
+            }
+        }
+        Ok(())
+    }
+
     /// Connect as DOCKER_HOST says (default: the local unix socket) and check
     /// the daemon answers with a recent enough API.
     pub async fn connect() -> Result<Engine> {

@@ -462,20 +462,32 @@ pub async fn images(stack: &Stack, ui: &Ui) -> Result<i32> {
     prepare_host(stack, ui).await?;
     let env = StackEnv::connect(stack).await?;
     build_debian_images(&env, ui).await?;
-    let tag = super::image_tag(stack);
-    let mut rows = Vec::new();
-    let mut seen = Vec::new();
+    list_images(&env, ui).await
+}
+
+/// Every image the stack's containers use, once: its reference and where it comes from.
+fn stack_images(env: &StackEnv<'_>) -> Vec<(String, &'static str)> {
+    let tag = super::image_tag(env.stack);
+    let mut out: Vec<(String, &'static str)> = Vec::new();
     for c in &env.containers {
         let image = crate::engine::create::image_ref(c, &tag);
-        if seen.contains(&image) {
+        if out.iter().any(|(i, _)| *i == image) {
             continue;
         }
-        seen.push(image.clone());
         let source = match &c.image {
             crate::model::containers::Image::App { .. } => "stackctl build",
             crate::model::containers::Image::Infra { local: true, .. } => "Debian packages",
             crate::model::containers::Image::Infra { local: false, .. } => "registry",
         };
+        out.push((image, source));
+    }
+    out
+}
+
+/// The stack's images, each with its source and whether this host has it.
+async fn list_images(env: &StackEnv<'_>, ui: &Ui) -> Result<i32> {
+    let mut rows = Vec::new();
+    for (image, source) in stack_images(env) {
         let found = env.engine.image(&image).await?;
         let state = match &found {
             Some(i) => format!("present, {:.1} MB", i.size.unwrap_or(0) as f64 / 1e6),
@@ -505,4 +517,59 @@ pub async fn images(stack: &Stack, ui: &Ui) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `stackctl images save FILE`: every image the stack needs, as one archive
+/// another host loads with `stackctl images load FILE` (no registry needed).
+/// A registry image this host lacks is left out with a warning; a missing
+/// image stackctl makes is an error (make it first).
+pub async fn save_images(stack: &Stack, file: &Path, ui: &Ui) -> Result<i32> {
+    let env = StackEnv::connect(stack).await?;
+    let mut present = Vec::new();
+    for (image, source) in stack_images(&env) {
+        if env.engine.image(&image).await?.is_some() {
+            present.push(image);
+        } else if source == "registry" {
+            ui.warn(format!(
+                "{image} is not on this host: left out of the archive"
+            ));
+        } else {
+            return Err(Error::MissingImage {
+                hint: format!(
+                    "run `{}` first, then save again",
+                    if source == "stackctl build" {
+                        "stackctl build"
+                    } else {
+                        "stackctl setup"
+                    }
+                ),
+                image,
+            });
+        }
+    }
+    let t = std::time::Instant::now();
+    let size = env.engine.save_images(&present, file).await?;
+    ui.ok(format!(
+        "saved {} images ({:.0} MB) to {} in {:.1}s; on the other host: stackctl images load {}",
+        present.len(),
+        size as f64 / 1e6,
+        file.display(),
+        t.elapsed().as_secs_f64(),
+        file.display()
+    ));
+    Ok(0)
+}
+
+/// `stackctl images load FILE`: an archive `images save` wrote, then the
+/// stack's images listed with their state.
+pub async fn load_images(stack: &Stack, file: &Path, ui: &Ui) -> Result<i32> {
+    let env = StackEnv::connect(stack).await?;
+    let t = std::time::Instant::now();
+    env.engine.load_images(file).await?;
+    ui.ok(format!(
+        "loaded {} in {:.1}s",
+        file.display(),
+        t.elapsed().as_secs_f64()
+    ));
+    list_images(&env, ui).await
 }
