@@ -576,17 +576,9 @@ fn a_login_burst_leaves_user_management_running(email: &str) {
         "for i in $(seq 60); do (wget -t 1 -S -q -T 30 -O /dev/null --header 'Content-Type: application/json' --post-data '{body}' http://user-management:8002/auth/login 2>&1 | grep -m1 'HTTP/' ) & done; wait"
     );
     let t = Instant::now();
-    let out = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        &format!("{PROJECT}-backend"),
-        "--entrypoint",
-        "sh",
-        "stackctl/docker-api-proxy:bookworm",
-        "-c",
-        &script,
-    ]);
+    let o = helper_on("backend", "sh", &["-c", &script]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
     let ok = out.matches(" 200 ").count();
     let busy = out.matches(" 503 ").count();
     let peak = std::fs::read_to_string(format!(
@@ -623,59 +615,64 @@ fn a_login_burst_leaves_user_management_running(email: &str) {
 /// their network (the PostgreSQL exporter) is refused when it forges an
 /// identity header.
 fn only_prometheus_of_the_monitoring_side_reaches_the_services() {
+    // wget inside one of the stack's containers (the Debian base has it).
+    let wget = |container: &str, args: &[&str]| {
+        let mut all = vec!["exec", container, "--", "wget"];
+        all.extend_from_slice(args);
+        sc(&all)
+    };
     let url = "http://ai-assistant:8000/health/live";
-    let from_alertmanager = sc(&[
-        "exec",
-        "alertmanager",
-        "--",
-        "wget",
-        "-q",
-        "-T",
-        "3",
-        "-O-",
-        url,
-    ]);
+    let from_alertmanager = wget("alertmanager", &["-q", "-T", "3", "-O-", url]);
     assert_ne!(
         from_alertmanager.status.code(),
         Some(0),
         "alertmanager reached the ai-assistant: {}",
         stdout(&from_alertmanager)
     );
-    let from_prometheus = sc(&[
-        "exec",
-        "prometheus",
-        "--",
-        "wget",
-        "-q",
-        "-T",
-        "3",
-        "-O-",
-        url,
-    ]);
+    let from_prometheus = wget("prometheus", &["-q", "-T", "3", "-O-", url]);
     assert_eq!(
         from_prometheus.status.code(),
         Some(0),
         "{}",
         stderr(&from_prometheus)
     );
-    let forged = sc(&[
-        "exec",
+    let forged = wget(
         "postgres-exporter",
-        "--",
-        "wget",
-        "-S",
-        "-T",
-        "5",
-        "-O-",
-        "--header",
-        "X-User-Id: 00000000-0000-0000-0000-000000000001",
-        "http://ai-assistant:8000/conversations",
-    ]);
+        &[
+            "-S",
+            "-T",
+            "5",
+            "-O-",
+            "--header",
+            "X-User-Id: 00000000-0000-0000-0000-000000000001",
+            "http://ai-assistant:8000/conversations",
+        ],
+    );
     let text = format!("{}{}", stdout(&forged), stderr(&forged));
     assert!(
         text.contains(" 401 "),
         "a forged X-User-Id was not refused: {text}"
     );
+}
+
+/// A one-off helper container on one of this project's networks (the Debian
+/// base of the proxy image has sh and wget): its output and error text.
+fn helper_on(network: &str, entrypoint: &str, args: &[&str]) -> std::process::Output {
+    let net = format!("{PROJECT}-{network}");
+    let mut all = vec![
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "--entrypoint",
+        entrypoint,
+        "stackctl/docker-api-proxy:bookworm",
+    ];
+    all.extend_from_slice(args);
+    std::process::Command::new("docker")
+        .args(&all)
+        .output()
+        .expect("docker run")
 }
 
 /// Filebeat's view of the engine: through the proxy on its own network, the
@@ -684,26 +681,10 @@ fn only_prometheus_of_the_monitoring_side_reaches_the_services() {
 /// container but the proxy mounts the socket. (Filebeat itself is a
 /// registry image, skipped here; a helper on the proxy's network stands in.)
 fn the_docker_api_proxy_passes_only_reads() {
-    let net = format!("{PROJECT}-docker-api");
     let call = |args: &[&str]| -> String {
-        let mut all = vec![
-            "run",
-            "--rm",
-            "--network",
-            &net,
-            "--entrypoint",
-            "wget",
-            "stackctl/docker-api-proxy:bookworm",
-            "-S",
-            "-T",
-            "5",
-            "-O-",
-        ];
+        let mut all = vec!["-S", "-T", "5", "-O-"];
         all.extend_from_slice(args);
-        let o = std::process::Command::new("docker")
-            .args(&all)
-            .output()
-            .expect("docker run");
+        let o = helper_on("docker-api", "wget", &all);
         format!("{}{}", stdout(&o), stderr(&o))
     };
     let api = "http://docker-api:2375";
