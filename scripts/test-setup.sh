@@ -10,7 +10,7 @@ REDIS_PORT=6379
 need_apt=()
 for pair in psql:postgresql pg_ctlcluster:postgresql-common redis-server:redis-server nginx:nginx-light \
             promtool:prometheus amtool:prometheus-alertmanager openssl:openssl docker-compose:docker-compose debootstrap:debootstrap \
-            docker-registry:docker-registry curl:curl haproxy:haproxy; do
+            docker-registry:docker-registry curl:curl haproxy:haproxy sshd:openssh-server ssh-keygen:openssh-client; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done
@@ -25,6 +25,11 @@ fi
 # need only the binary, and the stack's own Nginx needs the port.
 if [[ " ${need_apt[*]:-} " == *" nginx-light "* ]]; then
   nginx -s quit 2>/dev/null || true
+fi
+# The same for OpenSSH's server: the SSH deploy test starts its own on
+# loopback; none listens on every address.
+if [[ " ${need_apt[*]:-} " == *" openssh-server "* ]]; then
+  pkill -x sshd 2>/dev/null || true
 fi
 # Only amtool is needed (to check rendered Alertmanager configs), not a server.
 if [[ " ${need_apt[*]:-} " == *" prometheus-alertmanager "* ]]; then

@@ -48,6 +48,23 @@ impl Context {
 
     /// A deterministic tar: fixed owner and time, sorted entries.
     pub fn tar(&self) -> Result<Vec<u8>> {
+        self.tar_with(|_| 0o755)
+    }
+
+    /// [`Self::tar`] with the directory `private` and those under it
+    /// readable by their owner (root) only.
+    pub fn tar_private(&self, private: &str) -> Result<Vec<u8>> {
+        let under = format!("{private}/");
+        self.tar_with(|d| {
+            if d == private || d.starts_with(&under) {
+                0o700
+            } else {
+                0o755
+            }
+        })
+    }
+
+    fn tar_with(&self, dir_mode: impl Fn(&str) -> u32) -> Result<Vec<u8>> {
         let mut t = tar::Builder::new(Vec::new());
         let mut dirs = std::collections::BTreeSet::new();
         for path in self.files.keys() {
@@ -72,7 +89,7 @@ impl Context {
         for d in dirs {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
+            h.set_mode(dir_mode(&d));
             h.set_size(0);
             h.set_mtime(0);
             h.set_cksum();

@@ -183,6 +183,9 @@ pub fn desired(
     h.update(image_id.as_bytes());
     h.update(inputs);
     h.update(format!("{published:?}").as_bytes());
+    // Where its files are on the daemon's host (a project's deploy/ here,
+    // or HOST_DIR on a daemon reached over the network).
+    h.update(format!("{}\0{}", paths.out.display(), paths.run.display()).as_bytes());
     let hash = hex::encode(h.finalize());
     if let Some(l) = body.labels.as_mut() {
         l.insert(LABEL_CONFIG_HASH.into(), hash.clone());

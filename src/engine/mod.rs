@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod create;
+pub mod ssh;
 
 use crate::error::{Error, Result};
 use bollard::models::{ContainerCreateBody, ContainerSummary, ImageInspect};
@@ -23,6 +24,9 @@ pub struct Engine {
     pub host: String,
     pub api_version: String,
     pub server_version: String,
+    /// The SSH connection an `ssh://` DOCKER_HOST goes through, open while
+    /// the engine is.
+    _tunnel: Option<ssh::Tunnel>,
 }
 
 fn parse_api(v: &str) -> (u32, u32) {
@@ -125,7 +129,20 @@ impl Engine {
             message: m,
         };
         let timeout = 120;
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
+        let mut tunnel = None;
+        let docker = if host.starts_with("ssh://") {
+            let target = ssh::parse(&host).map_err(&unreachable)?;
+            let t = ssh::open(&target, std::time::Duration::from_secs(60))
+                .await
+                .map_err(&unreachable)?;
+            let docker = Docker::connect_with_unix(
+                &t.socket.display().to_string(),
+                timeout,
+                bollard::API_DEFAULT_VERSION,
+            );
+            tunnel = Some(t);
+            docker
+        } else if let Some(path) = host.strip_prefix("unix://") {
             if !std::path::Path::new(path).exists() {
                 return Err(unreachable(format!("{path} does not exist")));
             }
@@ -161,14 +178,23 @@ impl Engine {
             }
         } else {
             return Err(unreachable(
-                "unsupported DOCKER_HOST scheme (use unix:// or tcp://)".into(),
+                "unsupported DOCKER_HOST scheme (use unix://, tcp:// or ssh://)".into(),
             ));
         };
         let docker = docker.map_err(|e| unreachable(e.to_string()))?;
+        // Through SSH the login worked; what fails now is the far end.
+        let through = |m: String| {
+            match &tunnel {
+            Some(_) => format!(
+                "{m} (logged in over ssh, but the daemon's socket did not answer: is Docker running there, may that user open the socket (root or the docker group can), and does its sshd allow forwarding (AllowTcpForwarding and AllowStreamLocalForwarding not `no`)?)"
+            ),
+            None => m,
+        }
+        };
         let v = tokio::time::timeout(std::time::Duration::from_secs(10), docker.version())
             .await
-            .map_err(|_| unreachable("no answer within 10 s".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| unreachable(through("no answer within 10 s".into())))?
+            .map_err(|e| unreachable(through(e.to_string())))?;
         let api_version = v.api_version.unwrap_or_default();
         if parse_api(&api_version) < MIN_API {
             return Err(Error::EngineTooOld {
@@ -181,7 +207,75 @@ impl Engine {
             host,
             api_version,
             server_version: v.version.unwrap_or_default(),
+            _tunnel: tunnel,
         })
+    }
+
+    /// Pull `reference` (repo:tag) from its registry onto the daemon's
+    /// host; the registry's refusal (no such image, no access) is the error's
+    /// message.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<bollard::auth::DockerCredentials>,
+    ) -> Result<()> {
+        let (repo, tag) = match reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (reference, "latest"),
+        };
+        let options = qp::CreateImageOptions {
+            from_image: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| Error::engine(format!("pull {reference}"), e))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(Error::engine(format!("pull {reference}"), err));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the daemon may run on another machine (any DOCKER_HOST but
+    /// a unix socket): files its containers mount must be put there through
+    /// the API ([`Engine::put_host_files`]), not written to this disk.
+    pub fn is_remote(&self) -> bool {
+        !self.host.starts_with("unix://")
+    }
+
+    /// Unpack `tar` into the directory `dir` on the daemon's host (created
+    /// when missing), through a container of `image` that binds it and is
+    /// never started (removed afterwards). Works wherever the daemon runs.
+    pub async fn put_host_files(&self, dir: &str, image: &str, tar: Vec<u8>) -> Result<()> {
+        let name = format!(
+            "stackctl-files-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["stackctl-files".into()]),
+            network_disabled: Some(true),
+            labels: Some(HashMap::from([(
+                "io.stackctl.role".to_string(),
+                "files".to_string(),
+            )])),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".into()),
+                binds: Some(vec![format!("{dir}:/stackctl-files")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create_raw(&name, body)
+            .await
+            .map_err(|e| Error::engine(format!("create {name} to put files in {dir}"), e))?;
+        let body = futures::stream::once(async move { Ok(bytes::Bytes::from(tar)) });
+        let put = self.upload(&name, "/stackctl-files", body).await;
+        let removed = self.remove(&name).await;
+        put.and(removed)
     }
 
     /// Whether the daemon speaks at least this API version.

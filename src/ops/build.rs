@@ -83,8 +83,20 @@ pub fn target_dir(stack: &Stack) -> PathBuf {
                 stack.root.join(p)
             }
         })
-        .or_else(|| workspace_target(&stack.root))
+        .or_else(|| workspace_target(&cargo_dir(stack)))
         .unwrap_or_else(|| stack.root.join("target"))
+}
+
+/// Where cargo runs: in the first service's crate, so its workspace is
+/// found wherever stack.toml is (a stack beside the workspace, not in it,
+/// names its crates by path).
+fn cargo_dir(stack: &Stack) -> std::path::PathBuf {
+    stack
+        .services
+        .first()
+        .map(|s| stack.root.join(&s.path))
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| stack.root.clone())
 }
 
 /// The target directory of the cargo workspace stack.toml sits in: a stack
@@ -114,7 +126,7 @@ pub fn cargo_build(stack: &Stack, services: &[&Service], ui: &Ui) -> Result<()> 
     packages.dedup();
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&stack.root)
+    cmd.current_dir(cargo_dir(stack))
         .args(["build", "--release", "--target", TARGET]);
     for p in &packages {
         cmd.args(["-p", p]);
@@ -179,6 +191,25 @@ fn is_cargo_crate_var(k: &str) -> bool {
     ]
     .iter()
     .any(|p| k.starts_with(p))
+}
+
+/// Whether the registry's images for this tag are this checkout's: the
+/// stack has a registry and either IMAGE_TAG names the tag, or the tag is
+/// the commit (`tag = "git"`) and nothing tracked is changed. Then `build`
+/// pulls what CI pushed for it instead of compiling.
+fn registry_has_this_commit(stack: &Stack) -> bool {
+    if stack.registry.as_deref().is_none_or(str::is_empty) {
+        return false;
+    }
+    if std::env::var("IMAGE_TAG").is_ok_and(|t| !t.is_empty()) {
+        return true;
+    }
+    matches!(stack.tag, crate::model::TagStrategy::Git)
+        && std::process::Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .current_dir(&stack.root)
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
 }
 
 fn git(stack: &Stack, args: &[&str]) -> Option<String> {
@@ -362,9 +393,23 @@ pub async fn build(
     no_cargo: bool,
     ui: &Ui,
 ) -> Result<i32> {
-    let services = select(stack, names)?;
+    let mut services = select(stack, names)?;
     let components = super::build_components::selected(stack, names);
     let started = Instant::now();
+    let mut pulled = Vec::new();
+    if !push && registry_has_this_commit(stack) {
+        let env = StackEnv::connect(stack).await?;
+        let mut missing = Vec::new();
+        for s in &services {
+            let reference = format!("{}:{}", stack.image_repo(&s.name), super::image_tag(stack));
+            if env.engine.image(&reference).await?.is_none() {
+                missing.push(s.name.clone());
+            }
+        }
+        let still = super::push::pull_missing(&env, &missing, ui).await?;
+        pulled = missing.into_iter().filter(|m| !still.contains(m)).collect();
+        services.retain(|s| !pulled.contains(&s.name));
+    }
     if !no_cargo && !services.is_empty() {
         cargo_build(stack, &services, ui)?;
     }
@@ -377,8 +422,7 @@ pub async fn build(
         .get("certs/ca-certificates.crt")
         .cloned()
         .unwrap_or_default();
-    let layout_out =
-        crate::render::Layout::new(stack, Some(&env.paths.out), String::new()).out_from_root;
+    let layout_out = crate::render::Layout::new(stack, Some(&env.out), String::new()).out_from_root;
     let revision = git(stack, &["rev-parse", "HEAD"]).unwrap_or_default();
     let source = git(stack, &["remote", "get-url", "origin"])
         .unwrap_or_else(|| stack.root.display().to_string());
@@ -517,9 +561,26 @@ pub async fn build(
         done.push(r?);
     }
     done.extend(super::build_components::build(&env, &components, ui).await?);
+    for name in &pulled {
+        let reference = format!("{}:{}", stack.image_repo(name), super::image_tag(stack));
+        if let Some(i) = env.engine.image(&reference).await? {
+            done.push(Built {
+                service: name.clone(),
+                reference,
+                id: i.id.unwrap_or_default(),
+                size: i.size.unwrap_or_default() as u64,
+                built: false,
+                seconds: 0.0,
+            });
+        }
+    }
     done.sort_by(|a, b| a.service.cmp(&b.service));
     if push {
         super::push::push(&env, &done, ui).await?;
+        if let Some(registry) = stack.registry.as_deref().filter(|r| !r.is_empty()) {
+            let debian = super::setup::tag_debian_for_registry(&env, registry, ui).await?;
+            super::push::push(&env, &debian, ui).await?;
+        }
     }
     report(&done, cargo_secs, started.elapsed().as_secs_f64(), ui);
     Ok(0)

@@ -882,12 +882,15 @@ pub async fn deploy(stack: &Stack, opts: &DeployOpts, ui: &Ui) -> Result<i32> {
     // Build what is missing, unless told not to.
     if !opts.dry_run {
         env.ensure_infra_images(ui, true).await?;
-        let missing = missing_app_images(&env).await?;
+        let mut missing = missing_app_images(&env).await?;
+        if !missing.is_empty() {
+            missing = super::push::pull_missing(&env, &missing, ui).await?;
+        }
         if !missing.is_empty() {
             if opts.no_build {
                 return Err(Error::MissingImage {
                     image: format!("of {}", missing.join(", ")),
-                    hint: "run `stackctl build` (or drop --no-build)".into(),
+                    hint: "run `stackctl build --push` in CI for this commit (IMAGE_TAG), or `stackctl build` here (or drop --no-build)".into(),
                 });
             }
             ui.info(format!("building {} (image missing)", missing.join(", ")));
@@ -1009,17 +1012,19 @@ async fn deploy_locked(
             ui.info("no running database to back up yet");
         }
     }
-    artifacts.write(&env.paths.out)?;
+    artifacts.write(&env.out)?;
     env.ensure_networks().await?;
     env.ensure_volumes().await?;
     let rev = new_revision(env, id, "deploy", None, chash, units);
     let mut units = units.to_vec();
     pin_images(env, &rev, &mut units).await?;
-    env.stage_secrets(
+    env.stage_files(
+        Some(artifacts),
         units
             .iter()
-            .map(|u| (u.name.as_str(), u.secrets.as_slice())),
-    )?;
+            .map(|u| (u.name.as_str(), u.secrets.as_slice(), u.image.as_str())),
+    )
+    .await?;
     let plan = plan_with_units(plan, &units);
     let jobs = job_units(env, &units);
     let rollout = Rollout {
@@ -1184,11 +1189,15 @@ async fn rollback_to(
             .cloned()
             .collect();
     }
-    env.stage_secrets(
+    // The rendered files a revision's containers mount are already on the
+    // host (put there by its deploy); only the secrets are staged again.
+    env.stage_files(
+        None,
         units
             .iter()
-            .map(|u| (u.name.as_str(), u.secrets.as_slice())),
-    )?;
+            .map(|u| (u.name.as_str(), u.secrets.as_slice(), u.image.as_str())),
+    )
+    .await?;
     let plan = plan(env, units, Some(&scope)).await?;
     print_plan(&plan, ui);
     let rollout = Rollout {

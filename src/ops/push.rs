@@ -90,6 +90,34 @@ pub async fn push(env: &StackEnv<'_>, images: &[Built], ui: &Ui) -> Result<()> {
     Ok(())
 }
 
+/// Pull from the stack's registry the images of `services` (application
+/// services) that are not on the daemon's host, as CI pushed them for this
+/// tag (`build --push`); the services whose image the registry does not
+/// have either (each said). No registry: all of them.
+pub async fn pull_missing(env: &StackEnv<'_>, services: &[String], ui: &Ui) -> Result<Vec<String>> {
+    let Some(registry) = env.stack.registry.clone().filter(|r| !r.is_empty()) else {
+        return Ok(services.to_vec());
+    };
+    let creds = credentials(&registry);
+    let tag = super::image_tag(env.stack);
+    let mut still = Vec::new();
+    for s in services {
+        let reference = format!("{}:{tag}", env.stack.image_repo(s));
+        let t = std::time::Instant::now();
+        match env.engine.pull(&reference, creds.clone()).await {
+            Ok(()) => ui.ok(format!(
+                "pulled {reference} in {:.1} s",
+                t.elapsed().as_secs_f64()
+            )),
+            Err(e) => {
+                ui.detail(format!("{s}: not pulled from {registry}: {e}"));
+                still.push(s.clone());
+            }
+        }
+    }
+    Ok(still)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

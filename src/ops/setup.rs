@@ -333,6 +333,11 @@ pub fn dockerfile_bases(text: &str) -> Vec<String> {
 /// allowed, else the exact command to run (exit 33).
 pub async fn prepare_host(stack: &Stack, ui: &Ui) -> Result<Vec<String>> {
     let recipes = debian_recipes(stack, &crate::model::containers(stack))?;
+    prepare_host_for(&recipes, ui).await
+}
+
+/// [`prepare_host`] for the images of `recipes` only.
+async fn prepare_host_for(recipes: &[Recipe], ui: &Ui) -> Result<Vec<String>> {
     let uncached = recipes
         .iter()
         .any(|r| images::rootfs::cached_base(&r.base()).is_none());
@@ -384,8 +389,132 @@ async fn build_debian_images(env: &StackEnv<'_>, ui: &Ui) -> Result<Vec<String>>
     Ok(built)
 }
 
+/// Where a Debian-built image is kept in the stack's registry: its tag's
+/// repository under the registry, tagged with its tag and recipe hash
+/// (`REGISTRY/stackctl/nginx:bookworm-<12 hex>`), so a pulled image is the
+/// one this checkout's recipe makes.
+pub fn registry_ref(registry: &str, recipe: &Recipe) -> String {
+    let (repo, tag) = recipe
+        .tag
+        .rsplit_once(':')
+        .unwrap_or((recipe.tag.as_str(), "latest"));
+    format!(
+        "{}/{repo}:{tag}-{}",
+        registry.trim_end_matches('/'),
+        &recipe.hash()[..12]
+    )
+}
+
+/// The Debian-built images of the stack the daemon has (made from the
+/// current recipes), tagged for the registry: what `build --push` pushes
+/// beside the services', so a fresh clone's `setup` pulls instead of
+/// building. The ones it lacks are named in a warning.
+pub async fn tag_debian_for_registry(
+    env: &StackEnv<'_>,
+    registry: &str,
+    ui: &Ui,
+) -> Result<Vec<super::build::Built>> {
+    let mut out = Vec::new();
+    for r in debian_recipes(env.stack, &env.containers)? {
+        let Some(img) = env.engine.image(&r.tag).await? else {
+            ui.warn(format!(
+                "{} is not built here (run `stackctl setup` first to push it too)",
+                r.tag
+            ));
+            continue;
+        };
+        if !has_recipe_image(env, &r).await? {
+            ui.warn(format!(
+                "{} is outdated here (run `stackctl setup` first to push it too)",
+                r.tag
+            ));
+            continue;
+        }
+        let reference = registry_ref(registry, &r);
+        crate::engine::build::tag(&env.engine, &r.tag, &reference).await?;
+        out.push(super::build::Built {
+            service: r.name.clone(),
+            reference,
+            id: img.id.unwrap_or_default(),
+            size: img.size.unwrap_or_default() as u64,
+            built: false,
+            seconds: 0.0,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether the daemon has `recipe`'s image, made from this recipe.
+async fn has_recipe_image(env: &StackEnv<'_>, recipe: &Recipe) -> Result<bool> {
+    Ok(env.engine.image(&recipe.tag).await?.is_some_and(|i| {
+        i.config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(images::RECIPE_LABEL).cloned())
+            == Some(recipe.hash())
+    }))
+}
+
+/// Take from the stack's registry (where CI's `build --push` put them) the
+/// Debian-built images the daemon lacks, in parallel, each tagged as its
+/// recipe's image; the recipes still to build here. A registry that does
+/// not have one is no error: it is built.
+async fn pull_debian_images(
+    env: &StackEnv<'_>,
+    recipes: Vec<Recipe>,
+    ui: &Ui,
+) -> Result<(Vec<Recipe>, Vec<String>)> {
+    let mut todo = Vec::new();
+    for r in recipes {
+        if !has_recipe_image(env, &r).await? {
+            todo.push(r);
+        }
+    }
+    let Some(registry) = env.stack.registry.clone().filter(|r| !r.is_empty()) else {
+        return Ok((todo, Vec::new()));
+    };
+    let creds = super::push::credentials(&registry);
+    let pulls = futures::future::join_all(todo.iter().map(|r| {
+        let reference = registry_ref(&registry, r);
+        let creds = creds.clone();
+        async move {
+            let t = std::time::Instant::now();
+            let pulled = env.engine.pull(&reference, creds).await;
+            (reference, pulled, t.elapsed().as_secs_f64())
+        }
+    }))
+    .await;
+    let mut still = Vec::new();
+    let mut pulled = Vec::new();
+    for (r, (reference, result, secs)) in todo.into_iter().zip(pulls) {
+        match result {
+            Ok(()) => {
+                crate::engine::build::tag(&env.engine, &reference, &r.tag).await?;
+                if has_recipe_image(env, &r).await? {
+                    ui.ok(format!("pulled {} from {registry} in {secs:.1} s", r.tag));
+                    pulled.push(r.tag.clone());
+                    continue;
+                }
+                ui.warn(format!(
+                    "{reference} is not made from this checkout's recipe; building {} here",
+                    r.tag
+                ));
+            }
+            Err(e) => ui.detail(format!("{}: not in {registry} ({e}); building it", r.tag)),
+        }
+        still.push(r);
+    }
+    Ok((still, pulled))
+}
+
 pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
-    let installed = prepare_host(stack, ui).await?;
+    // With a registry the images may come from it and need no host tools:
+    // the host is prepared after the pull, for what is left to build.
+    let pull_first = stack.registry.as_ref().is_some_and(|r| !r.is_empty());
+    let mut installed = if pull_first {
+        Vec::new()
+    } else {
+        prepare_host(stack, ui).await?
+    };
     let env = StackEnv::connect(stack).await?;
     ui.ok(format!(
         "Docker Engine {} (API {}) at {}",
@@ -415,8 +544,22 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let secrets = ensure_secrets(stack, ui)?;
     let nets = env.ensure_networks().await?;
     let vols = env.ensure_volumes().await?;
+    let mut pulled = Vec::new();
+    if pull_first {
+        let (left, p) =
+            pull_debian_images(&env, debian_recipes(stack, &env.containers)?, ui).await?;
+        pulled = p;
+        installed = prepare_host_for(&left, ui).await?;
+    }
     let built = build_debian_images(&env, ui).await?;
     let mut changes = Vec::new();
+    if !pulled.is_empty() {
+        changes.push(format!(
+            "{} images pulled ({})",
+            pulled.len(),
+            pulled.join(", ")
+        ));
+    }
     if !installed.is_empty() {
         changes.push(format!("host packages ({})", installed.join(", ")));
     }
@@ -572,4 +715,28 @@ pub async fn load_images(stack: &Stack, file: &Path, ui: &Ui) -> Result<i32> {
         t.elapsed().as_secs_f64()
     ));
     list_images(&env, ui).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_debian_image_is_kept_in_the_registry_under_its_recipe_hash() {
+        let r = crate::images::Recipe::named("nginx").expect("built-in");
+        assert_eq!(r.tag, "stackctl/nginx:1.22-bookworm");
+        let reference = super::registry_ref("127.0.0.1:5000/team/", &r);
+        assert_eq!(
+            reference,
+            format!(
+                "127.0.0.1:5000/team/stackctl/nginx:1.22-bookworm-{}",
+                &r.hash()[..12]
+            )
+        );
+        let mut changed = r.clone();
+        changed.packages.push("curl".into());
+        assert_ne!(
+            super::registry_ref("127.0.0.1:5000/team", &changed),
+            reference,
+            "another recipe, another reference"
+        );
+    }
 }

@@ -16,20 +16,41 @@ pub struct StackEnv<'a> {
     pub engine: Engine,
     pub project: String,
     pub containers: Vec<ContainerSpec>,
+    /// Where the containers' files are on the daemon's host: this project's
+    /// `deploy/` and `.stackctl/run/` when the daemon is local, else under
+    /// [`HOST_DIR`] there.
     pub paths: Paths,
+    /// The rendered artifacts on this machine (deploy/ beside stack.toml).
+    pub out: std::path::PathBuf,
 }
+
+/// Where stackctl keeps a project's rendered files and staged secrets on a
+/// daemon's host it reaches over the network (ssh://, tcp://):
+/// `/var/lib/stackctl/PROJECT/{deploy,run}`, root's.
+pub const HOST_DIR: &str = "/var/lib/stackctl";
 
 impl<'a> StackEnv<'a> {
     pub async fn connect(stack: &'a Stack) -> Result<StackEnv<'a>> {
         let engine = Engine::connect().await?;
         let project = project(stack);
+        let out = stack.root.join("deploy");
+        let paths = if engine.is_remote() {
+            let base = std::path::Path::new(HOST_DIR).join(&project);
+            Paths {
+                out: base.join("deploy"),
+                run: base.join("run"),
+            }
+        } else {
+            Paths {
+                out: out.clone(),
+                run: stack.root.join(".stackctl").join("run").join(&project),
+            }
+        };
         Ok(StackEnv {
             stack,
             engine,
-            paths: Paths {
-                out: stack.root.join("deploy"),
-                run: stack.root.join(".stackctl").join("run").join(&project),
-            },
+            paths,
+            out,
             project,
             containers: crate::model::containers(stack),
         })
@@ -44,18 +65,14 @@ impl<'a> StackEnv<'a> {
 
     /// The artifacts the containers mount, rendered in memory.
     pub fn artifacts(&self) -> Result<Artifacts> {
-        let layout = Layout::new(
-            self.stack,
-            Some(&self.paths.out),
-            super::image_tag(self.stack),
-        );
+        let layout = Layout::new(self.stack, Some(&self.out), super::image_tag(self.stack));
         render::render(self.stack, &layout)
     }
 
     /// Render the artifacts the containers mount (deploy/), unchanged files untouched.
     pub fn render(&self) -> Result<Artifacts> {
         let a = self.artifacts()?;
-        a.write(&self.paths.out)?;
+        a.write(&self.out)?;
         Ok(a)
     }
 
@@ -66,18 +83,51 @@ impl<'a> StackEnv<'a> {
         self.desired(&artifacts, &ui.clone_quiet()).await
     }
 
-    /// Copy each container's secrets where only it mounts them, the Redis
-    /// ACL written first when stack.toml or a password changed.
-    pub fn stage_secrets<'s>(
+    /// Put what the containers about to be created mount where the daemon
+    /// finds it: each container's secrets where only it mounts them (the
+    /// Redis ACL written first when stack.toml or a password changed) and,
+    /// when given, the rendered artifacts. A local daemon reads them from
+    /// this disk (the artifacts are already in deploy/); a daemon on another
+    /// host gets them as one archive unpacked into [`HOST_DIR`] there,
+    /// through a container of the first container's image.
+    pub async fn stage_files<'s>(
         &self,
-        containers: impl IntoIterator<Item = (&'s str, &'s [String])>,
+        artifacts: Option<&Artifacts>,
+        containers: impl IntoIterator<Item = (&'s str, &'s [String], &'s str)>,
     ) -> Result<()> {
         super::setup::refresh_redis_acl(self.stack)?;
         let dir = super::setup::secrets_dir(self.stack);
-        for (name, secrets) in containers {
-            create::stage_secrets(&dir, &self.paths, name, secrets)?;
+        let containers: Vec<_> = containers.into_iter().collect();
+        if !self.engine.is_remote() {
+            for (name, secrets, _) in containers {
+                create::stage_secrets(&dir, &self.paths, name, secrets)?;
+            }
+            return Ok(());
         }
-        Ok(())
+        let Some((_, _, image)) = containers.first() else {
+            return Ok(());
+        };
+        let mut files = crate::engine::build::Context::default();
+        for (name, secrets, _) in &containers {
+            for s in secrets.iter() {
+                files.add(
+                    &format!("run/{name}/{s}"),
+                    0o444,
+                    create::read_secret(&dir, s)?,
+                );
+            }
+        }
+        for (path, bytes) in artifacts.iter().flat_map(|a| a.files.iter()) {
+            files.add(&format!("deploy/{path}"), 0o644, bytes.clone());
+        }
+        let base = std::path::Path::new(HOST_DIR).join(&self.project);
+        self.engine
+            .put_host_files(
+                &base.display().to_string(),
+                image,
+                files.tar_private("run")?,
+            )
+            .await
     }
 
     /// Create the stack's networks that are missing; their names.

@@ -187,11 +187,13 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
     env.ensure_volumes().await?;
     env.ensure_infra_images(ui, true).await?;
     let desired: Vec<Desired> = env.desired_for(&artifacts, Some(&want), ui).await?;
-    env.stage_secrets(
+    env.stage_files(
+        Some(&artifacts),
         desired
             .iter()
-            .map(|d| (d.name.as_str(), d.spec.secrets.as_slice())),
-    )?;
+            .map(|d| (d.name.as_str(), d.spec.secrets.as_slice(), d.image.as_str())),
+    )
+    .await?;
     let started: HashSet<String> = desired.iter().map(|d| d.spec.name.clone()).collect();
 
     // One-shot jobs (`[jobs.NAME]`, e.g. migrations) run before the services
