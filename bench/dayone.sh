@@ -9,7 +9,8 @@
 # What it does, with a registry on loopback (REGISTRY, default
 # 127.0.0.1:5000/dayone; Debian's docker-registry package serves it, as
 # scripts/test-setup.sh starts it):
-#   as CI   : scripts/dist.sh (the static stackctl), then in a clean clone
+#   as CI   : scripts/dist.sh (the static stackctl), then in this checkout
+#             (it must be clean: the images are tagged with its commit)
 #             `stackctl setup && stackctl build --push` (not timed)
 #   as a new developer, timed step by step:
 #             git clone; "download" the static binary (a copy of CI's);
@@ -38,14 +39,17 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "CI: the static stackctl and this commit's images in $REGISTRY"
+if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]; then
+  echo "dayone: commit first (CI's images are tagged with the commit)" >&2
+  exit 1
+fi
 bash "$REPO/scripts/dist.sh" "$WORK/ci-dist" >&2
 bin=$(ls "$WORK"/ci-dist/stackctl-* | grep -v sha256)
-git clone -q "$REPO" "$WORK/ci"
-(cd "$WORK/ci" && "$bin" setup -q && "$bin" build --push -q) >&2
-commit=$(git -C "$WORK/ci" rev-parse --short=12 HEAD)
+(cd "$REPO" && "$bin" setup -q && "$bin" build --push -q) >&2
+commit=$(git -C "$REPO" rev-parse --short=12 HEAD)
 
 step "a machine without the stack's images"
-(cd "$WORK/ci" && "$bin" down --volumes --yes -q) >&2 || true
+(cd "$REPO" && "$bin" down --volumes --yes -q) >&2 || true
 docker images --format '{{.Repository}}:{{.Tag}}' \
   | grep -E '^(stackctl/|ai-assistants-1c/|'"$registry_host"'/)' \
   | xargs -r docker rmi -f >/dev/null
