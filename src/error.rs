@@ -223,6 +223,11 @@ impl From<ModelError> for Error {
     }
 }
 
+/// An operator answered no at a confirmation prompt: nothing was changed.
+pub const EXIT_DECLINED: i32 = 7;
+/// `status`: what runs differs from stack.toml (its table says how).
+pub const EXIT_DRIFT: i32 = 45;
+
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -248,6 +248,7 @@ fn kustomizations_list_every_file_and_patch_only_base_objects() {
 
 #[test]
 fn snapshots_of_every_kubernetes_file() {
+    let mut written = std::collections::BTreeSet::new();
     for (name, rel) in stacks() {
         let (_p, out) = rendered(rel, &[]);
         let all = files(&out);
@@ -266,9 +267,11 @@ fn snapshots_of_every_kubernetes_file() {
                 _ => path.clone(),
             };
             let snap = format!("{name}__{}", stable.replace(['/', '.'], "_"));
+            written.insert(snap.clone());
             insta::assert_snapshot!(snap, text);
         }
     }
+    reject_orphan_snapshots("k8s", &written);
 }
 
 #[test]

@@ -52,6 +52,7 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn snapshots_of_every_rendered_file() {
+    let mut written = std::collections::BTreeSet::new();
     for (name, rel) in stacks() {
         let (_p, out) = rendered(rel, &[]);
         let all = files(&out);
@@ -62,9 +63,11 @@ fn snapshots_of_every_rendered_file() {
                 continue;
             }
             let snap = format!("{name}__{}", path.replace(['/', '.'], "_"));
+            written.insert(snap.clone());
             insta::assert_snapshot!(snap, String::from_utf8(bytes).expect("utf-8"));
         }
     }
+    reject_orphan_snapshots("render", &written);
 }
 
 #[test]

@@ -651,7 +651,7 @@ impl Resolver<'_> {
                         "`{}` names both a container of [{prev}] and one of [{what}]",
                         c.name
                     ),
-                    "rename the service or the postgres instance (postgres = { name = \"...\" })",
+                    "rename one of them (a service's PostgreSQL instance is renamed with postgres = { name = \"...\" })",
                 ));
             }
         }

@@ -1018,7 +1018,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     );
     if !yes && !confirm(&question)? {
         ui.info("nothing restored");
-        return Ok(1);
+        return Ok(crate::error::EXIT_DECLINED);
     }
     // The services using these databases (and Redis), those running now:
     // stopped for the restore, started again afterwards.

@@ -322,7 +322,11 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
             None => println!("no deploy revision yet (`stackctl deploy` records one)"),
         }
     }
-    Ok(if drift == 0 { 0 } else { 1 })
+    Ok(if drift == 0 {
+        0
+    } else {
+        crate::error::EXIT_DRIFT
+    })
 }
 
 pub async fn resources(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {

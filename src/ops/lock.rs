@@ -183,7 +183,7 @@ pub async fn release_cmd(stack: &crate::model::Stack, yes: bool, ui: &Ui) -> Res
         let _ = std::io::stdin().read_line(&mut answer);
         if answer.trim() != "yes" {
             ui.info("kept the lock");
-            return Ok(1);
+            return Ok(crate::error::EXIT_DECLINED);
         }
     }
     engine.remove(&lock_name(&project)).await?;

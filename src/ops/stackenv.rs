@@ -202,8 +202,9 @@ impl<'a> StackEnv<'a> {
             let progress = |m: &str| ui.detail(format!("{image}: {m}"));
             let e = crate::images::ensure(&self.engine.docker, &recipe, &progress)
                 .await
-                .map_err(|e| Error::Engine {
-                    what: format!("build {image}"),
+                .map_err(|e| Error::Build {
+                    service: image.clone(),
+                    step: String::new(),
                     message: format!("{e:#}"),
                     hint: "see the message; `stackctl images -v` shows each step".into(),
                 })?;

@@ -468,7 +468,7 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
         let _ = std::io::stdin().read_line(&mut answer);
         if answer.trim() != "yes" {
             ui.info("kept everything");
-            return Ok(1);
+            return Ok(crate::error::EXIT_DECLINED);
         }
     }
     let list = project_containers(&env, &[]).await?;

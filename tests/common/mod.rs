@@ -363,3 +363,31 @@ pub const CASES: &[Case] = &[
         says: "has no `port`",
     },
 ];
+
+/// Fail on snapshot files of `test_file` (`tests/snapshots/<test_file>__*.snap`)
+/// that no snapshot of this run wrote: a renamed or removed output leaves
+/// none behind. `written` holds the snapshot names asserted, without the
+/// `<test_file>__` prefix.
+pub fn reject_orphan_snapshots(test_file: &str, written: &std::collections::BTreeSet<String>) {
+    let prefix = format!("{test_file}__");
+    let orphans: Vec<String> = std::fs::read_dir(repo().join("tests/snapshots"))
+        .expect("tests/snapshots")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter_map(|f| {
+            f.strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".snap"))
+                .map(str::to_string)
+        })
+        .filter(|n| !written.contains(n))
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "snapshots no test writes any more (delete them): {}",
+        orphans
+            .iter()
+            .map(|o| format!("tests/snapshots/{prefix}{o}.snap"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}

@@ -1,0 +1,124 @@
+//! The exit codes of the README's table that no other test reaches, each
+//! from the real binary, with the message that goes with it: 5 (a file
+//! cannot be written), 23 (duplicate container name), 31 (a daemon too old:
+//! a fake one on a unix socket of this test), 35 (not every container is
+//! healthy), 42 (an unknown revision), 44 (the engine cannot run the plan).
+//! 33 is asserted by setup_dayone, 30/32/36/37/38/40 by the other e2e tests.
+//! The real engine is only asked (nothing is started), under a project name
+//! of this test's own.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::process::Output;
+
+const PROJECT: &str = "stackctl-exit-codes";
+
+fn run(p: &Project, args: &[&str]) -> Output {
+    let mut c = bin();
+    c.current_dir(p.path())
+        .env("STACKCTL_PROJECT", PROJECT)
+        .args(args);
+    run_logged(&mut c, &args.join(" "))
+}
+
+fn exits(o: &Output, code: i32, says: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(err.contains(says), "says `{says}`: {err}");
+    assert!(err.contains("hint:"), "says how to fix it: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_file_that_cannot_be_written_exits_5() {
+    let p = Project::new(BASE);
+    let o = run(&p, &["render", "-o", "/proc/stackctl-cannot-write-here"]);
+    exits(&o, 5, "cannot write /proc/stackctl-cannot-write-here");
+}
+
+#[test]
+fn two_containers_of_one_name_exit_23() {
+    let p = Project::new(&format!(
+        "{BASE}\n[components.api]\nimage = \"busybox:1\"\nnetworks = [\"backend\"]\n"
+    ));
+    let o = run(&p, &["validate"]);
+    exits(
+        &o,
+        23,
+        "`api` names both a container of [services] and one of [components]",
+    );
+}
+
+/// A daemon that answers every request with API version 1.24 (Docker 1.12).
+fn old_daemon(socket: &std::path::Path) {
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(8) {
+            let mut s = stream;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = r#"{"Version":"1.12.6","ApiVersion":"1.24","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.24\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn a_daemon_too_old_exits_31() {
+    let p = Project::new(BASE);
+    let socket = p.path().join("old-docker.sock");
+    old_daemon(&socket);
+    let mut c = bin();
+    c.current_dir(p.path())
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .args(["status"]);
+    let o = run_logged(&mut c, "status (against a daemon speaking API 1.24)");
+    exits(&o, 31, "1.24");
+}
+
+#[test]
+fn a_stack_that_is_not_running_is_unhealthy_35() {
+    // One container whose image is on this host (made here, never run).
+    let image = "stackctl-exit-codes/idle:1";
+    docker_build_text(
+        image,
+        "FROM scratch\nLABEL io.stackctl.test=\"exit-codes\"\n",
+    );
+    let p = Project::new(&format!(
+        "[stack]\nname = \"exitcodes\"\n\n[networks.backend]\ninternal = true\n\n[components.idle]\nimage = \"{image}\"\nnetworks = [\"backend\"]\ncommand = [\"idle\"]\n\n[infra.nginx]\nenabled = false\n\n[monitoring]\nenabled = false\n\n[logging]\nenabled = false\n"
+    ));
+    let o = run(&p, &["health"]);
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", image])
+        .output();
+    exits(&o, 35, "1 of 1 containers are not healthy");
+    assert!(
+        stdout(&o).contains("stackctl-exit-codes-idle-1  missing"),
+        "the table names it: {}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn an_unknown_revision_exits_42() {
+    let p = Project::new(BASE);
+    let o = run(&p, &["rollback", "--to", "99"]);
+    exits(&o, 42, "no deploy history on this host");
+}
+
+#[test]
+fn a_plan_the_engine_cannot_run_exits_44() {
+    let p = Project::new(BASE);
+    let o = run(&p, &["validate", "--against-engine"]);
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(44), "{all}");
+    assert!(
+        all.contains("image demo/api:snapshot is missing"),
+        "each problem listed: {all}"
+    );
+}
