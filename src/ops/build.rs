@@ -410,10 +410,11 @@ pub async fn build(
         pulled = missing.into_iter().filter(|m| !still.contains(m)).collect();
         services.retain(|s| !pulled.contains(&s.name));
     }
+    let cargo_started = Instant::now();
     if !no_cargo && !services.is_empty() {
         cargo_build(stack, &services, ui)?;
     }
-    let cargo_secs = started.elapsed().as_secs_f64();
+    let cargo_secs = cargo_started.elapsed().as_secs_f64();
     let env = StackEnv::connect(stack).await?;
     let artifacts = env.render()?;
     let target = target_dir(stack).join(TARGET).join("release");
