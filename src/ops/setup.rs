@@ -554,8 +554,8 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
     let built = build_debian_images(&env, ui).await?;
     let mut changes = Vec::new();
     if !pulled.is_empty() {
-        changes.push(format!(
-            "{} images pulled ({})",
+        ui.ok(format!(
+            "{} images pulled instead of built ({})",
             pulled.len(),
             pulled.join(", ")
         ));
