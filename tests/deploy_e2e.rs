@@ -85,10 +85,6 @@ fn running_image(svc: &str) -> String {
     docker(&["inspect", "-f", "{{.Image}}", &format!("{PROJECT}-{svc}-1")])
 }
 
-fn image_id(reference: &str) -> String {
-    docker(&["image", "inspect", "-f", "{{.Id}}", reference])
-}
-
 fn api(
     method: &str,
     path: &str,
@@ -221,17 +217,7 @@ fn wait_child(mut c: Child) -> (Option<i32>, String) {
 
 /// This project's revision records, lock and local history: a fresh start.
 fn forget_history() {
-    let ids = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=io.stackctl.project={PROJECT}"),
-    ]);
-    for id in ids.lines().filter(|l| !l.is_empty()) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", id])
-            .output();
-    }
+    remove_project_containers(PROJECT);
     let _ = std::fs::remove_dir_all(repo().join(".stackctl/revisions").join(PROJECT));
 }
 

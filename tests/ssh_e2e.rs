@@ -171,15 +171,7 @@ fn host_dir() -> PathBuf {
 }
 
 fn cleanup() {
-    let ids = docker_ok(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=io.stackctl.project={PROJECT}"),
-    ]);
-    for id in ids.lines().filter(|l| !l.is_empty()) {
-        let _ = Command::new("docker").args(["rm", "-f", id]).output();
-    }
+    remove_project_containers(PROJECT);
     let vols = docker_ok(&[
         "volume",
         "ls",
@@ -215,12 +207,6 @@ fn running_image() -> String {
     ])
     .trim()
     .to_string()
-}
-
-fn image_id(reference: &str) -> String {
-    docker_ok(&["image", "inspect", "-f", "{{.Id}}", reference])
-        .trim()
-        .to_string()
 }
 
 /// No ssh process of stackctl's is left once its command has returned.

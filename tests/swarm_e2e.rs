@@ -137,12 +137,6 @@ fn service_image(service: &str) -> String {
     .to_string()
 }
 
-fn image_id(reference: &str) -> String {
-    docker_ok(&["image", "inspect", "--format", "{{.Id}}", reference])
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
     let mut guard = Guard {

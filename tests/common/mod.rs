@@ -391,3 +391,24 @@ pub fn reject_orphan_snapshots(test_file: &str, written: &std::collections::BTre
             .join(", ")
     );
 }
+
+/// The id of a local image (`docker image inspect`), or panic.
+pub fn image_id(reference: &str) -> String {
+    docker_ok(&["image", "inspect", "-f", "{{.Id}}", reference])
+        .trim()
+        .to_string()
+}
+
+/// Remove every container of a project (running or not: the stack, its
+/// revision records, its lock), as a test's fresh start or clean-up.
+pub fn remove_project_containers(project: &str) {
+    let ids = docker_ok(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.stackctl.project={project}"),
+    ]);
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
+}
