@@ -226,6 +226,15 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = cmd(None, &["down", "--volumes", "--yes", "-q"]).output();
         forget_history();
+        // The test's own tags, some of them broken on purpose: no later
+        // test may take them for the built images.
+        for svc in APPS {
+            for tag in ["e2e-v1", "e2e-v2", "e2e-bad", "e2e-late"] {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", "-f", &image(svc, tag)])
+                    .output();
+            }
+        }
     }
 }
 
@@ -330,6 +339,10 @@ fn deploys_rollbacks_and_backups_on_the_real_engine() {
     assert!(served > 50, "the load loop ran: {served}");
     assert_eq!(failed, 0, "failed requests during the deploy: {samples:?}");
     assert!(out.contains("revision 2 is live"), "{out}");
+    assert!(
+        !out.contains("configuration changed"),
+        "`-f ../stack.toml` names the same files as a run at the root: only the two changed images roll: {out}"
+    );
     assert_ne!(running_image("api-gateway"), v1_gw);
     assert_ne!(running_image("user-management"), v1_um);
     let h = ok(None, &["history"]);

@@ -165,45 +165,19 @@ fn swarm_target_deploy_scale_auto_rollback_manual_rollback() {
     // Secrets and the Debian-based infrastructure images (cached when present).
     ok(sc_env(&["setup"], None, false), "setup");
 
-    // The service images: the ones stackctl would use, else build them.
-    let base =
-        {
-            let tagged = |t: &str| {
-                SERVICES.iter().all(|s| {
-                    docker(&["image", "inspect", &format!("{REPO}/{s}:{t}")])
-                        .status
-                        .success()
-                })
-            };
-            let listed = stdout(&docker(&[
-                "images",
-                &format!("{REPO}/api-gateway"),
-                "--format",
-                "{{.Tag}}",
-            ]));
-            match listed.lines().map(str::trim).find(|t| {
-                !t.is_empty() && *t != "<none>" && !t.starts_with("swarm-e2e") && tagged(t)
-            }) {
-                Some(t) => t.to_string(),
-                None => {
-                    ok(sc_env(&["build"], None, false), "build");
-                    let o = sc_env(&["--json", "validate"], None, false);
-                    assert!(o.status.success());
-                    let listed = stdout(&docker(&[
-                        "images",
-                        &format!("{REPO}/api-gateway"),
-                        "--format",
-                        "{{.Tag}}",
-                    ]));
-                    listed
-                        .lines()
-                        .map(str::trim)
-                        .find(|t| !t.starts_with("swarm-e2e") && tagged(t))
-                        .expect("service images after build")
-                        .to_string()
-                }
-            }
-        };
+    // The service images stackctl builds for this checkout (cached when
+    // built): never another test's tags, which may hold a broken image.
+    let o = sc_env(&["--json", "build"], None, false);
+    succeeded(&o, "build");
+    let built: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).expect("build --json prints JSON on stdout");
+    let base = built["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["service"] == "api-gateway"))
+        .and_then(|i| i["image"].as_str())
+        .and_then(|r| r.rsplit_once(':'))
+        .map(|(_, tag)| tag.to_string())
+        .unwrap_or_else(|| panic!("api-gateway in the build report: {built}"));
     eprintln!("service images: {REPO}/*:{base}");
     // Three revisions of the test's own: 1 and 2 differ by a label (new image
     // ids, so every service rolls), 3 is 2 except FAILING, which exits at start.

@@ -50,8 +50,11 @@ pub fn load(file: &Path, env: Option<&str>) -> Result<Stack, Error> {
     };
     // Every path stackctl derives from the root (secret and config bind
     // mounts, build contexts) reaches the engine, which takes only absolute
-    // paths, whatever `-f` was given.
-    let root = std::path::absolute(&root).map_err(|source| Error::Read {
+    // paths, whatever `-f` was given. Canonical, too: the bind-mount paths
+    // enter each container's config hash, so `-f ../stack.toml` from a
+    // subdirectory must name the same files as `stackctl` run at the root
+    // (or every container would look changed and be recreated).
+    let root = std::fs::canonicalize(&root).map_err(|source| Error::Read {
         path: file.to_path_buf(),
         source,
     })?;
