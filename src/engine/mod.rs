@@ -7,11 +7,44 @@ pub mod create;
 pub mod ssh;
 
 use crate::error::{Error, Result};
-use bollard::models::{ContainerCreateBody, ContainerSummary, ImageInspect};
-use bollard::query_parameters as qp;
-use bollard::Docker;
 use futures::StreamExt;
+use models::{ContainerCreateBody, ContainerSummary, ImageInspect};
 use std::collections::HashMap;
+use std::pin::Pin;
+
+// The Engine API's types, for code that builds requests or reads replies.
+// Everything that talks to the engine is here or in `images::docker` (the
+// Debian image builder's engine side), through these names; nothing else
+// in stackctl names bollard.
+pub use bollard::auth::DockerCredentials;
+pub use bollard::container::LogOutput;
+pub use bollard::errors::Error as ApiError;
+pub use bollard::models;
+pub use bollard::query_parameters as qp;
+pub use bollard::{body_full, body_try_stream, Docker, API_DEFAULT_VERSION};
+
+/// The HTTP status of an Engine API error reply (404 no such object, 409
+/// conflict, 304 already in that state); `None` for any other failure.
+pub fn status_of(e: &ApiError) -> Option<u16> {
+    match e {
+        ApiError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The engine answered 404: the object does not exist.
+pub fn is_not_found(e: &ApiError) -> bool {
+    status_of(e) == Some(404)
+}
+
+/// A command started in a container by [`Engine::exec_attach`]: its output
+/// as it comes and, when asked for, its standard input. Its exit code is
+/// [`Engine::exec_exit_code`] once the output has ended.
+pub struct ExecSession {
+    pub id: String,
+    pub output: Pin<Box<dyn futures::Stream<Item = Result<LogOutput>> + Send>>,
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
 
 /// The oldest Engine API stackctl drives (Docker 19.03); 20.10 speaks 1.41.
 pub const MIN_API: (u32, u32) = (1, 40);
@@ -217,7 +250,7 @@ impl Engine {
     pub async fn pull(
         &self,
         reference: &str,
-        credentials: Option<bollard::auth::DockerCredentials>,
+        credentials: Option<DockerCredentials>,
     ) -> Result<()> {
         let (repo, tag) = match reference.rsplit_once(':') {
             Some((r, t)) if !t.contains('/') => (r, t),
@@ -262,7 +295,7 @@ impl Engine {
                 "io.stackctl.role".to_string(),
                 "files".to_string(),
             )])),
-            host_config: Some(bollard::models::HostConfig {
+            host_config: Some(models::HostConfig {
                 network_mode: Some("none".into()),
                 binds: Some(vec![format!("{dir}:/stackctl-files")]),
                 ..Default::default()
@@ -305,11 +338,92 @@ impl Engine {
     pub async fn image(&self, reference: &str) -> Result<Option<ImageInspect>> {
         match self.docker.inspect_image(reference).await {
             Ok(i) => Ok(Some(i)),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(Error::engine(format!("inspect image {reference}"), e)),
         }
+    }
+
+    /// A container's inspection, or `None` when there is no container of
+    /// that name.
+    pub async fn container(&self, name: &str) -> Result<Option<models::ContainerInspectResponse>> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::engine(format!("inspect {name}"), e)),
+        }
+    }
+
+    /// Start `cmd` in a running container, attached to its output (and to
+    /// its standard input when `stdin`). `what` names it in errors.
+    pub async fn exec_attach(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        user: Option<&str>,
+        stdin: bool,
+        what: &str,
+    ) -> Result<ExecSession> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    attach_stdin: Some(stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    user: user.map(str::to_string),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::engine(format!("exec {what}"), e))?;
+        match self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| Error::engine(format!("exec {what}"), e))?
+        {
+            StartExecResults::Attached { output, input } => {
+                let what = what.to_string();
+                Ok(ExecSession {
+                    id: created.id,
+                    output: Box::pin(output.map(move |chunk| {
+                        chunk.map_err(|e| Error::engine(format!("output of {what}"), e))
+                    })),
+                    input,
+                })
+            }
+            StartExecResults::Detached => Err(Error::engine(
+                format!("exec {what}"),
+                "the engine started it detached, without its output",
+            )),
+        }
+    }
+
+    /// The exit code of a command [`Engine::exec_attach`] started, once it
+    /// has ended: the engine sets it a moment after the output closes, so it
+    /// is asked again for up to 5 s. A command that still runs then, or an
+    /// engine that reports no code, is an error (never a made-up code).
+    pub async fn exec_exit_code(&self, id: &str, what: &str) -> Result<i64> {
+        for _ in 0..50 {
+            let i = self
+                .docker
+                .inspect_exec(id)
+                .await
+                .map_err(|e| Error::engine(format!("exec {what}"), e))?;
+            if i.running != Some(true) {
+                return i.exit_code.ok_or_else(|| {
+                    Error::engine(format!("exec {what}"), "the engine reported no exit code")
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(Error::engine(
+            format!("exec {what}"),
+            "still running 5 s after its output ended",
+        ))
     }
 
     /// Run a command in a running container; its exit code and combined output.
@@ -319,42 +433,15 @@ impl Engine {
         cmd: &[String],
         user: Option<&str>,
     ) -> Result<(i64, String)> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
-        let created = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(cmd.to_vec()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    user: user.map(str::to_string),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| Error::engine(format!("exec in {container}"), e))?;
+        let what = format!("in {container}");
+        let mut session = self
+            .exec_attach(container, cmd.to_vec(), user, false, &what)
+            .await?;
         let mut out = String::new();
-        if let StartExecResults::Attached { mut output, .. } = self
-            .docker
-            .start_exec(&created.id, None)
-            .await
-            .map_err(|e| Error::engine(format!("exec in {container}"), e))?
-        {
-            while let Some(chunk) = output.next().await {
-                match chunk {
-                    Ok(c) => out.push_str(&String::from_utf8_lossy(&c.into_bytes())),
-                    Err(e) => return Err(Error::engine(format!("exec output of {container}"), e)),
-                }
-            }
+        while let Some(chunk) = session.output.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk?.into_bytes()));
         }
-        let code = self
-            .docker
-            .inspect_exec(&created.id)
-            .await
-            .map_err(|e| Error::engine(format!("exec in {container}"), e))?
-            .exit_code
-            .unwrap_or(-1);
+        let code = self.exec_exit_code(&session.id, &what).await?;
         Ok((code, out))
     }
 
@@ -371,25 +458,22 @@ impl Engine {
             )
             .await
         {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(Error::engine(format!("remove {name}"), e)),
         }
     }
 
-    /// Remove a volume; one that is already gone is fine.
-    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+    /// Remove a volume: `true` when it was there, `false` when it was
+    /// already gone (which is fine).
+    pub async fn remove_volume(&self, name: &str) -> Result<bool> {
         match self
             .docker
             .remove_volume(name, None::<qp::RemoveVolumeOptions>)
             .await
         {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(Error::engine(format!("remove volume {name}"), e)),
         }
     }
@@ -422,7 +506,7 @@ impl Engine {
         &self,
         name: &str,
         body: ContainerCreateBody,
-    ) -> std::result::Result<bollard::models::ContainerCreateResponse, bollard::errors::Error> {
+    ) -> std::result::Result<models::ContainerCreateResponse, ApiError> {
         self.docker
             .create_container(
                 Some(qp::CreateContainerOptions {
@@ -443,13 +527,13 @@ impl Engine {
         image: &str,
         cmd: &str,
         labels: HashMap<String, String>,
-    ) -> std::result::Result<bool, bollard::errors::Error> {
+    ) -> std::result::Result<bool, ApiError> {
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec![cmd.to_string()]),
             labels: Some(labels),
             network_disabled: Some(true),
-            host_config: Some(bollard::models::HostConfig {
+            host_config: Some(models::HostConfig {
                 network_mode: Some("none".into()),
                 ..Default::default()
             }),
@@ -457,10 +541,27 @@ impl Engine {
         };
         match self.create_raw(name, body).await {
             Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(false),
+            Err(e) if status_of(&e) == Some(409) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Wait for a started container to exit: its exit code, or `None` when
+    /// it still runs after `timeout` (it is left running).
+    pub async fn wait_exit(&self, name: &str, timeout: std::time::Duration) -> Result<Option<i64>> {
+        let mut wait = self
+            .docker
+            .wait_container(name, None::<qp::WaitContainerOptions>);
+        match tokio::time::timeout(timeout, wait.next()).await {
+            Err(_) => Ok(None),
+            Ok(Some(Ok(r))) => Ok(Some(r.status_code)),
+            // A non-zero exit arrives as an error carrying the code.
+            Ok(Some(Err(ApiError::DockerContainerWaitError { code, .. }))) => Ok(Some(code)),
+            Ok(Some(Err(e))) => Err(Error::engine(format!("wait for {name}"), e)),
+            Ok(None) => Err(Error::engine(
+                format!("wait for {name}"),
+                "the engine closed the wait without an exit code",
+            )),
         }
     }
 
@@ -523,7 +624,7 @@ impl Engine {
                     path: path.into(),
                     ..Default::default()
                 }),
-                bollard::body_try_stream(tar),
+                body_try_stream(tar),
             )
             .await
             .map_err(|e| Error::engine(format!("unpack an archive into {path} of {container}"), e))

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail, Context, Result};
-use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{
+use crate::engine::qp::{
     BuildImageOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
     RemoveImageOptions,
 };
-use bollard::Docker;
+use crate::engine::ApiError as BollardError;
+use crate::engine::Docker;
+use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 
 use super::layer::{self, Layer};
@@ -49,9 +49,7 @@ pub async fn inspect(docker: &Docker, reference: &str) -> Result<Option<ImageFac
             labels: img.config.and_then(|c| c.labels).unwrap_or_default(),
             layers: img.root_fs.and_then(|r| r.layers).unwrap_or_default(),
         })),
-        Err(BollardError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
+        Err(e) if crate::engine::is_not_found(&e) => Ok(None),
         Err(e) => Err(anyhow!(
             "cannot inspect image {reference}: {e}{}",
             engine_hint(&e)
@@ -164,7 +162,9 @@ async fn import_tree(
     };
     let mut stream = docker.create_image(
         Some(options),
-        Some(bollard::body_try_stream(crate::engine::read_stream(stdout))),
+        Some(crate::engine::body_try_stream(crate::engine::read_stream(
+            stdout,
+        ))),
         None,
     );
     while let Some(item) = stream.next().await {
@@ -311,7 +311,7 @@ async fn load_layer(
     let body = futures::stream::iter([Ok::<_, std::io::Error>(head.into())])
         .chain(crate::engine::read_stream(file))
         .chain(futures::stream::iter([Ok(tail.into())]));
-    let options = bollard::query_parameters::ImportImageOptions {
+    let options = crate::engine::qp::ImportImageOptions {
         quiet: true,
         ..Default::default()
     };
@@ -379,7 +379,11 @@ pub async fn build_final(
         ..Default::default()
     };
     progress(&format!("building FROM {base}"));
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut stream = docker.build_image(
+        options,
+        None,
+        Some(crate::engine::body_full(context.into())),
+    );
     let mut step = String::from("(before the first step)");
     let mut recent: Vec<String> = Vec::new();
     let mut image_id = None;

@@ -95,7 +95,7 @@ fn jobs() -> &'static tokio::sync::Semaphore {
 
 /// The image when its tag already carries the recipe's hash.
 async fn up_to_date(
-    docker: &bollard::Docker,
+    docker: &crate::engine::Docker,
     recipe: &Recipe,
     hash: &str,
     start: Instant,
@@ -125,7 +125,7 @@ type Prepared = (rootfs::BaseTree, docker::BaseImage);
 
 /// The suite's base tree and image, made once (per process, under a lock).
 async fn prepare_base(
-    docker: &bollard::Docker,
+    docker: &crate::engine::Docker,
     base: &Base,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Prepared> {
@@ -140,7 +140,7 @@ async fn prepare_base(
 /// does not (debootstrap only when the suite's base is not cached).
 /// `progress` receives one line per step.
 pub async fn ensure(
-    docker: &bollard::Docker,
+    docker: &crate::engine::Docker,
     recipe: &Recipe,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Ensured> {
@@ -174,7 +174,7 @@ fn say_why(existing: Option<&docker::ImageFacts>, hash: &str, progress: &(dyn Fn
 }
 
 /// Long imports and builds: no 2-minute request timeout for these calls.
-fn long_docker(docker: &bollard::Docker) -> bollard::Docker {
+fn long_docker(docker: &crate::engine::Docker) -> crate::engine::Docker {
     docker
         .clone()
         .with_timeout(std::time::Duration::from_secs(3 * 3600))
@@ -183,7 +183,7 @@ fn long_docker(docker: &bollard::Docker) -> bollard::Docker {
 /// Build the recipe's rootfs image (unless the engine has it; then the base
 /// is not needed) and its final image.
 async fn build_on(
-    docker: &bollard::Docker,
+    docker: &crate::engine::Docker,
     recipe: &Recipe,
     prepared: Option<&Prepared>,
     start: Instant,
@@ -244,7 +244,7 @@ async fn build_on(
 /// result follows the order of `recipes` (one entry per distinct tag). When
 /// some fail, the others still finish and the error names every failure.
 pub async fn ensure_all(
-    docker: &bollard::Docker,
+    docker: &crate::engine::Docker,
     recipes: Vec<Recipe>,
     display: Display,
 ) -> Result<Vec<Ensured>> {
@@ -382,10 +382,10 @@ mod tests {
     fn ensure_can_be_spawned() {
         fn assert_send<T: Send>(_: T) {}
         // Connecting is lazy: nothing talks to an engine here.
-        let docker = bollard::Docker::connect_with_http(
+        let docker = crate::engine::Docker::connect_with_http(
             "http://127.0.0.1:9",
             5,
-            bollard::API_DEFAULT_VERSION,
+            crate::engine::API_DEFAULT_VERSION,
         )
         .unwrap();
         let progress = |_: &str| {};

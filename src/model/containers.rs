@@ -2,10 +2,11 @@
 //! files, engine calls and other targets are all derived from.
 
 use super::*;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Which part of the stack a container belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     App,

@@ -13,12 +13,11 @@
 mod volume;
 
 use super::stackenv::StackEnv;
-use crate::engine::container_name;
+use crate::engine::LogOutput;
+use crate::engine::{container_name, ExecSession};
 use crate::error::{Error, Result};
 use crate::model::{Stack, VolumeBackup};
 use crate::ui::Ui;
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -141,13 +140,12 @@ fn git_commit(root: &Path) -> Option<String> {
 /// Whether the container of `instance` runs: `None` when there is none.
 async fn state_of(env: &StackEnv<'_>, instance: &str) -> Result<(String, Option<bool>)> {
     let name = container_name(&env.project, instance, 1);
-    match env.engine.docker.inspect_container(&name, None).await {
-        Ok(i) => Ok((name, Some(i.state.and_then(|s| s.running).unwrap_or(false)))),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok((name, None)),
-        Err(e) => Err(Error::engine(format!("inspect {name}"), e)),
-    }
+    let running = env
+        .engine
+        .container(&name)
+        .await?
+        .map(|i| i.state.and_then(|s| s.running).unwrap_or(false));
+    Ok((name, running))
 }
 
 /// The container of a data service, checked to be running.
@@ -211,20 +209,11 @@ async fn exec_to_file(
     path: &Path,
     pb: &indicatif::ProgressBar,
 ) -> Result<(u64, String)> {
-    let docker = &env.engine.docker;
     let what = format!("{} in {container}", cmd_name(&cmd));
-    let created = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                cmd: Some(cmd),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::engine(format!("exec {what}"), e))?;
+    let mut session = env
+        .engine
+        .exec_attach(container, cmd, None, false, &what)
+        .await?;
     let file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -239,29 +228,23 @@ async fn exec_to_file(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut stderr = Vec::new();
-    if let StartExecResults::Attached { mut output, .. } = docker
-        .start_exec(&created.id, None)
-        .await
-        .map_err(|e| Error::engine(format!("exec {what}"), e))?
-    {
-        while let Some(chunk) = output.next().await {
-            match chunk.map_err(|e| Error::engine(format!("output of {what}"), e))? {
-                LogOutput::StdOut { message } => {
-                    hasher.update(&message);
-                    size += message.len() as u64;
-                    pb.inc(message.len() as u64);
-                    out.write_all(&message)
-                        .await
-                        .map_err(|source| Error::Write {
-                            path: path.to_path_buf(),
-                            source,
-                        })?;
-                }
-                LogOutput::StdErr { message } if stderr.len() < STDERR_KEEP => {
-                    stderr.extend_from_slice(&message)
-                }
-                _ => {}
+    while let Some(chunk) = session.output.next().await {
+        match chunk? {
+            LogOutput::StdOut { message } => {
+                hasher.update(&message);
+                size += message.len() as u64;
+                pb.inc(message.len() as u64);
+                out.write_all(&message)
+                    .await
+                    .map_err(|source| Error::Write {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
             }
+            LogOutput::StdErr { message } if stderr.len() < STDERR_KEEP => {
+                stderr.extend_from_slice(&message)
+            }
+            _ => {}
         }
     }
     out.flush().await.map_err(|source| Error::Write {
@@ -275,7 +258,7 @@ async fn exec_to_file(
             path: path.to_path_buf(),
             source,
         })?;
-    let code = exit_code(env, &created.id, &what).await?;
+    let code = env.engine.exec_exit_code(&session.id, &what).await?;
     if code != 0 {
         return Err(Error::DataCommand {
             what,
@@ -298,23 +281,6 @@ fn cmd_name(cmd: &[String]) -> String {
         .to_string()
 }
 
-async fn exit_code(env: &StackEnv<'_>, id: &str, what: &str) -> Result<i64> {
-    // The exit code is set a moment after the output stream closes.
-    for _ in 0..50 {
-        let i = env
-            .engine
-            .docker
-            .inspect_exec(id)
-            .await
-            .map_err(|e| Error::engine(format!("exec {what}"), e))?;
-        if i.running != Some(true) {
-            return Ok(i.exit_code.unwrap_or(-1));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    Ok(-1)
-}
-
 /// Run `cmd` in `container` with the file at `path` streamed to its stdin.
 async fn exec_from_file(
     env: &StackEnv<'_>,
@@ -323,21 +289,15 @@ async fn exec_from_file(
     path: &Path,
     pb: &indicatif::ProgressBar,
 ) -> Result<()> {
-    let docker = &env.engine.docker;
     let what = format!("{} in {container}", cmd_name(&cmd));
-    let created = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                cmd: Some(cmd),
-                attach_stdin: Some(true),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::engine(format!("exec {what}"), e))?;
+    let ExecSession {
+        id,
+        mut output,
+        mut input,
+    } = env
+        .engine
+        .exec_attach(container, cmd, None, true, &what)
+        .await?;
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|source| Error::Read {
@@ -345,13 +305,6 @@ async fn exec_from_file(
             source,
         })?;
     let mut messages = Vec::new();
-    if let StartExecResults::Attached {
-        mut output,
-        mut input,
-    } = docker
-        .start_exec(&created.id, None)
-        .await
-        .map_err(|e| Error::engine(format!("exec {what}"), e))?
     {
         let send = async {
             let mut buf = vec![0u8; 1 << 20];
@@ -375,23 +328,22 @@ async fn exec_from_file(
         };
         let receive = async {
             while let Some(chunk) = output.next().await {
-                match chunk {
-                    Ok(LogOutput::StdErr { message }) | Ok(LogOutput::StdOut { message }) => {
-                        if messages.len() < STDERR_KEEP {
-                            messages.extend_from_slice(&message);
-                        }
+                match chunk? {
+                    LogOutput::StdErr { message } | LogOutput::StdOut { message }
+                        if messages.len() < STDERR_KEEP =>
+                    {
+                        messages.extend_from_slice(&message);
                     }
-                    Ok(_) => {}
-                    Err(e) => return Err(Error::engine(format!("output of {what}"), e)),
+                    _ => {}
                 }
             }
-            Ok(())
+            Ok::<(), Error>(())
         };
         let (sent, received) = tokio::join!(send, receive);
         sent?;
         received?;
     }
-    let code = exit_code(env, &created.id, &what).await?;
+    let code = env.engine.exec_exit_code(&id, &what).await?;
     if code != 0 {
         return Err(Error::DataCommand {
             what,
@@ -1192,7 +1144,7 @@ async fn restore_redis(
     f: &Entry,
     quiet: &Ui,
 ) -> Result<()> {
-    use bollard::models::{ContainerCreateBody, HostConfig};
+    use crate::engine::models::{ContainerCreateBody, HostConfig};
     let spec = env
         .containers
         .iter()

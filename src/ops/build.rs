@@ -241,7 +241,7 @@ pub async fn built_with(
     env: &StackEnv<'_>,
     name: &str,
     inputs: &str,
-) -> Result<Vec<bollard::models::ImageSummary>> {
+) -> Result<Vec<crate::engine::models::ImageSummary>> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
@@ -252,7 +252,7 @@ pub async fn built_with(
     )]);
     env.engine
         .docker
-        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+        .list_images(Some(crate::engine::qp::ListImagesOptions {
             filters: Some(filters),
             ..Default::default()
         }))
@@ -483,7 +483,7 @@ pub async fn build(
             // Only an image stackctl built itself: one derived from it
             // (`FROM` it, with another label or entrypoint) inherits the
             // inputs label but is not this build.
-            let mut own: Vec<&bollard::models::ImageSummary> = Vec::new();
+            let mut own: Vec<&crate::engine::models::ImageSummary> = Vec::new();
             for img in &existing {
                 if !img.labels.keys().all(|k| OWN_LABELS.contains(&k.as_str())) {
                     continue;

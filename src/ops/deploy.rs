@@ -18,18 +18,17 @@
 //! inside the window rolls the stack back to the previous revision.
 
 use super::lock::Lock;
-use super::revision::{self, Revision, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE};
+use super::revision::{self, Revision, RevisionKind, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE};
 use super::stackenv::StackEnv;
+use crate::engine::models::{EndpointSettings, NetworkConnectRequest};
+use crate::engine::qp;
 use crate::engine::{Engine, LABEL_CONFIG_HASH};
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
 use crate::model::{Job, Stack};
 use crate::render::Artifacts;
 use crate::ui::Ui;
-use bollard::models::{EndpointSettings, NetworkConnectRequest};
-use bollard::query_parameters as qp;
 use futures::future::join_all;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -390,15 +389,15 @@ pub(crate) async fn run_job(
     let name = format!("{}-job-{}", env.project, job.name);
     let mut u = unit.clone();
     u.body.cmd = Some(job.command.clone());
-    u.body.healthcheck = Some(bollard::models::HealthConfig {
+    u.body.healthcheck = Some(crate::engine::models::HealthConfig {
         test: Some(vec!["NONE".into()]),
         ..Default::default()
     });
     u.body.hostname = Some(format!("job-{}", job.name).chars().take(63).collect());
     if let Some(h) = u.body.host_config.as_mut() {
         h.port_bindings = None;
-        h.restart_policy = Some(bollard::models::RestartPolicy {
-            name: Some(bollard::models::RestartPolicyNameEnum::NO),
+        h.restart_policy = Some(crate::engine::models::RestartPolicy {
+            name: Some(crate::engine::models::RestartPolicyNameEnum::NO),
             maximum_retry_count: None,
         });
     }
@@ -416,22 +415,14 @@ pub(crate) async fn run_job(
     }
     env.engine.stop_and_remove(&name, 1).await?;
     create_unit(&env.engine, &env.project, &u, &name, 0).await?;
-    let mut wait = env
-        .engine
-        .docker
-        .wait_container(&name, None::<qp::WaitContainerOptions>);
-    let outcome = tokio::time::timeout(timeout, wait.next()).await;
-    let code = match outcome {
-        Err(_) => None,
-        Ok(Some(Ok(r))) => Some(r.status_code),
-        // A non-zero exit arrives as an error carrying the code.
-        Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => Some(code),
-        Ok(other) => {
+    let code = match env.engine.wait_exit(&name, timeout).await {
+        Ok(code) => code,
+        Err(e) => {
             let logs = env.engine.tail(&name, 30).await;
             env.engine.stop_and_remove(&name, 1).await?;
             return Err(Error::JobFailed {
                 job: job.name.clone(),
-                reason: format!("waiting for it failed: {other:?}"),
+                reason: format!("waiting for it failed: {e}"),
                 logs: indent_logs(&logs),
                 hint: "see the log lines above".into(),
             });
@@ -742,10 +733,10 @@ async fn watch(env: &StackEnv<'_>, units: &[&Unit], window: Duration, ui: &Ui) -
         for u in units {
             let state = env
                 .engine
-                .docker
-                .inspect_container(&u.name, None)
+                .container(&u.name)
                 .await
                 .ok()
+                .flatten()
                 .and_then(|c| c.state);
             let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
             let restarting = state.as_ref().and_then(|s| s.restarting).unwrap_or(false);
@@ -795,7 +786,7 @@ fn git_commit(stack: &Stack) -> Option<String> {
 fn new_revision(
     env: &StackEnv<'_>,
     id: u32,
-    kind: &str,
+    kind: RevisionKind,
     from: Option<u32>,
     config_hash: String,
     units: &[Unit],
@@ -816,7 +807,7 @@ fn new_revision(
     Revision {
         id,
         time: revision::now_rfc3339(),
-        kind: kind.to_string(),
+        kind,
         from,
         git: git_commit(env.stack),
         config_hash,
@@ -1015,7 +1006,7 @@ async fn deploy_locked(
     artifacts.write(&env.out)?;
     env.ensure_networks().await?;
     env.ensure_volumes().await?;
-    let rev = new_revision(env, id, "deploy", None, chash, units);
+    let rev = new_revision(env, id, RevisionKind::Deploy, None, chash, units);
     let mut units = units.to_vec();
     pin_images(env, &rev, &mut units).await?;
     env.stage_files(
@@ -1069,7 +1060,7 @@ async fn deploy_locked(
                     f.container, prev.id
                 ));
                 let t = Instant::now();
-                let back = rollback_to(env, prev, id + 1, "auto-rollback", ui).await;
+                let back = rollback_to(env, prev, id + 1, RevisionKind::AutoRollback, ui).await;
                 match back {
                     Ok(()) => format!(
                         "rolled back automatically to revision {} in {:.1}s (recorded as revision {})",
@@ -1148,7 +1139,7 @@ async fn rollback_to(
     env: &StackEnv<'_>,
     target: &Revision,
     id: u32,
-    kind: &str,
+    kind: RevisionKind,
     ui: &Ui,
 ) -> Result<()> {
     for (svc, s) in &target.services {
@@ -1174,7 +1165,7 @@ async fn rollback_to(
         .collect();
     let mut rev = target.clone();
     rev.id = id;
-    rev.kind = kind.to_string();
+    rev.kind = kind;
     rev.from = Some(target.id);
     rev.time = revision::now_rfc3339();
     rev.by = revision::operator();
@@ -1296,7 +1287,7 @@ pub async fn rollback(stack: &Stack, to: Option<&str>, ui: &Ui) -> Result<i32> {
     ));
     let r = async {
         recover(&env, ui).await?;
-        rollback_to(&env, &target, id, "rollback", ui).await
+        rollback_to(&env, &target, id, RevisionKind::Rollback, ui).await
     }
     .await;
     lock.release(&env.engine).await?;
@@ -1355,7 +1346,7 @@ pub async fn history(stack: &Stack, ui: &Ui) -> Result<i32> {
             .collect();
         let kind = match r.from {
             Some(f) => format!("{} to {f}", r.kind),
-            None => r.kind.clone(),
+            None => r.kind.to_string(),
         };
         println!(
             "{:<5} {:<21} {:<14} {:<13} {:<13} {:<20} {}{}{}",
@@ -1488,7 +1479,7 @@ mod tests {
             service: service.into(),
             replica: 1,
             name: format!("p-{service}-1"),
-            kind: "app".into(),
+            kind: crate::model::containers::Kind::App,
             stateful: false,
             image: "x:y".into(),
             image_id: "sha256:1".into(),

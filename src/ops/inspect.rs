@@ -3,12 +3,12 @@
 
 use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
+use crate::engine::qp;
 use crate::engine::{Engine, LABEL_CONFIG_HASH};
 use crate::error::{Error, Result};
 use crate::model::containers::Kind;
 use crate::model::Stack;
 use crate::ui::Ui;
-use bollard::query_parameters as qp;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -132,7 +132,7 @@ struct Row {
 async fn health_rows(env: &StackEnv<'_>, desired: &[Desired]) -> Vec<Row> {
     let mut rows = Vec::new();
     for d in desired {
-        let Ok(info) = env.engine.docker.inspect_container(&d.name, None).await else {
+        let Some(info) = env.engine.container(&d.name).await.ok().flatten() else {
             rows.push(Row {
                 container: d.name.clone(),
                 state: "missing".into(),

@@ -60,28 +60,19 @@ fn epoch() -> u64 {
 }
 
 pub async fn holder(engine: &Engine, project: &str) -> Result<Option<Holder>> {
-    match engine
-        .docker
-        .inspect_container(&lock_name(project), None)
-        .await
-    {
-        Ok(c) => {
-            let l = c.config.and_then(|c| c.labels).unwrap_or_default();
-            let get = |k: &str| l.get(k).cloned().unwrap_or_default();
-            Ok(Some(Holder {
-                who: get(LABEL_HOLDER),
-                host: get(LABEL_HOST),
-                pid: get(LABEL_PID).parse().unwrap_or(0),
-                since: get(LABEL_SINCE),
-                what: get(LABEL_WHAT),
-                expires: get(LABEL_EXPIRES).parse().unwrap_or(0),
-            }))
-        }
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
-        Err(e) => Err(Error::engine("inspect the deploy lock", e)),
-    }
+    let Some(c) = engine.container(&lock_name(project)).await? else {
+        return Ok(None);
+    };
+    let l = c.config.and_then(|c| c.labels).unwrap_or_default();
+    let get = |k: &str| l.get(k).cloned().unwrap_or_default();
+    Ok(Some(Holder {
+        who: get(LABEL_HOLDER),
+        host: get(LABEL_HOST),
+        pid: get(LABEL_PID).parse().unwrap_or(0),
+        since: get(LABEL_SINCE),
+        what: get(LABEL_WHAT),
+        expires: get(LABEL_EXPIRES).parse().unwrap_or(0),
+    }))
 }
 
 /// A held lock; release it with [`Lock::release`].

@@ -1,11 +1,11 @@
 //! `logs`, `exec`, `shell`: looking into running containers.
 
 use super::stackenv::StackEnv;
+use crate::engine::{qp, LogOutput};
 use crate::error::{Error, Result};
 use crate::model::containers::{Kind, LABEL_SERVICE};
 use crate::model::Stack;
 use crate::ui::Ui;
-use bollard::query_parameters as qp;
 use futures::StreamExt;
 
 const COLOURS: [console::Color; 6] = [
@@ -105,9 +105,7 @@ pub(crate) async fn print_interleaved<S>(
     fail_as: Option<&str>,
 ) -> Result<()>
 where
-    S: futures::Stream<
-            Item = std::result::Result<bollard::container::LogOutput, bollard::errors::Error>,
-        > + Unpin,
+    S: futures::Stream<Item = std::result::Result<LogOutput, crate::engine::ApiError>> + Unpin,
 {
     let streams = streams
         .into_iter()
@@ -140,7 +138,7 @@ where
 /// Run a command in a service's first container, streaming its output; the
 /// command's exit code is ours. Standard input is passed through when piped.
 pub async fn exec(stack: &Stack, service: &str, cmd: &[String], ui: &Ui) -> Result<i32> {
-    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use crate::engine::ExecSession;
     use std::io::IsTerminal;
     use tokio::io::AsyncWriteExt;
     let env = StackEnv::connect(stack).await?;
@@ -153,65 +151,36 @@ pub async fn exec(stack: &Stack, service: &str, cmd: &[String], ui: &Ui) -> Resu
         ));
     }
     let attach_stdin = !std::io::stdin().is_terminal();
-    let created = env
-        .engine
-        .docker
-        .create_exec(
-            &name,
-            CreateExecOptions {
-                cmd: Some(cmd.to_vec()),
-                attach_stdin: Some(attach_stdin),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| {
-            Error::engine(
-                format!("exec in {name} (is it running? stackctl start {service})"),
-                e,
-            )
-        })?;
-    if let StartExecResults::Attached {
+    let what = format!("in {name} (is it running? stackctl start {service})");
+    let ExecSession {
+        id,
         mut output,
         mut input,
     } = env
         .engine
-        .docker
-        .start_exec(&created.id, None)
-        .await
-        .map_err(|e| Error::engine(format!("exec in {name}"), e))?
-    {
-        if attach_stdin {
-            tokio::spawn(async move {
-                let mut stdin = tokio::io::stdin();
-                let _ = tokio::io::copy(&mut stdin, &mut input).await;
-                let _ = input.shutdown().await;
-            });
-        }
-        let mut out = tokio::io::stdout();
-        let mut err = tokio::io::stderr();
-        while let Some(Ok(chunk)) = output.next().await {
-            match chunk {
-                bollard::container::LogOutput::StdErr { message } => {
-                    let _ = err.write_all(&message).await;
-                }
-                other => {
-                    let _ = out.write_all(&other.into_bytes()).await;
-                }
+        .exec_attach(&name, cmd.to_vec(), None, attach_stdin, &what)
+        .await?;
+    if attach_stdin {
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let _ = tokio::io::copy(&mut stdin, &mut input).await;
+            let _ = input.shutdown().await;
+        });
+    }
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    while let Some(Ok(chunk)) = output.next().await {
+        match chunk {
+            LogOutput::StdErr { message } => {
+                let _ = err.write_all(&message).await;
+            }
+            other => {
+                let _ = out.write_all(&other.into_bytes()).await;
             }
         }
-        let _ = out.flush().await;
     }
-    let code = env
-        .engine
-        .docker
-        .inspect_exec(&created.id)
-        .await
-        .map_err(|e| Error::engine("exec result", e))?
-        .exit_code
-        .unwrap_or(1);
+    let _ = out.flush().await;
+    let code = env.engine.exec_exit_code(&id, &what).await?;
     ui.detail(format!("exit code {code}"));
     Ok(code as i32)
 }

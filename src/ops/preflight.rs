@@ -51,7 +51,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
     for c in env
         .engine
         .docker
-        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+        .list_containers(Some(crate::engine::qp::ListContainersOptions {
             all: false,
             ..Default::default()
         }))

@@ -3,10 +3,10 @@
 
 use super::build::Built;
 use super::stackenv::StackEnv;
+use crate::engine::DockerCredentials;
 use crate::error::{Error, Result};
 use crate::ui::Ui;
 use base64::Engine as _;
-use bollard::auth::DockerCredentials;
 use futures::StreamExt;
 
 /// Credentials for `registry` (its host part) from the docker config file.
@@ -62,7 +62,7 @@ pub async fn push(env: &StackEnv<'_>, images: &[Built], ui: &Ui) -> Result<()> {
         ui.info(format!("pushing {}", b.reference));
         let mut stream = env.engine.docker.push_image(
             repo,
-            Some(bollard::query_parameters::PushImageOptions {
+            Some(crate::engine::qp::PushImageOptions {
                 tag: Some(tag.to_string()),
                 ..Default::default()
             }),

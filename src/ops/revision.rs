@@ -9,11 +9,11 @@
 //! local copy is `.stackctl/revisions/<project>/<N>.json`.
 
 use crate::engine::create::Desired;
+use crate::engine::models::ContainerCreateBody;
+use crate::engine::qp;
 use crate::engine::{Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
-use crate::model::containers::LABEL_SERVICE;
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters as qp;
+use crate::model::containers::{Kind, LABEL_SERVICE};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub struct Unit {
     pub service: String,
     pub replica: u32,
     pub name: String,
-    pub kind: String,
+    pub kind: Kind,
     pub stateful: bool,
     pub image: String,
     pub image_id: String,
@@ -54,7 +54,7 @@ impl Unit {
             service: d.spec.name.clone(),
             replica: d.replica,
             name: d.name.clone(),
-            kind: d.spec.kind.as_str().to_string(),
+            kind: d.spec.kind,
             stateful: d.spec.stateful,
             image: d.image.clone(),
             image_id: image_id.to_string(),
@@ -76,7 +76,7 @@ impl Unit {
     }
 
     pub fn is_app(&self) -> bool {
-        self.kind == "app"
+        self.kind == Kind::App
     }
 }
 
@@ -100,8 +100,7 @@ pub struct Revision {
     pub id: u32,
     /// RFC 3339, UTC.
     pub time: String,
-    /// deploy, rollback or auto-rollback.
-    pub kind: String,
+    pub kind: RevisionKind,
     /// The revision a rollback went back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<u32>,
@@ -115,12 +114,33 @@ pub struct Revision {
     pub services: BTreeMap<String, ServiceRev>,
 }
 
+/// What made a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevisionKind {
+    Deploy,
+    /// `stackctl rollback`.
+    Rollback,
+    /// A deploy that failed and went back by itself.
+    AutoRollback,
+}
+
+impl std::fmt::Display for RevisionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RevisionKind::Deploy => "deploy",
+            RevisionKind::Rollback => "rollback",
+            RevisionKind::AutoRollback => "auto-rollback",
+        })
+    }
+}
+
 /// Metadata of a revision without the services (one label on each container).
 #[derive(Serialize, Deserialize)]
 struct Meta {
     id: u32,
     time: String,
-    kind: String,
+    kind: RevisionKind,
     from: Option<u32>,
     git: Option<String>,
     config_hash: String,
@@ -226,7 +246,7 @@ pub async fn list(
         let r = by_id.entry(meta.id).or_insert_with(|| Revision {
             id: meta.id,
             time: meta.time.clone(),
-            kind: meta.kind.clone(),
+            kind: meta.kind,
             from: meta.from,
             git: meta.git.clone(),
             config_hash: meta.config_hash.clone(),
@@ -290,7 +310,7 @@ pub async fn record(engine: &Engine, root: &std::path::Path, rev: &Revision) -> 
         let meta = Meta {
             id: rev.id,
             time: rev.time.clone(),
-            kind: rev.kind.clone(),
+            kind: rev.kind,
             from: rev.from,
             git: rev.git.clone(),
             config_hash: rev.config_hash.clone(),

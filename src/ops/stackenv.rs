@@ -2,13 +2,13 @@
 //! names on the host, and the desired containers with their images.
 
 use crate::engine::create::{self, Desired, Paths};
+use crate::engine::models::{ContainerSummary, NetworkCreateRequest, VolumeCreateRequest};
 use crate::engine::{network_name, project, volume_name, Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Image, LABEL_STACK};
 use crate::model::Stack;
 use crate::render::{self, Artifacts, Layout};
 use crate::ui::Ui;
-use bollard::models::{ContainerSummary, NetworkCreateRequest, VolumeCreateRequest};
 use std::collections::HashMap;
 
 pub struct StackEnv<'a> {

@@ -4,12 +4,12 @@
 
 use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
+use crate::engine::qp;
 use crate::engine::{Engine, LABEL_CONFIG_HASH};
 use crate::error::{Error, Result};
 use crate::model::containers::ContainerSpec;
 use crate::model::Stack;
 use crate::ui::Ui;
-use bollard::query_parameters as qp;
 use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ struct StartJob {
 pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
     let docker = &env.engine.docker;
     let mut action = "created";
-    if let Ok(existing) = docker.inspect_container(&d.name, None).await {
+    if let Some(existing) = env.engine.container(&d.name).await? {
         let same = existing
             .config
             .as_ref()
@@ -160,9 +160,9 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
         docker
             .connect_network(
                 &crate::engine::network_name(&env.project, net),
-                bollard::models::NetworkConnectRequest {
+                crate::engine::models::NetworkConnectRequest {
                     container: d.name.clone(),
-                    endpoint_config: Some(bollard::models::EndpointSettings {
+                    endpoint_config: Some(crate::engine::models::EndpointSettings {
                         aliases: Some(d.spec.dns_names()),
                         ..Default::default()
                     }),
@@ -432,10 +432,9 @@ pub async fn stop(stack: &Stack, names: &[String], ui: &Ui) -> Result<i32> {
             )
             .await
         {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => ui.ok(format!("{name} stopped")),
+            Ok(()) => ui.ok(format!("{name} stopped")),
+            // 304: it was not running.
+            Err(e) if crate::engine::status_of(&e) == Some(304) => ui.ok(format!("{name} stopped")),
             Err(e) => return Err(Error::engine(format!("stop {name}"), e)),
         }
     }
@@ -484,17 +483,8 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     }
     if volumes {
         for v in env.volume_names() {
-            match env
-                .engine
-                .docker
-                .remove_volume(&v, None::<qp::RemoveVolumeOptions>)
-                .await
-            {
-                Ok(()) => ui.ok(format!("volume {v} removed")),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(e) => return Err(Error::engine(format!("remove volume {v}"), e)),
+            if env.engine.remove_volume(&v).await? {
+                ui.ok(format!("volume {v} removed"));
             }
         }
     } else {

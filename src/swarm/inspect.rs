@@ -2,13 +2,13 @@
 
 use super::revisions::LABEL_REVISION;
 use super::{connect, counts, last_error, plan, replicas, service_name, services, tasks};
+use crate::engine::models::Service;
+use crate::engine::qp;
 use crate::engine::LABEL_CONFIG_HASH;
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
 use crate::model::Stack;
 use crate::ui::Ui;
-use bollard::models::Service;
-use bollard::query_parameters as qp;
 use serde_json::json;
 
 fn label(s: &Service, key: &str) -> Option<String> {

@@ -14,15 +14,15 @@ pub mod spec;
 
 pub use inspect::{health, logs, status};
 
-use crate::engine::{Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
+use crate::engine::models::{ConfigSpec, NetworkCreateRequest, SecretSpec, Service, Task};
+use crate::engine::qp;
+use crate::engine::{is_not_found, Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Source};
 use crate::model::Stack;
 use crate::ops::stackenv::StackEnv;
 use crate::ui::Ui;
 use base64::Engine as _;
-use bollard::models::{ConfigSpec, NetworkCreateRequest, SecretSpec, Service, Task};
-use bollard::query_parameters as qp;
 use revisions::{Planned, Revision, LABEL_REVISION};
 use spec::{ConfigFile, ObjectRef};
 use std::collections::{HashMap, HashSet};
@@ -457,16 +457,6 @@ pub struct Change {
     pub action: Action,
     pub at: chrono::DateTime<chrono::Utc>,
     pub image: String,
-}
-
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }
 
 /// Make the swarm run `planned` (create, update what differs, remove
@@ -908,7 +898,7 @@ async fn roll_out(
 async fn gc(env: &StackEnv<'_>, kept: &[Revision]) -> Result<usize> {
     let docker = &env.engine.docker;
     let mut used: HashSet<String> = HashSet::new();
-    let mut note = |spec: &bollard::models::ServiceSpec| {
+    let mut note = |spec: &crate::engine::models::ServiceSpec| {
         if let Some(cs) = spec
             .task_template
             .as_ref()
@@ -1152,8 +1142,8 @@ pub async fn scale(stack: &Stack, assignments: &[String], ui: &Ui) -> Result<i32
             ));
         };
         let mut s = cur.spec.clone().unwrap_or_default();
-        s.mode = Some(bollard::models::ServiceSpecMode {
-            replicated: Some(bollard::models::ServiceSpecModeReplicated {
+        s.mode = Some(crate::engine::models::ServiceSpecMode {
+            replicated: Some(crate::engine::models::ServiceSpecModeReplicated {
                 replicas: Some(*n as i64),
             }),
             ..Default::default()

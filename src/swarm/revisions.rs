@@ -4,11 +4,11 @@
 //! `rollback` applies one again, by the image recorded, never by a tag.
 
 use super::LABEL_OBJECT;
+use crate::engine::models::{ConfigSpec, ServiceSpec};
+use crate::engine::qp;
 use crate::engine::{Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use base64::Engine as _;
-use bollard::models::{ConfigSpec, ServiceSpec};
-use bollard::query_parameters as qp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

@@ -5,9 +5,7 @@
 
 use super::{network_name, volume_name};
 use crate::engine::create::host_port;
-use crate::engine::LABEL_PROJECT;
-use crate::model::containers::{ContainerSpec, Source, SECRETS_DIR};
-use bollard::models::{
+use crate::engine::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, EndpointSpecModeEnum, HealthConfig, Limit, Mount, MountTmpfsOptions, MountType,
     MountVolumeOptions, NetworkAttachmentConfig, ResourceObject, ServiceSpec, ServiceSpecMode,
@@ -19,6 +17,8 @@ use bollard::models::{
     TaskSpecContainerSpecSecrets, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
+use crate::engine::LABEL_PROJECT;
+use crate::model::containers::{ContainerSpec, Source, SECRETS_DIR};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 

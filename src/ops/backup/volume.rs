@@ -215,8 +215,8 @@ fn helper_body(
     target: &str,
     staging: &str,
     top: &str,
-) -> bollard::models::ContainerCreateBody {
-    use bollard::models::{ContainerCreateBody, HostConfig};
+) -> crate::engine::models::ContainerCreateBody {
+    use crate::engine::models::{ContainerCreateBody, HostConfig};
     let mut labels = std::collections::HashMap::new();
     labels.insert(
         crate::model::containers::LABEL_STACK.to_string(),
