@@ -32,6 +32,24 @@ pub fn status_of(e: &ApiError) -> Option<u16> {
     }
 }
 
+/// Whether a listed container runs (not created, paused, restarting, exited).
+pub fn is_running(c: &ContainerSummary) -> bool {
+    c.state == Some(models::ContainerSummaryStateEnum::RUNNING)
+}
+
+/// Whether a listed container has stopped, or was created and never started.
+pub fn is_stopped(c: &ContainerSummary) -> bool {
+    use models::ContainerSummaryStateEnum as S;
+    matches!(c.state, Some(S::EXITED | S::CREATED | S::DEAD))
+}
+
+/// The config hash stackctl labelled a container with when it created it
+/// ([`create::Desired::hash`]); comparing it with the desired one says
+/// whether the container is current.
+pub fn config_hash_of(labels: Option<&HashMap<String, String>>) -> Option<&str> {
+    labels?.get(LABEL_CONFIG_HASH).map(String::as_str)
+}
+
 /// The engine answered 404: the object does not exist.
 pub fn is_not_found(e: &ApiError) -> bool {
     status_of(e) == Some(404)

@@ -994,7 +994,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     }
     let mut up_now = std::collections::HashSet::new();
     for c in env.running().await? {
-        if c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running") {
+        if crate::engine::is_running(&c) {
             up_now.insert(
                 c.labels
                     .unwrap_or_default()

@@ -22,7 +22,7 @@ use super::revision::{self, Revision, RevisionKind, ServiceRev, Unit, LABEL_REVI
 use super::stackenv::StackEnv;
 use crate::engine::models::{EndpointSettings, NetworkConnectRequest};
 use crate::engine::qp;
-use crate::engine::{Engine, LABEL_CONFIG_HASH};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
 use crate::model::{Job, Stack};
@@ -118,13 +118,14 @@ async fn current(env: &StackEnv<'_>) -> Result<HashMap<String, (String, String, 
     let mut out = HashMap::new();
     for c in env.running().await? {
         let name = crate::engine::name_of(&c);
-        let labels = c.labels.unwrap_or_default();
         out.insert(
             name,
             (
-                labels.get(LABEL_CONFIG_HASH).cloned().unwrap_or_default(),
-                c.image_id.unwrap_or_default(),
-                c.state.map(|s| s.to_string()).as_deref() == Some("running"),
+                crate::engine::config_hash_of(c.labels.as_ref())
+                    .unwrap_or_default()
+                    .to_string(),
+                c.image_id.clone().unwrap_or_default(),
+                crate::engine::is_running(&c),
             ),
         );
     }

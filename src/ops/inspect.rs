@@ -4,7 +4,7 @@
 use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
 use crate::engine::qp;
-use crate::engine::{Engine, LABEL_CONFIG_HASH};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::Kind;
 use crate::model::Stack;
@@ -263,24 +263,25 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
             Some(c) => {
                 let labels = c.labels.clone().unwrap_or_default();
                 let state = c.state.map(|s| s.to_string()).unwrap_or_default();
-                let verdict = if labels.get(LABEL_CONFIG_HASH) != Some(&d.hash) {
-                    if labels.get("io.stackctl.image") != Some(&d.image) {
-                        format!(
-                            "outdated (image {} -> {})",
-                            labels
-                                .get("io.stackctl.image")
-                                .map(String::as_str)
-                                .unwrap_or("?"),
-                            d.image
-                        )
+                let verdict =
+                    if crate::engine::config_hash_of(Some(&labels)) != Some(d.hash.as_str()) {
+                        if labels.get("io.stackctl.image") != Some(&d.image) {
+                            format!(
+                                "outdated (image {} -> {})",
+                                labels
+                                    .get("io.stackctl.image")
+                                    .map(String::as_str)
+                                    .unwrap_or("?"),
+                                d.image
+                            )
+                        } else {
+                            "outdated (config or image content)".to_string()
+                        }
+                    } else if state != "running" {
+                        "stopped".to_string()
                     } else {
-                        "outdated (config or image content)".to_string()
-                    }
-                } else if state != "running" {
-                    "stopped".to_string()
-                } else {
-                    "up to date".to_string()
-                };
+                        "up to date".to_string()
+                    };
                 (state, verdict)
             }
         };

@@ -77,7 +77,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
         .running()
         .await?
         .into_iter()
-        .filter(|c| c.state.map(|s| s.to_string()).as_deref() == Some("running"))
+        .filter(crate::engine::is_running)
         .flat_map(|c| c.names.unwrap_or_default())
         .collect();
     let local_engine = env.engine.host.starts_with("unix://");

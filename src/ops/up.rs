@@ -5,7 +5,7 @@
 use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
 use crate::engine::qp;
-use crate::engine::{Engine, LABEL_CONFIG_HASH};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::ContainerSpec;
 use crate::model::Stack;
@@ -77,23 +77,21 @@ pub async fn wait_ready(
             .inspect_container(name, None)
             .await
             .map_err(|e| e.to_string())?;
+        use crate::engine::models::{ContainerStateStatusEnum as S, HealthStatusEnum as H};
         let state = info.state.unwrap_or_default();
-        let status = state.status.map(|s| s.to_string()).unwrap_or_default();
-        if status == "exited" || status == "dead" {
-            return Err(format!(
-                "it exited with code {}",
-                state.exit_code.unwrap_or(-1)
-            ));
+        if matches!(state.status, Some(S::EXITED | S::DEAD)) {
+            return Err(match state.exit_code {
+                Some(code) => format!("it exited with code {code}"),
+                None => "it exited".to_string(),
+            });
         }
-        let health = state
-            .health
-            .and_then(|h| h.status)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        if health == "healthy" || (health.is_empty() && status == "running" && probe.is_none()) {
+        let running = state.status == Some(S::RUNNING);
+        let health = state.health.and_then(|h| h.status);
+        let no_health = matches!(health, None | Some(H::EMPTY | H::NONE));
+        if health == Some(H::HEALTHY) || (no_health && running && probe.is_none()) {
             return Ok(t0.elapsed().as_secs_f64());
         }
-        if status == "running" {
+        if running {
             if let Some(cmd) = probe {
                 if let Ok((0, _)) = engine.exec(name, cmd, None).await {
                     return Ok(t0.elapsed().as_secs_f64());
@@ -102,9 +100,13 @@ pub async fn wait_ready(
         }
         if t0.elapsed() > timeout {
             return Err(format!(
-                "not ready after {} s (state {status}, health {})",
+                "not ready after {} s (state {}, health {})",
                 timeout.as_secs(),
-                if health.is_empty() { "none" } else { &health }
+                state.status.map(|s| s.to_string()).unwrap_or_default(),
+                match health {
+                    Some(h) if !no_health => h.to_string(),
+                    _ => "none".to_string(),
+                }
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -126,12 +128,9 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
     let docker = &env.engine.docker;
     let mut action = "created";
     if let Some(existing) = env.engine.container(&d.name).await? {
-        let same = existing
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(LABEL_CONFIG_HASH))
-            == Some(&d.hash);
+        let same =
+            crate::engine::config_hash_of(existing.config.as_ref().and_then(|c| c.labels.as_ref()))
+                == Some(d.hash.as_str());
         let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
         if same && running {
             return Ok("running");
@@ -226,11 +225,11 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
         .running()
         .await?
         .iter()
-        .filter(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running"))
+        .filter(|c| crate::engine::is_running(c))
         .filter_map(|c| {
             let name = crate::engine::name_of(c);
-            let hash = c.labels.as_ref()?.get(LABEL_CONFIG_HASH)?;
-            (hashes.get(name.as_str()) == Some(&hash.as_str())).then_some(name)
+            let hash = crate::engine::config_hash_of(c.labels.as_ref())?;
+            (hashes.get(name.as_str()) == Some(&hash)).then_some(name)
         })
         .collect();
 
@@ -501,8 +500,7 @@ pub async fn clean(stack: &Stack, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
     let mut removed = 0;
     for c in env.running().await? {
-        let state = c.state.map(|s| s.to_string()).unwrap_or_default();
-        if state == "exited" || state == "created" || state == "dead" {
+        if crate::engine::is_stopped(&c) {
             let id = c.id.unwrap_or_default();
             env.engine
                 .docker
