@@ -427,16 +427,71 @@ fn services_of(stack: &Stack, part: &Part) -> Vec<String> {
 }
 
 pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &Ui) -> Result<i32> {
-    let t0 = Instant::now();
-    let mut parts = select(stack, names)?;
+    // A name that is not in the stack is refused before connecting.
+    select(stack, names)?;
     let env = StackEnv::connect(stack).await?;
+    let made = backup_on(&env, names, keep, ui).await?;
+    if ui.json {
+        ui.print_json(&serde_json::json!({
+            "backup": made.name,
+            "dir": made.dir.display().to_string(),
+            "bytes": made.bytes(),
+            "seconds": made.seconds,
+            "deleted": made.deleted,
+            "manifest": made.manifest,
+        }));
+    } else {
+        ui.ok(made.summary());
+    }
+    Ok(0)
+}
+
+/// A backup [`backup_on`] wrote.
+pub(crate) struct Made {
+    pub name: String,
+    pub dir: PathBuf,
+    pub seconds: f64,
+    /// Older backups removed by the retention (`keep`).
+    pub deleted: Vec<String>,
+    pub manifest: Manifest,
+}
+
+impl Made {
+    pub fn bytes(&self) -> u64 {
+        self.manifest.files.iter().map(|f| f.size).sum()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "backup {}: {} files, {:.1} MB in {:.1}s at {}",
+            self.name,
+            self.manifest.files.len(),
+            self.bytes() as f64 / 1e6,
+            self.seconds,
+            self.dir.display()
+        )
+    }
+}
+
+/// Back up the named services' data (everything when none is named) on a
+/// connected engine: the operation behind `backup`, also run by `deploy`
+/// before it recreates a database. Prints progress, not the result.
+pub(crate) async fn backup_on(
+    env: &StackEnv<'_>,
+    names: &[String],
+    keep: Option<usize>,
+    ui: &Ui,
+) -> Result<Made> {
+    let t0 = Instant::now();
+    let stack = env.stack;
+    let mut parts = select(stack, names)?;
     // Every container must be running before anything is written (a
     // volume can be archived from a stopped one). A backup of everything
     // leaves out what was never created (e.g. a database added since).
     let mut containers = Vec::new();
     let mut kept = Vec::new();
     for p in parts.drain(..) {
-        let (name, running) = state_of(&env, p.instance()).await?;
+        let (name, running) = state_of(env, p.instance()).await?;
         match (running, &p) {
             (None, _) if names.is_empty() => {
                 ui.info(format!(
@@ -493,7 +548,7 @@ pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &U
             path: dir.clone(),
             source,
         })?;
-    let result = write_parts(stack, &env, &parts, &containers, &dir, ui).await;
+    let result = write_parts(stack, env, &parts, &containers, &dir, ui).await;
     let files = match result {
         Ok(f) => f,
         Err(e) => {
@@ -526,30 +581,18 @@ pub async fn backup(stack: &Stack, names: &[String], keep: Option<usize>, ui: &U
         path: dir.join(MANIFEST),
         source,
     })?;
-    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     let seconds = t0.elapsed().as_secs_f64();
     let deleted = match keep {
         Some(n) => retain(&base, n, ui)?,
         None => Vec::new(),
     };
-    if ui.json {
-        ui.print_json(&serde_json::json!({
-            "backup": name,
-            "dir": dir.display().to_string(),
-            "bytes": total,
-            "seconds": seconds,
-            "deleted": deleted,
-            "manifest": manifest,
-        }));
-    } else {
-        ui.ok(format!(
-            "backup {name}: {} files, {:.1} MB in {seconds:.1}s at {}",
-            manifest.files.len(),
-            total as f64 / 1e6,
-            dir.display()
-        ));
-    }
-    Ok(0)
+    Ok(Made {
+        name,
+        dir,
+        seconds,
+        deleted,
+        manifest,
+    })
 }
 
 async fn write_parts(
@@ -563,9 +606,7 @@ async fn write_parts(
     let mut files = Vec::new();
     for (part, container) in parts.iter().zip(containers) {
         match part {
-            Part::Volumes(c) => {
-                files.extend(write_volumes(stack, env, c, container, dir, ui).await?)
-            }
+            Part::Volumes(c) => files.extend(write_volumes(env, c, container, dir, ui).await?),
             _ => files.push(write_dump(stack, env, part, container, dir, ui).await?),
         }
     }
@@ -633,7 +674,6 @@ fn finish_file(tmp: &Path, done: &Path) -> Result<()> {
 /// Each named volume of a component, archived; with `backup = true` the
 /// component is stopped for it (when it runs) and started again after.
 async fn write_volumes(
-    stack: &Stack,
     env: &StackEnv<'_>,
     c: &crate::model::Component,
     container: &str,
@@ -644,7 +684,7 @@ async fn write_volumes(
     let stop = c.backup == VolumeBackup::Stopped && state_of(env, &c.name).await?.1 == Some(true);
     let names = std::slice::from_ref(&c.name);
     if stop {
-        super::up::stop(stack, names, &quiet).await?;
+        super::up::stop_on(env, names, &quiet).await?;
         ui.ok(format!("{} stopped for its volume archive", c.name));
     }
     let mut files = Vec::new();
@@ -684,7 +724,7 @@ async fn write_volumes(
     }
     // Started again whatever happened to the archive.
     if stop {
-        super::up::start(stack, names, 300, &quiet).await?;
+        super::up::start_on(env, names, 300, &quiet).await?;
         ui.ok(format!("{} started again", c.name));
     }
     result.map(|_| files)
@@ -1009,7 +1049,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     let quiet = ui.clone_quiet();
     let t_stop = Instant::now();
     if !running.is_empty() {
-        super::up::stop(stack, &running, &quiet).await?;
+        super::up::stop_on(&env, &running, &quiet).await?;
         ui.ok(format!(
             "stopped {} in {:.1}s",
             running.join(", "),
@@ -1094,7 +1134,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     let started = if running.is_empty() {
         Ok(0)
     } else {
-        super::up::start(stack, &running, 300, &quiet).await
+        super::up::start_on(&env, &running, 300, &quiet).await
     };
     if let Some(e) = failure {
         if let Err(s) = started {
@@ -1159,7 +1199,7 @@ async fn restore_redis(
         path: dir.to_path_buf(),
         source,
     })?;
-    super::up::stop(stack, std::slice::from_ref(&r.name), quiet).await?;
+    super::up::stop_on(env, std::slice::from_ref(&r.name), quiet).await?;
     let aof = if r.appendonly {
         "rm -rf /data/appendonlydir.new; mkdir /data/appendonlydir.new; \
          cp \"/backup/$1\" /data/appendonlydir.new/appendonly.aof.1.base.rdb; \

@@ -662,9 +662,11 @@ impl Rollout<'_> {
                         "{}: configuration changed; backing it up before recreating it",
                         u.name
                     ));
-                    super::backup::backup(env.stack, std::slice::from_ref(&u.service), None, ui)
-                        .await
-                        .map_err(|e| err(&u.name, e))?;
+                    let made =
+                        super::backup::backup_on(env, std::slice::from_ref(&u.service), None, ui)
+                            .await
+                            .map_err(|e| err(&u.name, e))?;
+                    ui.ok(made.summary());
                 }
                 env.engine
                     .stop_and_remove(&u.name, u.grace_secs)
@@ -999,7 +1001,9 @@ async fn deploy_locked(
             .iter()
             .any(|s| s.unit.stateful && s.current_image.is_some());
         if running_data {
-            super::backup::backup(stack, &[], None, ui).await?;
+            ui.ok(super::backup::backup_on(env, &[], None, ui)
+                .await?
+                .summary());
         } else {
             ui.info("no running database to back up yet");
         }

@@ -178,8 +178,23 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
 }
 
 pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) -> Result<i32> {
-    let t0 = Instant::now();
     let env = StackEnv::connect(stack).await?;
+    start_on(&env, names, wait_timeout, ui).await?;
+    Ok(0)
+}
+
+/// Bring the named containers (with their dependencies; all when none is
+/// named) up on a connected engine and wait until each is ready: the
+/// operation behind `start`, also used by `restore` and `backup` to bring
+/// back what they stopped. Returns how many containers are ready.
+pub(crate) async fn start_on(
+    env: &StackEnv<'_>,
+    names: &[String],
+    wait_timeout: u64,
+    ui: &Ui,
+) -> Result<usize> {
+    let t0 = Instant::now();
+    let stack = env.stack;
     let want = closure(&env.containers, names)?;
     let artifacts = env.render()?;
     env.ensure_networks().await?;
@@ -252,7 +267,7 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
         }
         m
     };
-    let env_ref = &env;
+    let env_ref = env;
     let jobs_ref = &jobs;
     let current_ref = &current;
     let receivers_ref = &receivers;
@@ -364,7 +379,7 @@ pub async fn start(stack: &Stack, names: &[String], wait_timeout: u64, ui: &Ui) 
         rows.len(),
         t0.elapsed().as_secs_f64()
     ));
-    Ok(0)
+    Ok(rows.len())
 }
 
 fn indent(s: &str) -> String {
@@ -417,7 +432,15 @@ async fn project_containers(
 
 pub async fn stop(stack: &Stack, names: &[String], ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    let list = project_containers(&env, names).await?;
+    stop_on(&env, names, ui).await?;
+    Ok(0)
+}
+
+/// Stop the named services' containers (dependents first; all when none is
+/// named), each with its grace period: the operation behind `stop`. Returns
+/// the containers stopped.
+pub(crate) async fn stop_on(env: &StackEnv<'_>, names: &[String], ui: &Ui) -> Result<Vec<String>> {
+    let list = project_containers(env, names).await?;
     for (_, name, grace) in &list {
         match env
             .engine
@@ -440,7 +463,7 @@ pub async fn stop(stack: &Stack, names: &[String], ui: &Ui) -> Result<i32> {
     if list.is_empty() {
         ui.ok("nothing to stop");
     }
-    Ok(0)
+    Ok(list.into_iter().map(|(_, name, _)| name).collect())
 }
 
 pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i32> {
