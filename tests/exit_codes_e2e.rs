@@ -2,7 +2,8 @@
 //! from the real binary, with the message that goes with it: 5 (a file
 //! cannot be written), 23 (duplicate container name), 31 (a daemon too old:
 //! a fake one on a unix socket of this test), 35 (not every container is
-//! healthy), 42 (an unknown revision), 44 (the engine cannot run the plan).
+//! healthy), 42 (an unknown revision), 44 (the engine cannot run the plan),
+//! 45 (what runs differs from stack.toml).
 //! 33 is asserted by setup_dayone, 30/32/36/37/38/40 by the other e2e tests.
 //! The real engine is only asked (nothing is started), under a project name
 //! of this test's own.
@@ -81,9 +82,9 @@ fn a_daemon_too_old_exits_31() {
     exits(&o, 31, "1.24");
 }
 
-#[test]
-fn a_stack_that_is_not_running_is_unhealthy_35() {
-    // One container whose image is on this host (made here, never run).
+/// A stack of one container whose image is on this host (made here, never
+/// run), and that image, removed by the caller.
+fn idle_stack() -> (Project, &'static str) {
     let image = "stackctl-exit-codes/idle:1";
     docker_build_text(
         image,
@@ -92,16 +93,43 @@ fn a_stack_that_is_not_running_is_unhealthy_35() {
     let p = Project::new(&format!(
         "[stack]\nname = \"exitcodes\"\n\n[networks.backend]\ninternal = true\n\n[components.idle]\nimage = \"{image}\"\nnetworks = [\"backend\"]\ncommand = [\"idle\"]\n\n[infra.nginx]\nenabled = false\n\n[monitoring]\nenabled = false\n\n[logging]\nenabled = false\n"
     ));
-    let o = run(&p, &["health"]);
+    (p, image)
+}
+
+fn remove_image(image: &str) {
     let _ = std::process::Command::new("docker")
         .args(["rmi", image])
         .output();
+}
+
+#[test]
+fn a_stack_that_is_not_running_is_unhealthy_35() {
+    let (p, image) = idle_stack();
+    let o = run(&p, &["health"]);
+    remove_image(image);
     exits(&o, 35, "1 of 1 containers are not healthy");
     assert!(
         stdout(&o).contains("stackctl-exit-codes-idle-1  missing"),
         "the table names it: {}",
         stdout(&o)
     );
+}
+
+#[test]
+fn a_stack_that_differs_from_what_runs_exits_45() {
+    // Its one container was never created: `status` says so in its table
+    // and exits 45 (not 1, nor 0).
+    let (p, image) = idle_stack();
+    let o = run(&p, &["status"]);
+    remove_image(image);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(45), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(&format!("{PROJECT}-idle-1")) && out.contains("missing"),
+        "the table names it: {out}"
+    );
+    assert!(out.contains("0 of 1 match stack.toml"), "{out}");
+    assert!(!stderr(&o).contains("panicked"));
 }
 
 #[test]
