@@ -371,6 +371,57 @@ impl Engine {
         }
     }
 
+    /// Whether a volume of that name exists.
+    pub async fn volume_exists(&self, name: &str) -> Result<bool> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(Error::engine(format!("inspect volume {name}"), e)),
+        }
+    }
+
+    /// Create a volume unless one of that name exists: `true` when created.
+    pub async fn ensure_volume(&self, name: &str, labels: HashMap<String, String>) -> Result<bool> {
+        if self.volume_exists(name).await? {
+            return Ok(false);
+        }
+        self.docker
+            .create_volume(models::VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::engine(format!("create volume {name}"), e))?;
+        Ok(true)
+    }
+
+    /// Create a bridge network unless one of that name exists: `true` when
+    /// created. An internal network has no route out of the host.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        internal: bool,
+        labels: HashMap<String, String>,
+    ) -> Result<bool> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(false),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::engine(format!("inspect network {name}"), e)),
+        }
+        self.docker
+            .create_network(models::NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                internal: Some(internal),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::engine(format!("create network {name}"), e))?;
+        Ok(true)
+    }
+
     /// Start `cmd` in a running container, attached to its output (and to
     /// its standard input when `stdin`). `what` names it in errors.
     pub async fn exec_attach(

@@ -55,7 +55,7 @@ fn dechunk(head: &str, body: String) -> String {
 
 /// The container's addresses on its networks.
 async fn addresses(engine: &Engine, name: &str) -> Vec<String> {
-    let Ok(info) = engine.docker.inspect_container(name, None).await else {
+    let Ok(Some(info)) = engine.container(name).await else {
         return vec![];
     };
     info.network_settings

@@ -130,7 +130,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
     let mut present = 0;
     let volumes = env.volume_names();
     for v in &volumes {
-        if env.engine.docker.inspect_volume(v).await.is_ok() {
+        if env.engine.volume_exists(v).await? {
             present += 1;
         }
     }

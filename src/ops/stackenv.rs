@@ -2,7 +2,7 @@
 //! names on the host, and the desired containers with their images.
 
 use crate::engine::create::{self, Desired, Paths};
-use crate::engine::models::{ContainerSummary, NetworkCreateRequest, VolumeCreateRequest};
+use crate::engine::models::ContainerSummary;
 use crate::engine::{network_name, project, volume_name, Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Image, LABEL_STACK};
@@ -140,25 +140,11 @@ impl<'a> StackEnv<'a> {
             let name = network_name(&self.project, &n.name);
             if self
                 .engine
-                .docker
-                .inspect_network(&name, None)
-                .await
-                .is_ok()
+                .ensure_network(&name, n.internal, self.labels())
+                .await?
             {
-                continue;
+                created.push(name);
             }
-            self.engine
-                .docker
-                .create_network(NetworkCreateRequest {
-                    name: name.clone(),
-                    driver: Some("bridge".into()),
-                    internal: Some(n.internal),
-                    labels: Some(self.labels()),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| Error::engine(format!("create network {name}"), e))?;
-            created.push(name);
         }
         Ok(created)
     }
@@ -177,19 +163,9 @@ impl<'a> StackEnv<'a> {
     pub async fn ensure_volumes(&self) -> Result<Vec<String>> {
         let mut created = Vec::new();
         for name in self.volume_names() {
-            if self.engine.docker.inspect_volume(&name).await.is_ok() {
-                continue;
+            if self.engine.ensure_volume(&name, self.labels()).await? {
+                created.push(name);
             }
-            self.engine
-                .docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(name.clone()),
-                    labels: Some(self.labels()),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| Error::engine(format!("create volume {name}"), e))?;
-            created.push(name);
         }
         Ok(created)
     }

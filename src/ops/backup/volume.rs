@@ -88,7 +88,7 @@ fn top_dir(entry: &Entry) -> Option<String> {
 async fn helper_images(env: &StackEnv<'_>, comp: &Component) -> Vec<String> {
     let mut out = Vec::new();
     let own = crate::engine::container_name(&env.project, &comp.name, 1);
-    if let Ok(i) = env.engine.docker.inspect_container(&own, None).await {
+    if let Ok(Some(i)) = env.engine.container(&own).await {
         if let Some(image) = i.image {
             out.push(image);
         }
