@@ -422,6 +422,136 @@ impl Engine {
         Ok(true)
     }
 
+    /// Start a created (or stopped) container.
+    pub async fn start(&self, name: &str) -> Result<()> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| Error::engine(format!("start {name}"), e))
+    }
+
+    /// Stop a container: SIGTERM, SIGKILL after `grace` seconds. One that
+    /// is not running is fine.
+    pub async fn stop(&self, name: &str, grace: u64) -> Result<()> {
+        match self
+            .docker
+            .stop_container(
+                name,
+                Some(qp::StopContainerOptions {
+                    t: Some(grace as i32),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: it was not running.
+            Err(e) if status_of(&e) == Some(304) => Ok(()),
+            Err(e) => Err(Error::engine(format!("stop {name}"), e)),
+        }
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.docker
+            .rename_container(
+                from,
+                qp::RenameContainerOptions {
+                    name: to.to_string(),
+                },
+            )
+            .await
+            .map_err(|e| Error::engine(format!("rename {from} to {to}"), e))
+    }
+
+    /// Create a container (on the first network its body names), connect
+    /// it to `more_networks` (engine names) under `aliases`, and start it.
+    pub async fn create_and_start(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        more_networks: &[String],
+        aliases: &[String],
+    ) -> Result<()> {
+        self.create(name, body).await?;
+        for net in more_networks {
+            self.docker
+                .connect_network(
+                    net,
+                    models::NetworkConnectRequest {
+                        container: name.to_string(),
+                        endpoint_config: Some(models::EndpointSettings {
+                            aliases: Some(aliases.to_vec()),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(|e| Error::engine(format!("connect {name} to {net}"), e))?;
+        }
+        self.start(name).await
+    }
+
+    /// Remove a network; `false` when there was none of that name (or a
+    /// container still uses it: the engine refuses).
+    pub async fn remove_network(&self, name: &str) -> bool {
+        self.docker.remove_network(name).await.is_ok()
+    }
+
+    /// Tag an image (by id or reference) as `reference` (`repo:tag`; a
+    /// reference without a tag gets `latest`).
+    pub async fn tag(&self, image: &str, reference: &str) -> Result<()> {
+        let (repo, tag) = match reference.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (reference, "latest"),
+        };
+        self.docker
+            .tag_image(
+                image,
+                Some(qp::TagImageOptions {
+                    repo: Some(repo.to_string()),
+                    tag: Some(tag.to_string()),
+                }),
+            )
+            .await
+            .map_err(|e| {
+                let short = image.strip_prefix("sha256:").unwrap_or(image);
+                Error::engine(
+                    format!("tag {} as {reference}", &short[..short.len().min(12)]),
+                    e,
+                )
+            })
+    }
+
+    /// The images matching engine filters (e.g. `label`, `dangling`).
+    pub async fn images(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<models::ImageSummary>> {
+        self.docker
+            .list_images(Some(qp::ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| Error::engine("list images", e))
+    }
+
+    /// Remove an image (`noprune`: keep its untagged parents); `false` when
+    /// the engine refuses (a container uses it) or it is gone.
+    pub async fn remove_image(&self, reference: &str, noprune: bool) -> bool {
+        self.docker
+            .remove_image(
+                reference,
+                Some(qp::RemoveImageOptions {
+                    noprune,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+            .is_ok()
+    }
+
     /// Start `cmd` in a running container, attached to its output (and to
     /// its standard input when `stdin`). `what` names it in errors.
     pub async fn exec_attach(

@@ -20,8 +20,6 @@
 use super::lock::Lock;
 use super::revision::{self, Revision, RevisionKind, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE};
 use super::stackenv::StackEnv;
-use crate::engine::models::{EndpointSettings, NetworkConnectRequest};
-use crate::engine::qp;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
@@ -296,37 +294,18 @@ async fn create_unit(
     name: &str,
     revision: u32,
 ) -> Result<()> {
-    let docker = &engine.docker;
     let mut body = u.body.clone();
     if let Some(l) = body.labels.as_mut() {
         l.insert(LABEL_REVISION.into(), revision.to_string());
     }
     let _ = project;
-    engine.create(name, body).await?;
-    for net in u.networks.iter().skip(1) {
-        docker
-            .connect_network(
-                net,
-                NetworkConnectRequest {
-                    container: name.to_string(),
-                    endpoint_config: Some(EndpointSettings {
-                        aliases: Some(
-                            std::iter::once(&u.alias)
-                                .chain(&u.more_aliases)
-                                .cloned()
-                                .collect(),
-                        ),
-                        ..Default::default()
-                    }),
-                },
-            )
-            .await
-            .map_err(|e| Error::engine(format!("connect {name} to {net}"), e))?;
-    }
-    docker
-        .start_container(name, None)
-        .await
-        .map_err(|e| Error::engine(format!("start {name}"), e))?;
+    let aliases: Vec<String> = std::iter::once(&u.alias)
+        .chain(&u.more_aliases)
+        .cloned()
+        .collect();
+    engine
+        .create_and_start(name, body, &u.networks[1.min(u.networks.len())..], &aliases)
+        .await?;
     Ok(())
 }
 
@@ -347,16 +326,7 @@ async fn recover(env: &StackEnv<'_>, ui: &Ui) -> Result<()> {
                 "removed {name}, left by an interrupted deploy before its cutover"
             ));
         } else {
-            env.engine
-                .docker
-                .rename_container(
-                    name,
-                    qp::RenameContainerOptions {
-                        name: canonical.to_string(),
-                    },
-                )
-                .await
-                .map_err(|e| Error::engine(format!("rename {name}"), e))?;
+            env.engine.rename(name, canonical).await?;
             ui.warn(format!(
                 "completed the cutover of {canonical}, left by an interrupted deploy"
             ));
@@ -592,15 +562,7 @@ impl Rollout<'_> {
                 .engine
                 .stop_and_remove(old, s.unit.grace_secs)
                 .await?;
-            self.env
-                .engine
-                .docker
-                .rename_container(
-                    &next_name(old),
-                    qp::RenameContainerOptions { name: old.clone() },
-                )
-                .await
-                .map_err(|e| Error::engine(format!("rename {}", next_name(old)), e))
+            self.env.engine.rename(&next_name(old), old).await
         });
         for r in join_all(cut).await {
             if let Err(e) = r {
@@ -640,10 +602,9 @@ impl Rollout<'_> {
             Action::Keep => return Ok(None),
             Action::Start => {
                 env.engine
-                    .docker
-                    .start_container(&u.name, None)
+                    .start(&u.name)
                     .await
-                    .map_err(|e| err(&u.name, Error::engine(format!("start {}", u.name), e)))?;
+                    .map_err(|e| err(&u.name, e))?;
                 u.name.clone()
             }
             Action::Create => {
@@ -828,26 +789,7 @@ async fn pin_images(env: &StackEnv<'_>, rev: &Revision, units: &mut [Unit]) -> R
         let Some(s) = rev.services.get(&u.service) else {
             continue;
         };
-        let (repo, tag) = s
-            .revision_tag
-            .rsplit_once(':')
-            .unwrap_or((&s.revision_tag, "latest"));
-        env.engine
-            .docker
-            .tag_image(
-                &s.image_id,
-                Some(qp::TagImageOptions {
-                    repo: Some(repo.to_string()),
-                    tag: Some(tag.to_string()),
-                }),
-            )
-            .await
-            .map_err(|e| {
-                Error::engine(
-                    format!("tag {} as {}", short(&s.image_id), s.revision_tag),
-                    e,
-                )
-            })?;
+        env.engine.tag(&s.image_id, &s.revision_tag).await?;
         u.body.image = Some(s.revision_tag.clone());
         if let Some(l) = u.body.labels.as_mut() {
             l.insert("io.stackctl.image".into(), s.revision_tag.clone());

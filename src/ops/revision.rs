@@ -10,7 +10,6 @@
 
 use crate::engine::create::Desired;
 use crate::engine::models::ContainerCreateBody;
-use crate::engine::qp;
 use crate::engine::{Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{Kind, LABEL_SERVICE};
@@ -291,22 +290,8 @@ pub async fn list(
 /// Record a revision: tag its images immutably, create the holder
 /// containers with the record on the host, write the local copy.
 pub async fn record(engine: &Engine, root: &std::path::Path, rev: &Revision) -> Result<()> {
-    let docker = &engine.docker;
     for (service, s) in &rev.services {
-        let (repo, tag) = s
-            .revision_tag
-            .rsplit_once(':')
-            .unwrap_or((&s.revision_tag, "latest"));
-        docker
-            .tag_image(
-                &s.image_id,
-                Some(qp::TagImageOptions {
-                    repo: Some(repo.to_string()),
-                    tag: Some(tag.to_string()),
-                }),
-            )
-            .await
-            .map_err(|e| Error::engine(format!("tag {} as {}", s.image_id, s.revision_tag), e))?;
+        engine.tag(&s.image_id, &s.revision_tag).await?;
         let meta = Meta {
             id: rev.id,
             time: rev.time.clone(),
@@ -379,17 +364,7 @@ pub async fn prune(
                 .remove(&revision_container(project, r.id, service))
                 .await;
             // Untag only; the image stays while anything else uses it.
-            let _ = engine
-                .docker
-                .remove_image(
-                    &s.revision_tag,
-                    Some(qp::RemoveImageOptions {
-                        noprune: true,
-                        ..Default::default()
-                    }),
-                    None,
-                )
-                .await;
+            engine.remove_image(&s.revision_tag, true).await;
         }
         let _ = std::fs::remove_file(local_dir(root, project).join(format!("{}.json", r.id)));
         gone.push(r.id);

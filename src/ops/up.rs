@@ -4,7 +4,6 @@
 
 use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
-use crate::engine::qp;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::ContainerSpec;
@@ -125,7 +124,6 @@ struct StartJob {
 
 /// Create (or keep, or replace) and start one container.
 pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static str> {
-    let docker = &env.engine.docker;
     let mut action = "created";
     if let Some(existing) = env.engine.container(&d.name).await? {
         let same =
@@ -136,44 +134,22 @@ pub(crate) async fn bring_up(env: &StackEnv<'_>, d: &Desired) -> Result<&'static
             return Ok("running");
         }
         if same {
-            docker
-                .start_container(&d.name, None)
-                .await
-                .map_err(|e| Error::engine(format!("start {}", d.name), e))?;
+            env.engine.start(&d.name).await?;
             return Ok("started");
         }
-        docker
-            .remove_container(
-                &d.name,
-                Some(qp::RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| Error::engine(format!("replace {}", d.name), e))?;
+        env.engine.remove(&d.name).await?;
         action = "recreated";
     }
-    env.engine.create(&d.name, d.body.clone()).await?;
-    for net in d.spec.networks.iter().skip(1) {
-        docker
-            .connect_network(
-                &crate::engine::network_name(&env.project, net),
-                crate::engine::models::NetworkConnectRequest {
-                    container: d.name.clone(),
-                    endpoint_config: Some(crate::engine::models::EndpointSettings {
-                        aliases: Some(d.spec.dns_names()),
-                        ..Default::default()
-                    }),
-                },
-            )
-            .await
-            .map_err(|e| Error::engine(format!("connect {} to {net}", d.name), e))?;
-    }
-    docker
-        .start_container(&d.name, None)
-        .await
-        .map_err(|e| Error::engine(format!("start {}", d.name), e))?;
+    let more_networks: Vec<String> = d
+        .spec
+        .networks
+        .iter()
+        .skip(1)
+        .map(|net| crate::engine::network_name(&env.project, net))
+        .collect();
+    env.engine
+        .create_and_start(&d.name, d.body.clone(), &more_networks, &d.spec.dns_names())
+        .await?;
     Ok(action)
 }
 
@@ -442,23 +418,8 @@ pub async fn stop(stack: &Stack, names: &[String], ui: &Ui) -> Result<i32> {
 pub(crate) async fn stop_on(env: &StackEnv<'_>, names: &[String], ui: &Ui) -> Result<Vec<String>> {
     let list = project_containers(env, names).await?;
     for (_, name, grace) in &list {
-        match env
-            .engine
-            .docker
-            .stop_container(
-                name,
-                Some(qp::StopContainerOptions {
-                    t: Some(*grace as i32),
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            Ok(()) => ui.ok(format!("{name} stopped")),
-            // 304: it was not running.
-            Err(e) if crate::engine::status_of(&e) == Some(304) => ui.ok(format!("{name} stopped")),
-            Err(e) => return Err(Error::engine(format!("stop {name}"), e)),
-        }
+        env.engine.stop(name, *grace).await?;
+        ui.ok(format!("{name} stopped"));
     }
     if list.is_empty() {
         ui.ok("nothing to stop");
@@ -499,7 +460,7 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     }
     for n in &stack.networks {
         let name = crate::engine::network_name(&env.project, &n.name);
-        if env.engine.docker.remove_network(&name).await.is_ok() {
+        if env.engine.remove_network(&name).await {
             ui.ok(format!("network {name} removed"));
         }
     }
@@ -524,12 +485,7 @@ pub async fn clean(stack: &Stack, ui: &Ui) -> Result<i32> {
     let mut removed = 0;
     for c in env.running().await? {
         if crate::engine::is_stopped(&c) {
-            let id = c.id.unwrap_or_default();
-            env.engine
-                .docker
-                .remove_container(&id, None)
-                .await
-                .map_err(|e| Error::engine(format!("remove container {id}"), e))?;
+            env.engine.remove(&c.id.unwrap_or_default()).await?;
             removed += 1;
         }
     }
@@ -544,26 +500,12 @@ pub async fn clean(stack: &Stack, ui: &Ui) -> Result<i32> {
             )],
         ),
     ]);
-    let images = env
-        .engine
-        .docker
-        .list_images(Some(qp::ListImagesOptions {
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| Error::engine("list images", e))?;
+    let images = env.engine.images(filters).await?;
     let mut freed = 0i64;
     let mut removed_images = 0;
     for i in images {
         // An image a container still uses is in use: the engine refuses, and so do we.
-        if env
-            .engine
-            .docker
-            .remove_image(&i.id, None::<qp::RemoveImageOptions>, None)
-            .await
-            .is_ok()
-        {
+        if env.engine.remove_image(&i.id, false).await {
             freed += i.size;
             removed_images += 1;
         }
