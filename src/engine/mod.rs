@@ -23,6 +23,15 @@ pub use bollard::models;
 pub use bollard::query_parameters as qp;
 pub use bollard::{body_full, body_try_stream, Docker, API_DEFAULT_VERSION};
 
+/// `repo:tag` as (repo, tag); no tag (a colon only in a registry's port)
+/// is `latest`.
+fn split_reference(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (reference, "latest"),
+    }
+}
+
 /// The HTTP status of an Engine API error reply (404 no such object, 409
 /// conflict, 304 already in that state); `None` for any other failure.
 pub fn status_of(e: &ApiError) -> Option<u16> {
@@ -270,10 +279,7 @@ impl Engine {
         reference: &str,
         credentials: Option<DockerCredentials>,
     ) -> Result<()> {
-        let (repo, tag) = match reference.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => (r, t),
-            _ => (reference, "latest"),
-        };
+        let (repo, tag) = split_reference(reference);
         let options = qp::CreateImageOptions {
             from_image: Some(repo.to_string()),
             tag: Some(tag.to_string()),
@@ -284,6 +290,42 @@ impl Engine {
             let info = item.map_err(|e| Error::engine(format!("pull {reference}"), e))?;
             if let Some(err) = info.error_detail.and_then(|d| d.message) {
                 return Err(Error::engine(format!("pull {reference}"), err));
+            }
+        }
+        Ok(())
+    }
+
+    /// Push `reference` (`repo:tag`) to its registry; `status` hears each
+    /// new progress line. An error the registry reports comes back with
+    /// what to check.
+    pub async fn push(
+        &self,
+        reference: &str,
+        credentials: Option<DockerCredentials>,
+        status: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<()> {
+        let (repo, tag) = split_reference(reference);
+        let mut stream = self.docker.push_image(
+            repo,
+            Some(qp::PushImageOptions {
+                tag: Some(tag.to_string()),
+                ..Default::default()
+            }),
+            credentials,
+        );
+        let mut last = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| Error::engine(format!("push {reference}"), e))?;
+            if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                return Err(Error::Engine {
+                    what: format!("push {reference}"),
+                    message,
+                    hint: format!("check that the registry of {repo} is reachable and `docker login` credentials for it are in the docker config file"),
+                });
+            }
+            if let Some(s) = info.status.filter(|s| *s != last) {
+                status(&s);
+                last = s;
             }
         }
         Ok(())
@@ -332,6 +374,61 @@ impl Engine {
     /// Whether the daemon speaks at least this API version.
     pub fn supports(&self, major: u32, minor: u32) -> bool {
         parse_api(&self.api_version) >= (major, minor)
+    }
+
+    /// Every running container of the engine, whoever made it.
+    pub async fn running_containers(&self) -> Result<Vec<ContainerSummary>> {
+        self.docker
+            .list_containers(Some(qp::ListContainersOptions {
+                all: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| Error::engine("list containers", e))
+    }
+
+    /// The daemon's own facts (root directory, swarm state, CPUs, ...).
+    pub async fn info(&self) -> Result<models::SystemInfo> {
+        self.docker
+            .info()
+            .await
+            .map_err(|e| Error::engine("daemon info", e))
+    }
+
+    /// One sample of a container's resource use; `None` when it has gone.
+    pub async fn stats_once(&self, name: &str) -> Option<models::ContainerStatsResponse> {
+        let mut s = self.docker.stats(
+            name,
+            Some(qp::StatsOptions {
+                stream: false,
+                one_shot: false,
+            }),
+        );
+        s.next().await.and_then(|r| r.ok())
+    }
+
+    /// A container's log (stdout and stderr, each line with its timestamp),
+    /// from `since` (unix seconds, 0: the start) and at most the last `tail`
+    /// lines; `follow` keeps reading until the container stops.
+    pub fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        since: i32,
+        tail: Option<usize>,
+    ) -> impl futures::Stream<Item = std::result::Result<LogOutput, ApiError>> + Unpin + use<> {
+        self.docker.logs(
+            name,
+            Some(qp::LogsOptions {
+                follow,
+                stdout: true,
+                stderr: true,
+                since,
+                timestamps: true,
+                tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
+                ..Default::default()
+            }),
+        )
     }
 
     /// Containers (running or not) carrying every given label.
@@ -500,10 +597,7 @@ impl Engine {
     /// Tag an image (by id or reference) as `reference` (`repo:tag`; a
     /// reference without a tag gets `latest`).
     pub async fn tag(&self, image: &str, reference: &str) -> Result<()> {
-        let (repo, tag) = match reference.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-            _ => (reference, "latest"),
-        };
+        let (repo, tag) = split_reference(reference);
         self.docker
             .tag_image(
                 image,

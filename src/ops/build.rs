@@ -250,14 +250,7 @@ pub async fn built_with(
             format!("{LABEL_STACK}={}", env.stack.name),
         ],
     )]);
-    env.engine
-        .docker
-        .list_images(Some(crate::engine::qp::ListImagesOptions {
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| Error::engine("list images", e))
+    env.engine.images(filters).await
 }
 
 /// An image's size in bytes as the engine reports it (0 when it says none).

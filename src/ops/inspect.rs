@@ -3,13 +3,11 @@
 
 use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
-use crate::engine::qp;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::Kind;
 use crate::model::Stack;
 use crate::ui::Ui;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -335,18 +333,11 @@ pub async fn resources(stack: &Stack, watch: bool, ui: &Ui) -> Result<i32> {
     loop {
         let mut rows = Vec::new();
         for c in env.running().await? {
-            if c.state.map(|s| s.to_string()).as_deref() != Some("running") {
+            if !crate::engine::is_running(&c) {
                 continue;
             }
             let name = crate::engine::name_of(&c);
-            let mut s = env.engine.docker.stats(
-                &name,
-                Some(qp::StatsOptions {
-                    stream: false,
-                    one_shot: false,
-                }),
-            );
-            let Some(Ok(st)) = s.next().await else {
+            let Some(st) = env.engine.stats_once(&name).await else {
                 continue;
             };
             let cpu = st.cpu_stats.clone().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `logs`, `exec`, `shell`: looking into running containers.
 
 use super::stackenv::StackEnv;
-use crate::engine::{qp, LogOutput};
+use crate::engine::LogOutput;
 use crate::error::{Error, Result};
 use crate::model::containers::{Kind, LABEL_SERVICE};
 use crate::model::Stack;
@@ -62,18 +62,7 @@ pub async fn logs(
         .into_iter()
         .zip(&containers)
         .map(|(prefix, name)| {
-            let stream = env.engine.docker.logs(
-                name,
-                Some(qp::LogsOptions {
-                    follow,
-                    stdout: true,
-                    stderr: true,
-                    since,
-                    timestamps: true,
-                    tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
-                    ..Default::default()
-                }),
-            );
+            let stream = env.engine.logs(name, follow, since, tail);
             (prefix, stream)
         })
         .collect();

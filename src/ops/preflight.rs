@@ -48,16 +48,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
 
     // Host ports: who publishes them now.
     let mut published: HashMap<u16, String> = HashMap::new();
-    for c in env
-        .engine
-        .docker
-        .list_containers(Some(crate::engine::qp::ListContainersOptions {
-            all: false,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| Error::engine("list containers", e))?
-    {
+    for c in env.engine.running_containers().await? {
         let name = crate::engine::name_of(&c);
         let project = c
             .labels

@@ -7,7 +7,6 @@ use crate::engine::DockerCredentials;
 use crate::error::{Error, Result};
 use crate::ui::Ui;
 use base64::Engine as _;
-use futures::StreamExt;
 
 /// Credentials for `registry` (its host part) from the docker config file.
 pub fn credentials(registry: &str) -> Option<DockerCredentials> {
@@ -55,36 +54,12 @@ pub async fn push(env: &StackEnv<'_>, images: &[Built], ui: &Ui) -> Result<()> {
     };
     let creds = credentials(&registry);
     for b in images {
-        let (repo, tag) = b
-            .reference
-            .rsplit_once(':')
-            .unwrap_or((&b.reference, "latest"));
         ui.info(format!("pushing {}", b.reference));
-        let mut stream = env.engine.docker.push_image(
-            repo,
-            Some(crate::engine::qp::PushImageOptions {
-                tag: Some(tag.to_string()),
-                ..Default::default()
-            }),
-            creds.clone(),
-        );
-        let mut last = String::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| Error::engine(format!("push {}", b.reference), e))?;
-            if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                return Err(Error::Engine {
-                    what: format!("push {}", b.reference),
-                    message: err,
-                    hint: format!("check that {registry} is reachable and `docker login` credentials for it are in the docker config file"),
-                });
-            }
-            if let Some(s) = info.status {
-                if s != last {
-                    ui.detail(format!("{}: {s}", b.service));
-                    last = s;
-                }
-            }
-        }
+        env.engine
+            .push(&b.reference, creds.clone(), &mut |s| {
+                ui.detail(format!("{}: {s}", b.service))
+            })
+            .await?;
         ui.ok(format!("pushed {}", b.reference));
     }
     Ok(())

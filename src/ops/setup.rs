@@ -520,12 +520,7 @@ pub async fn setup(stack: &Stack, ui: &Ui) -> Result<i32> {
         "Docker Engine {} (API {}) at {}",
         env.engine.server_version, env.engine.api_version, env.engine.host
     ));
-    let info = env
-        .engine
-        .docker
-        .info()
-        .await
-        .map_err(|e| Error::engine("daemon info", e))?;
+    let info = env.engine.info().await?;
     let root = info
         .docker_root_dir
         .unwrap_or_else(|| "/var/lib/docker".into());

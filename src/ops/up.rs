@@ -72,10 +72,10 @@ pub async fn wait_ready(
     let t0 = Instant::now();
     loop {
         let info = engine
-            .docker
-            .inspect_container(name, None)
+            .container(name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "it was removed".to_string())?;
         use crate::engine::models::{ContainerStateStatusEnum as S, HealthStatusEnum as H};
         let state = info.state.unwrap_or_default();
         if matches!(state.status, Some(S::EXITED | S::DEAD)) {
