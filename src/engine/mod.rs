@@ -80,7 +80,10 @@ pub const LABEL_CONFIG_HASH: &str = "io.stackctl.config-hash";
 pub const LABEL_INPUTS: &str = "io.stackctl.inputs";
 
 pub struct Engine {
-    pub docker: Docker,
+    /// The raw API handle: only the Swarm target (`swarm/`) and the Debian
+    /// image builder (`images::ensure`) still call it directly; everything
+    /// else goes through the methods below.
+    pub(crate) docker: Docker,
     pub host: String,
     pub api_version: String,
     pub server_version: String,
