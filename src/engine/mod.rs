@@ -777,16 +777,8 @@ impl Engine {
     /// Stop a container gracefully (SIGTERM, SIGKILL after `grace` seconds),
     /// then remove it; one that is already gone is fine.
     pub async fn stop_and_remove(&self, name: &str, grace: u64) -> Result<()> {
-        let _ = self
-            .docker
-            .stop_container(
-                name,
-                Some(qp::StopContainerOptions {
-                    t: Some(grace as i32),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        // Whatever the stop says (gone, already stopped), the removal decides.
+        let _ = self.stop(name, grace).await;
         self.remove(name).await
     }
 
