@@ -182,7 +182,7 @@ pub async fn build_file(
         hint: "see the daemon's log".into(),
     })?;
     for t in tags.iter().skip(1) {
-        tag(engine, &id, t).await?;
+        engine.tag(&id, t).await?;
     }
     Ok(id)
 }
@@ -320,25 +320,6 @@ fn step_suffix(s: &str) -> String {
     } else {
         format!(" at {s}")
     }
-}
-
-/// Point `reference` (repo:tag) at `image`.
-pub async fn tag(engine: &Engine, image: &str, reference: &str) -> Result<()> {
-    let (repo, tag) = match reference.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (reference, "latest"),
-    };
-    engine
-        .docker
-        .tag_image(
-            image,
-            Some(bollard::query_parameters::TagImageOptions {
-                repo: Some(repo.into()),
-                tag: Some(tag.into()),
-            }),
-        )
-        .await
-        .map_err(|e| Error::engine(format!("tag {image} as {reference}"), e))
 }
 
 #[cfg(test)]

@@ -611,11 +611,12 @@ impl Engine {
             )
             .await
             .map_err(|e| {
-                let short = image.strip_prefix("sha256:").unwrap_or(image);
-                Error::engine(
-                    format!("tag {} as {reference}", &short[..short.len().min(12)]),
-                    e,
-                )
+                // An image id is named by its first 12 hex digits, as docker does.
+                let shown = match image.strip_prefix("sha256:") {
+                    Some(hex) => &hex[..hex.len().min(12)],
+                    None => image,
+                };
+                Error::engine(format!("tag {shown} as {reference}"), e)
             })
     }
 

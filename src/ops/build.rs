@@ -501,7 +501,7 @@ pub async fn build(
             let (id, built) = if let Some(img) = own.first() {
                 bar.set_message("cached");
                 for r in &refs {
-                    ebuild::tag(&env.engine, &img.id, r).await?;
+                    env.engine.tag(&img.id, r).await?;
                 }
                 (img.id.clone(), false)
             } else {

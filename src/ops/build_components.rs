@@ -56,7 +56,7 @@ pub async fn build(env: &StackEnv<'_>, comps: &[&Component], ui: &Ui) -> Result<
         let (id, built) = match newest {
             Some(img) => {
                 for r in &refs {
-                    ebuild::tag(&env.engine, &img.id, r).await?;
+                    env.engine.tag(&img.id, r).await?;
                 }
                 (img.id, false)
             }

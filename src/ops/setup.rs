@@ -431,7 +431,7 @@ pub async fn tag_debian_for_registry(
             continue;
         }
         let reference = registry_ref(registry, &r);
-        crate::engine::build::tag(&env.engine, &r.tag, &reference).await?;
+        env.engine.tag(&r.tag, &reference).await?;
         out.push(super::build::Built {
             service: r.name.clone(),
             reference,
@@ -488,7 +488,7 @@ async fn pull_debian_images(
     for (r, (reference, result, secs)) in todo.into_iter().zip(pulls) {
         match result {
             Ok(()) => {
-                crate::engine::build::tag(&env.engine, &reference, &r.tag).await?;
+                env.engine.tag(&reference, &r.tag).await?;
                 if has_recipe_image(env, &r).await? {
                     ui.ok(format!("pulled {} from {registry} in {secs:.1} s", r.tag));
                     pulled.push(r.tag.clone());
