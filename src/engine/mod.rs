@@ -838,9 +838,13 @@ impl Engine {
     /// Wait for a started container to exit: its exit code, or `None` when
     /// it still runs after `timeout` (it is left running).
     pub async fn wait_exit(&self, name: &str, timeout: std::time::Duration) -> Result<Option<i64>> {
-        let mut wait = self
+        // One request held open for the whole wait: the client's 120 s
+        // request timeout must not end it first.
+        let docker = self
             .docker
-            .wait_container(name, None::<qp::WaitContainerOptions>);
+            .clone()
+            .with_timeout(timeout + std::time::Duration::from_secs(10));
+        let mut wait = docker.wait_container(name, None::<qp::WaitContainerOptions>);
         match tokio::time::timeout(timeout, wait.next()).await {
             Err(_) => Ok(None),
             Ok(Some(Ok(r))) => Ok(Some(r.status_code)),
@@ -861,27 +865,8 @@ impl Engine {
         name: &str,
         timeout: std::time::Duration,
     ) -> Result<Option<i64>> {
-        self.docker
-            .start_container(name, None)
-            .await
-            .map_err(|e| Error::engine(format!("start {name}"), e))?;
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let state = self
-                .docker
-                .inspect_container(name, None)
-                .await
-                .map_err(|e| Error::engine(format!("inspect {name}"), e))?
-                .state
-                .unwrap_or_default();
-            if state.running != Some(true) {
-                return Ok(Some(state.exit_code.unwrap_or(-1)));
-            }
-            if std::time::Instant::now() > deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        self.start(name).await?;
+        self.wait_exit(name, timeout).await
     }
 
     /// A tar archive of `path` in a container (running or not), streamed:
