@@ -4,7 +4,9 @@
 
 pub mod build;
 pub mod create;
+pub mod debian;
 pub mod ssh;
+pub mod swarm;
 
 use crate::error::{Error, Result};
 use futures::StreamExt;
@@ -13,15 +15,22 @@ use std::collections::HashMap;
 use std::pin::Pin;
 
 // The Engine API's types, for code that builds requests or reads replies.
-// Everything that talks to the engine is here or in `images::docker` (the
-// Debian image builder's engine side), through these names; nothing else
-// in stackctl names bollard.
+// Only `engine` and its modules talk to the engine; nothing else in
+// stackctl names bollard.
 pub use bollard::auth::DockerCredentials;
 pub use bollard::container::LogOutput;
 pub use bollard::errors::Error as ApiError;
 pub use bollard::models;
 pub use bollard::query_parameters as qp;
 pub use bollard::{body_full, body_try_stream, Docker, API_DEFAULT_VERSION};
+
+/// An engine `label` filter matching every `key=value` given.
+fn label_filters(labels: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )])
+}
 
 /// `repo:tag` as (repo, tag); no tag (a colon only in a registry's port)
 /// is `latest`.
@@ -79,17 +88,19 @@ pub const LABEL_PROJECT: &str = "io.stackctl.project";
 pub const LABEL_CONFIG_HASH: &str = "io.stackctl.config-hash";
 pub const LABEL_INPUTS: &str = "io.stackctl.inputs";
 
+#[derive(Clone)]
 pub struct Engine {
-    /// The raw API handle: only the Swarm target (`swarm/`) and the Debian
-    /// image builder (`images::ensure`) still call it directly; everything
-    /// else goes through the methods below.
-    pub(crate) docker: Docker,
+    /// The API handle: only `engine` and its modules (the Swarm objects in
+    /// `swarm`, the Debian image builder's side in `debian`) use it; all
+    /// else goes through their methods.
+    docker: Docker,
     pub host: String,
     pub api_version: String,
     pub server_version: String,
     /// The SSH connection an `ssh://` DOCKER_HOST goes through, open while
     /// the engine is.
-    _tunnel: Option<ssh::Tunnel>,
+    /// Shared by the copies [`Engine::with_timeout`] makes.
+    _tunnel: Option<std::sync::Arc<ssh::Tunnel>>,
 }
 
 fn parse_api(v: &str) -> (u32, u32) {
@@ -120,6 +131,28 @@ pub fn plain_tcp_warning(host: &str) -> Option<String> {
 }
 
 impl Engine {
+    /// This engine with another request timeout (a long import or build),
+    /// over the same connection.
+    pub fn with_timeout(&self, timeout: std::time::Duration) -> Engine {
+        Engine {
+            docker: self.docker.clone().with_timeout(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// An engine at a plain-HTTP address that is not contacted until a
+    /// request is made (tests that only need the type).
+    #[cfg(test)]
+    pub(crate) fn unconnected(url: &str) -> Engine {
+        Engine {
+            docker: Docker::connect_with_http(url, 5, API_DEFAULT_VERSION).expect("an http URL"),
+            host: url.to_string(),
+            api_version: String::new(),
+            server_version: String::new(),
+            _tunnel: None,
+        }
+    }
+
     /// The images `names` as one `docker save` archive at `path`: written to
     /// a temporary file beside it and renamed when complete, so a failure
     /// leaves no half archive. Returns its size.
@@ -270,7 +303,7 @@ impl Engine {
             host,
             api_version,
             server_version: v.version.unwrap_or_default(),
-            _tunnel: tunnel,
+            _tunnel: tunnel.map(std::sync::Arc::new),
         })
     }
 
@@ -436,17 +469,10 @@ impl Engine {
 
     /// Containers (running or not) carrying every given label.
     pub async fn containers(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerSummary>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>(),
-        )]);
         self.docker
             .list_containers(Some(qp::ListContainersOptions {
                 all: true,
-                filters: Some(filters),
+                filters: Some(label_filters(labels)),
                 ..Default::default()
             }))
             .await

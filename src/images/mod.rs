@@ -22,7 +22,6 @@
 //! [`ensure`] returns at once when the tag already has the current recipe.
 //! [`ensure_all`] builds the base once, then every image in parallel.
 
-pub mod docker;
 pub mod host;
 pub mod layer;
 mod progress;
@@ -34,6 +33,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
+
+use crate::engine::{debian, Engine};
 
 pub use progress::Display;
 pub use recipe::{builtin_tags, Base, Recipe};
@@ -95,12 +96,12 @@ fn jobs() -> &'static tokio::sync::Semaphore {
 
 /// The image when its tag already carries the recipe's hash.
 async fn up_to_date(
-    docker: &crate::engine::Docker,
+    engine: &Engine,
     recipe: &Recipe,
     hash: &str,
     start: Instant,
-) -> Result<(Option<Ensured>, Option<docker::ImageFacts>)> {
-    let existing = docker::inspect(docker, &recipe.tag).await?;
+) -> Result<(Option<Ensured>, Option<debian::ImageFacts>)> {
+    let existing = debian::inspect(engine, &recipe.tag).await?;
     if let Some(img) = &existing {
         if img.labels.get(RECIPE_LABEL).map(String::as_str) == Some(hash) {
             return Ok((
@@ -121,18 +122,18 @@ async fn up_to_date(
 }
 
 /// A suite's base tree and the image imported from it.
-type Prepared = (rootfs::BaseTree, docker::BaseImage);
+type Prepared = (rootfs::BaseTree, debian::BaseImage);
 
 /// The suite's base tree and image, made once (per process, under a lock).
 async fn prepare_base(
-    docker: &crate::engine::Docker,
+    engine: &Engine,
     base: &Base,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Prepared> {
     let lock = lock_for(&format!("base {}", base.hash()));
     let _guard = lock.lock().await;
     let (tree, _) = rootfs::ensure_base_tree(base, progress).await?;
-    let image = docker::ensure_base_image(docker, base, &tree, progress).await?;
+    let image = debian::ensure_base_image(engine, base, &tree, progress).await?;
     Ok((tree, image))
 }
 
@@ -140,26 +141,26 @@ async fn prepare_base(
 /// does not (debootstrap only when the suite's base is not cached).
 /// `progress` receives one line per step.
 pub async fn ensure(
-    docker: &crate::engine::Docker,
+    engine: &Engine,
     recipe: &Recipe,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Ensured> {
     let start = Instant::now();
     let hash = recipe.hash();
-    let (done, existing) = up_to_date(docker, recipe, &hash, start).await?;
+    let (done, existing) = up_to_date(engine, recipe, &hash, start).await?;
     if let Some(e) = done {
         return Ok(e);
     }
     say_why(existing.as_ref(), &hash, progress);
-    let long = long_docker(docker);
-    let prepared = match docker::existing_layer_image(&long, recipe).await? {
+    let long = long_running(engine);
+    let prepared = match debian::existing_layer_image(&long, recipe).await? {
         Some(_) => None,
         None => Some(prepare_base(&long, &recipe.base(), progress).await?),
     };
     build_on(&long, recipe, prepared.as_ref(), start, progress).await
 }
 
-fn say_why(existing: Option<&docker::ImageFacts>, hash: &str, progress: &(dyn Fn(&str) + Sync)) {
+fn say_why(existing: Option<&debian::ImageFacts>, hash: &str, progress: &(dyn Fn(&str) + Sync)) {
     match existing {
         Some(img) => progress(&format!(
             "recipe changed ({} -> {}), rebuilding",
@@ -174,16 +175,14 @@ fn say_why(existing: Option<&docker::ImageFacts>, hash: &str, progress: &(dyn Fn
 }
 
 /// Long imports and builds: no 2-minute request timeout for these calls.
-fn long_docker(docker: &crate::engine::Docker) -> crate::engine::Docker {
-    docker
-        .clone()
-        .with_timeout(std::time::Duration::from_secs(3 * 3600))
+fn long_running(engine: &Engine) -> Engine {
+    engine.with_timeout(std::time::Duration::from_secs(3 * 3600))
 }
 
 /// Build the recipe's rootfs image (unless the engine has it; then the base
 /// is not needed) and its final image.
 async fn build_on(
-    docker: &crate::engine::Docker,
+    engine: &Engine,
     recipe: &Recipe,
     prepared: Option<&Prepared>,
     start: Instant,
@@ -193,11 +192,11 @@ async fn build_on(
     let tag = &recipe.tag;
     let lock = lock_for(tag);
     let _guard = lock.lock().await;
-    let (done, existing) = up_to_date(docker, recipe, &hash, start).await?;
+    let (done, existing) = up_to_date(engine, recipe, &hash, start).await?;
     if let Some(e) = done {
         return Ok(e);
     }
-    let rootfs_tag = match docker::existing_layer_image(docker, recipe).await? {
+    let rootfs_tag = match debian::existing_layer_image(engine, recipe).await? {
         Some(t) => {
             progress(&format!("layer: image {t} present"));
             t
@@ -206,21 +205,21 @@ async fn build_on(
             let (tree, base) =
                 prepared.ok_or_else(|| anyhow!("the shared base of {tag} was not prepared"))?;
             let _permit = jobs().acquire().await;
-            docker::ensure_layer_image(docker, recipe, base, tree, progress).await?
+            debian::ensure_layer_image(engine, recipe, base, tree, progress).await?
         }
     };
-    let image_id = docker::build_final(docker, recipe, tag, &rootfs_tag, &hash, progress).await?;
-    let built = docker::inspect(docker, tag).await?.ok_or_else(|| {
+    let image_id = debian::build_final(engine, recipe, tag, &rootfs_tag, &hash, progress).await?;
+    let built = debian::inspect(engine, tag).await?.ok_or_else(|| {
         anyhow!("{tag} was built ({image_id}) but the engine does not know the tag")
     })?;
     if let Some(old) = existing {
         if old.id != built.id {
-            docker::remove_if_unused(docker, &old.id, progress).await;
+            debian::remove_if_unused(engine, &old.id, progress).await;
         }
     }
-    let base_tag = docker::base_tag(&recipe.base());
-    docker::remove_stale_bases(docker, recipe, &[&rootfs_tag, &base_tag], progress).await;
-    docker::remove_dangling(docker, recipe, progress).await;
+    let base_tag = debian::base_tag(&recipe.base());
+    debian::remove_stale_bases(engine, recipe, &[&rootfs_tag, &base_tag], progress).await;
+    debian::remove_dangling(engine, recipe, progress).await;
     let seconds = start.elapsed().as_secs_f64();
     progress(&format!(
         "built {} ({:.1} MB) in {seconds:.1}s",
@@ -244,7 +243,7 @@ async fn build_on(
 /// result follows the order of `recipes` (one entry per distinct tag). When
 /// some fail, the others still finish and the error names every failure.
 pub async fn ensure_all(
-    docker: &crate::engine::Docker,
+    engine: &Engine,
     recipes: Vec<Recipe>,
     display: Display,
 ) -> Result<Vec<Ensured>> {
@@ -257,11 +256,11 @@ pub async fn ensure_all(
     }
     let checks = futures::future::join_all(unique.iter().map(|r| {
         let hash = r.hash();
-        async move { up_to_date(docker, r, &hash, start).await }
+        async move { up_to_date(engine, r, &hash, start).await }
     }))
     .await;
     let mut results: Vec<Option<Ensured>> = Vec::new();
-    let mut todo: Vec<(usize, Option<docker::ImageFacts>)> = Vec::new();
+    let mut todo: Vec<(usize, Option<debian::ImageFacts>)> = Vec::new();
     for (i, c) in checks.into_iter().enumerate() {
         let (done, existing) = c?;
         if done.is_none() {
@@ -275,11 +274,11 @@ pub async fn ensure_all(
     // The longest builds first: they start before the job slots fill up.
     todo.sort_by_key(|(i, _)| build_order(&unique[*i]));
     let reporter = progress::Reporter::new(display);
-    let long = long_docker(docker);
+    let long = long_running(engine);
     // Only images whose rootfs image is missing need the shared base.
     let layers = futures::future::join_all(
         todo.iter()
-            .map(|(i, _)| docker::existing_layer_image(&long, &unique[*i])),
+            .map(|(i, _)| debian::existing_layer_image(&long, &unique[*i])),
     )
     .await;
     let mut need_base = Vec::new();
@@ -292,7 +291,7 @@ pub async fn ensure_all(
         if !*need || bases.iter().any(|(b, _)| *b == base) {
             continue;
         }
-        let line = reporter.line(&docker::base_tag(&base));
+        let line = reporter.line(&debian::base_tag(&base));
         let made = prepare_base(&long, &base, &|m: &str| line.say(m)).await;
         match &made {
             Ok(_) => line.finish(&format!("ready ({:.0} s)", line.elapsed())),
@@ -382,16 +381,11 @@ mod tests {
     fn ensure_can_be_spawned() {
         fn assert_send<T: Send>(_: T) {}
         // Connecting is lazy: nothing talks to an engine here.
-        let docker = crate::engine::Docker::connect_with_http(
-            "http://127.0.0.1:9",
-            5,
-            crate::engine::API_DEFAULT_VERSION,
-        )
-        .unwrap();
+        let engine = Engine::unconnected("http://127.0.0.1:9");
         let progress = |_: &str| {};
         let recipe = Recipe::named("redis").unwrap();
-        assert_send(ensure(&docker, &recipe, &progress));
-        assert_send(ensure_all(&docker, Recipe::builtins(), Display::Silent));
+        assert_send(ensure(&engine, &recipe, &progress));
+        assert_send(ensure_all(&engine, Recipe::builtins(), Display::Silent));
     }
 
     #[test]

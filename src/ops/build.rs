@@ -329,7 +329,7 @@ pub fn scratch_image(
     let ns = |d: crate::model::units::Duration| d.millis() * 1_000_000;
     let h = &s.healthcheck;
     let config = serde_json::json!({
-        "architecture": crate::images::docker::docker_arch(),
+        "architecture": crate::engine::debian::docker_arch(),
         "os": "linux",
         "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "config": {

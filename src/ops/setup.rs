@@ -365,7 +365,7 @@ async fn prepare_host_for(recipes: &[Recipe], ui: &Ui) -> Result<Vec<String>> {
 /// for it to do after setup.
 async fn build_debian_images(env: &StackEnv<'_>, ui: &Ui) -> Result<Vec<String>> {
     let ensured = images::ensure_all(
-        &env.engine.docker,
+        &env.engine,
         debian_recipes(env.stack, &env.containers)?,
         images::Display::from_ui(ui),
     )

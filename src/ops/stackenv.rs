@@ -176,7 +176,7 @@ impl<'a> StackEnv<'a> {
         for recipe in super::setup::debian_recipes(self.stack, &self.containers)? {
             let image = &recipe.tag;
             let progress = |m: &str| ui.detail(format!("{image}: {m}"));
-            let e = crate::images::ensure(&self.engine.docker, &recipe, &progress)
+            let e = crate::images::ensure(&self.engine, &recipe, &progress)
                 .await
                 .map_err(|e| Error::Build {
                     service: image.clone(),

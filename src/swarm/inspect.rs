@@ -3,7 +3,6 @@
 use super::revisions::LABEL_REVISION;
 use super::{connect, counts, last_error, plan, replicas, service_name, services, tasks};
 use crate::engine::models::Service;
-use crate::engine::qp;
 use crate::engine::LABEL_CONFIG_HASH;
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
@@ -230,17 +229,7 @@ pub async fn logs(
         .into_iter()
         .zip(&chosen)
         .map(|(prefix, (_, id))| {
-            let stream = env.engine.docker.service_logs(
-                id,
-                Some(qp::LogsOptions {
-                    follow,
-                    stdout: true,
-                    stderr: true,
-                    timestamps: true,
-                    tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
-                    ..Default::default()
-                }),
-            );
+            let stream = env.engine.service_logs(id, follow, tail);
             (prefix, stream)
         })
         .collect();

@@ -14,15 +14,13 @@ pub mod spec;
 
 pub use inspect::{health, logs, status};
 
-use crate::engine::models::{ConfigSpec, NetworkCreateRequest, SecretSpec, Service, Task};
-use crate::engine::qp;
-use crate::engine::{is_not_found, Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
+use crate::engine::models::{Service, Task};
+use crate::engine::{Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Source};
 use crate::model::Stack;
 use crate::ops::stackenv::StackEnv;
 use crate::ui::Ui;
-use base64::Engine as _;
 use revisions::{Planned, Revision, LABEL_REVISION};
 use spec::{ConfigFile, ObjectRef};
 use std::collections::{HashMap, HashSet};
@@ -82,12 +80,7 @@ pub async fn connect(stack: &Stack) -> Result<StackEnv<'_>> {
 }
 
 async fn ensure_manager(engine: &Engine) -> Result<()> {
-    let info = engine
-        .docker
-        .info()
-        .await
-        .map_err(|e| Error::engine("system info", e))?;
-    let sw = info.swarm.unwrap_or_default();
+    let sw = engine.swarm_info().await?;
     let state = sw
         .local_node_state
         .map(|s| s.to_string())
@@ -114,22 +107,9 @@ async fn ensure_manager(engine: &Engine) -> Result<()> {
     Ok(())
 }
 
-fn label_filter(project: &str, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
-    let mut l = vec![format!("{LABEL_PROJECT}={project}")];
-    l.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
-    HashMap::from([("label".to_string(), l)])
-}
-
 /// The project's services by Swarm name.
 pub async fn services(engine: &Engine, project: &str) -> Result<HashMap<String, Service>> {
-    let list = engine
-        .docker
-        .list_services(Some(qp::ListServicesOptions {
-            filters: Some(label_filter(project, &[])),
-            status: Some(true),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm services", e))?;
+    let list = engine.services(&[(LABEL_PROJECT, project)]).await?;
     Ok(list
         .into_iter()
         .filter_map(|s| Some((s.spec.as_ref()?.name.clone()?, s)))
@@ -137,16 +117,7 @@ pub async fn services(engine: &Engine, project: &str) -> Result<HashMap<String, 
 }
 
 pub async fn tasks(engine: &Engine, service: &str) -> Result<Vec<Task>> {
-    engine
-        .docker
-        .list_tasks(Some(qp::ListTasksOptions {
-            filters: Some(HashMap::from([(
-                "service".to_string(),
-                vec![service.to_string()],
-            )])),
-        }))
-        .await
-        .map_err(|e| Error::engine(format!("list tasks of {service}"), e))
+    engine.tasks(service).await
 }
 
 /// The reference a service runs: the repository digest when the image came
@@ -188,17 +159,14 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
     }
     let project = env.project.as_str();
     let stack_name = env.stack.name.as_str();
-    let docker = &env.engine.docker;
+    let engine = &env.engine;
 
     // Secrets, named after their content.
-    let existing: HashMap<String, String> = docker
-        .list_secrets(Some(qp::ListSecretsOptions {
-            filters: Some(label_filter(project, &[])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm secrets", e))?
+    let existing: HashMap<String, String> = engine
+        .secrets(&[(LABEL_PROJECT, project)])
+        .await?
         .into_iter()
-        .filter_map(|s| Some((s.spec?.name?, s.id?)))
+        .map(|s| (s.name, s.id))
         .collect();
     if create {
         crate::ops::setup::refresh_redis_acl(env.stack)?;
@@ -214,16 +182,13 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         let id = match existing.get(&name) {
             Some(id) => id.clone(),
             None if create => {
-                docker
-                    .create_secret(SecretSpec {
-                        name: Some(name.clone()),
-                        labels: Some(spec::object_labels(project, stack_name, "secret")),
-                        data: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| Error::engine(format!("create Swarm secret {name}"), e))?
-                    .id
+                engine
+                    .create_secret(
+                        &name,
+                        spec::object_labels(project, stack_name, "secret"),
+                        &bytes,
+                    )
+                    .await?
             }
             None => String::new(),
         };
@@ -231,14 +196,11 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
     }
 
     // Rendered files the containers mount, as configs named after their content.
-    let existing: HashMap<String, String> = docker
-        .list_configs(Some(qp::ListConfigsOptions {
-            filters: Some(label_filter(project, &[(LABEL_OBJECT, "config")])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm configs", e))?
+    let existing: HashMap<String, String> = engine
+        .configs(&[(LABEL_PROJECT, project), (LABEL_OBJECT, "config")])
+        .await?
         .into_iter()
-        .filter_map(|c| Some((c.spec?.name?, c.id?)))
+        .map(|c| (c.name, c.id))
         .collect();
     let mut configs: HashMap<String, Vec<ConfigFile>> = HashMap::new();
     for c in &specs {
@@ -263,16 +225,13 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
                 let id = match existing.get(&name) {
                     Some(id) => id.clone(),
                     None if create => {
-                        docker
-                            .create_config(ConfigSpec {
-                                name: Some(name.clone()),
-                                labels: Some(spec::object_labels(project, stack_name, "config")),
-                                data: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(|e| Error::engine(format!("create Swarm config {name}"), e))?
-                            .id
+                        engine
+                            .create_config(
+                                &name,
+                                spec::object_labels(project, stack_name, "config"),
+                                bytes,
+                            )
+                            .await?
                     }
                     None => String::new(),
                 };
@@ -351,12 +310,7 @@ async fn cpu_reservations_fit(
     ui: &Ui,
     report: bool,
 ) -> Result<bool> {
-    let nodes = env
-        .engine
-        .docker
-        .list_nodes(None::<qp::ListNodesOptions>)
-        .await
-        .map_err(|e| Error::engine("list Swarm nodes", e))?;
+    let nodes = env.engine.nodes().await?;
     let capacity: i64 = nodes
         .iter()
         .filter_map(|n| n.description.as_ref()?.resources.as_ref()?.nano_cpus)
@@ -406,12 +360,7 @@ async fn ensure_networks(env: &StackEnv<'_>, planned: &[Planned]) -> Result<Vec<
             .iter()
             .find(|n| n.name == short)
             .is_some_and(|n| n.internal);
-        if let Ok(n) = env
-            .engine
-            .docker
-            .inspect_network(&name, None::<qp::InspectNetworkOptions>)
-            .await
-        {
+        if let Some(n) = env.engine.network(&name).await? {
             if n.driver.as_deref() != Some("overlay") {
                 return Err(Error::usage(
                     format!(
@@ -426,18 +375,8 @@ async fn ensure_networks(env: &StackEnv<'_>, planned: &[Planned]) -> Result<Vec<
         let mut labels = spec::object_labels(&env.project, &env.stack.name, "network");
         labels.insert("com.docker.stack.namespace".into(), env.project.clone());
         env.engine
-            .docker
-            .create_network(NetworkCreateRequest {
-                name: name.clone(),
-                driver: Some("overlay".into()),
-                scope: Some("swarm".into()),
-                internal: Some(internal),
-                attachable: Some(true),
-                labels: Some(labels),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::engine(format!("create overlay network {name}"), e))?;
+            .create_overlay_network(&name, internal, labels)
+            .await?;
         created.push(name);
     }
     Ok(created)
@@ -467,8 +406,8 @@ async fn apply(
     revision: u64,
     ui: &Ui,
 ) -> Result<Vec<Change>> {
-    let docker = &env.engine.docker;
-    let existing = services(&env.engine, &env.project).await?;
+    let engine = &env.engine;
+    let existing = services(engine, &env.project).await?;
     let mut changes = Vec::new();
     for p in planned {
         let mut s = p.spec.clone();
@@ -478,10 +417,7 @@ async fn apply(
         let at = chrono::Utc::now();
         let action = match existing.get(&p.service) {
             None => {
-                docker
-                    .create_service(s, None)
-                    .await
-                    .map_err(|e| Error::engine(format!("create service {}", p.service), e))?;
+                engine.create_service(s).await?;
                 Action::Created
             }
             Some(cur) => {
@@ -495,17 +431,14 @@ async fn apply(
                     continue;
                 }
                 let version = cur.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-                docker
+                engine
                     .update_service(
                         &p.service,
                         s,
-                        qp::UpdateServiceOptionsBuilder::new()
-                            .version(version as i32)
-                            .build(),
-                        None,
+                        version,
+                        &format!("update service {}", p.service),
                     )
-                    .await
-                    .map_err(|e| Error::engine(format!("update service {}", p.service), e))?;
+                    .await?;
                 Action::Updated
             }
         };
@@ -522,10 +455,8 @@ async fn apply(
         if planned.iter().any(|p| &p.service == name) {
             continue;
         }
-        match docker.delete_service(name).await {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => continue,
-            Err(e) => return Err(Error::engine(format!("remove service {name}"), e)),
+        if !engine.remove_service(name).await? {
+            continue;
         }
         let short = s
             .spec
@@ -690,15 +621,7 @@ async fn converge(env: &StackEnv<'_>, changes: &[Change], timeout: Duration) -> 
 /// The last log lines of a task, for error reports.
 async fn task_tail(engine: &Engine, task: &str, n: usize) -> String {
     use futures::StreamExt;
-    let mut s = engine.docker.task_logs(
-        task,
-        Some(qp::LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: n.to_string(),
-            ..Default::default()
-        }),
-    );
+    let mut s = engine.task_logs(task, n);
     let mut out = String::new();
     let fut = async {
         while let Some(Ok(chunk)) = s.next().await {
@@ -896,7 +819,7 @@ async fn roll_out(
 /// Remove secrets and configs of the project that no service and no kept
 /// revision refers to.
 async fn gc(env: &StackEnv<'_>, kept: &[Revision]) -> Result<usize> {
-    let docker = &env.engine.docker;
+    let engine = &env.engine;
     let mut used: HashSet<String> = HashSet::new();
     let mut note = |spec: &crate::engine::models::ServiceSpec| {
         if let Some(cs) = spec
@@ -923,37 +846,20 @@ async fn gc(env: &StackEnv<'_>, kept: &[Revision]) -> Result<usize> {
         }
     }
     let mut removed = 0;
-    let secrets = docker
-        .list_secrets(Some(qp::ListSecretsOptions {
-            filters: Some(label_filter(&env.project, &[(LABEL_OBJECT, "secret")])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm secrets", e))?;
-    for s in secrets {
-        let name = s.spec.and_then(|s| s.name).unwrap_or_default();
-        if !used.contains(&name)
-            && docker
-                .delete_secret(&s.id.unwrap_or_default())
-                .await
-                .is_ok()
-        {
+    // An object still in use (a task not yet gone) is left for next time.
+    for s in engine
+        .secrets(&[(LABEL_PROJECT, &env.project), (LABEL_OBJECT, "secret")])
+        .await?
+    {
+        if !used.contains(&s.name) && engine.remove_secret(&s.id).await.is_ok() {
             removed += 1;
         }
     }
-    let configs = docker
-        .list_configs(Some(qp::ListConfigsOptions {
-            filters: Some(label_filter(&env.project, &[(LABEL_OBJECT, "config")])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm configs", e))?;
-    for c in configs {
-        let name = c.spec.and_then(|s| s.name).unwrap_or_default();
-        if !used.contains(&name)
-            && docker
-                .delete_config(&c.id.unwrap_or_default())
-                .await
-                .is_ok()
-        {
+    for c in engine
+        .configs(&[(LABEL_PROJECT, &env.project), (LABEL_OBJECT, "config")])
+        .await?
+    {
+        if !used.contains(&c.name) && engine.remove_config(&c.id).await.is_ok() {
             removed += 1;
         }
     }
@@ -1150,17 +1056,8 @@ pub async fn scale(stack: &Stack, assignments: &[String], ui: &Ui) -> Result<i32
         });
         let version = cur.version.as_ref().and_then(|v| v.index).unwrap_or(0);
         env.engine
-            .docker
-            .update_service(
-                &svc,
-                s,
-                qp::UpdateServiceOptionsBuilder::new()
-                    .version(version as i32)
-                    .build(),
-                None,
-            )
-            .await
-            .map_err(|e| Error::engine(format!("scale {svc}"), e))?;
+            .update_service(&svc, s, version, &format!("scale {svc}"))
+            .await?;
         changes.push(Change {
             name: name.clone(),
             service: svc,
@@ -1208,7 +1105,7 @@ pub async fn scale(stack: &Stack, assignments: &[String], ui: &Ui) -> Result<i32
 /// secrets, configs and revision records; its volumes too with --volumes.
 pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i32> {
     let env = connect(stack).await?;
-    let docker = &env.engine.docker;
+    let engine = &env.engine;
     let vols: Vec<String> = {
         let mut v: Vec<String> = env
             .containers
@@ -1231,10 +1128,8 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     }
     let current = services(&env.engine, &env.project).await?;
     for name in current.keys() {
-        match docker.delete_service(name).await {
-            Ok(()) => ui.ok(format!("service {name} removed")),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::engine(format!("remove service {name}"), e)),
+        if engine.remove_service(name).await? {
+            ui.ok(format!("service {name} removed"));
         }
     }
     // Tasks' containers go asynchronously; networks and volumes only after them.
@@ -1256,57 +1151,25 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let nets = docker
-        .list_networks(Some(qp::ListNetworksOptions {
-            filters: Some(label_filter(&env.project, &[(LABEL_OBJECT, "network")])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list networks", e))?;
+    let nets = engine
+        .networks(&[(LABEL_PROJECT, &env.project), (LABEL_OBJECT, "network")])
+        .await?;
     for n in nets {
         let name = n.name.unwrap_or_default();
-        let mut tries = 0;
-        loop {
-            match docker.remove_network(&name).await {
-                Ok(()) => {
-                    ui.ok(format!("network {name} removed"));
-                    break;
-                }
-                Err(e) if is_not_found(&e) => break,
-                Err(e) if tries >= 20 => {
-                    return Err(Error::engine(format!("remove network {name}"), e))
-                }
-                Err(_) => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+        // Tasks' endpoints leave the network a moment after the containers.
+        let removed = retry(20, || engine.try_remove_network(&name)).await?;
+        if removed {
+            ui.ok(format!("network {name} removed"));
         }
     }
     let mut objects = 0;
-    for s in docker
-        .list_secrets(Some(qp::ListSecretsOptions {
-            filters: Some(label_filter(&env.project, &[])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm secrets", e))?
-    {
-        docker
-            .delete_secret(&s.id.unwrap_or_default())
-            .await
-            .map_err(|e| Error::engine("remove Swarm secret", e))?;
+    let project = [(LABEL_PROJECT, env.project.as_str())];
+    for s in engine.secrets(&project).await? {
+        engine.remove_secret(&s.id).await?;
         objects += 1;
     }
-    for c in docker
-        .list_configs(Some(qp::ListConfigsOptions {
-            filters: Some(label_filter(&env.project, &[])),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm configs", e))?
-    {
-        docker
-            .delete_config(&c.id.unwrap_or_default())
-            .await
-            .map_err(|e| Error::engine("remove Swarm config", e))?;
+    for c in engine.configs(&project).await? {
+        engine.remove_config(&c.id).await?;
         objects += 1;
     }
     ui.ok(format!(
@@ -1314,25 +1177,8 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     ));
     if volumes {
         for v in &vols {
-            let mut tries = 0;
-            loop {
-                match docker
-                    .remove_volume(v, None::<qp::RemoveVolumeOptions>)
-                    .await
-                {
-                    Ok(()) => {
-                        ui.ok(format!("volume {v} removed"));
-                        break;
-                    }
-                    Err(e) if is_not_found(&e) => break,
-                    Err(e) if tries >= 40 => {
-                        return Err(Error::engine(format!("remove volume {v}"), e))
-                    }
-                    Err(_) => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
+            if retry(40, || engine.remove_volume(v)).await? {
+                ui.ok(format!("volume {v} removed"));
             }
         }
     } else {
@@ -1342,6 +1188,27 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
         ));
     }
     Ok(0)
+}
+
+/// `op` until it succeeds, at most `tries` more times 500 ms apart: the
+/// engine refuses to remove a network or volume while the containers of
+/// removed tasks still hold it. The last error when it never succeeds.
+async fn retry<T, F, Fut>(tries: u32, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut left = tries;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if left == 0 => return Err(e),
+            Err(_) => {
+                left -= 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

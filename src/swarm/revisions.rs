@@ -4,11 +4,9 @@
 //! `rollback` applies one again, by the image recorded, never by a tag.
 
 use super::LABEL_OBJECT;
-use crate::engine::models::{ConfigSpec, ServiceSpec};
-use crate::engine::qp;
+use crate::engine::models::ServiceSpec;
 use crate::engine::{Engine, LABEL_PROJECT};
 use crate::error::{Error, Result};
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -58,43 +56,18 @@ fn record_name(project: &str, n: u64) -> String {
     format!("{project}-revision-{n}")
 }
 
-fn filters(project: &str, kind: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_PROJECT}={project}"),
-            format!("{LABEL_OBJECT}={kind}"),
-        ],
-    )])
-}
-
 /// Every stored revision of the project, oldest first, with its config id.
 pub async fn load(engine: &Engine, project: &str) -> Result<Vec<(String, Revision)>> {
     let configs = engine
-        .docker
-        .list_configs(Some(qp::ListConfigsOptions {
-            filters: Some(filters(project, "revision")),
-        }))
-        .await
-        .map_err(|e| Error::engine("list Swarm configs", e))?;
+        .configs(&[(LABEL_PROJECT, project), (LABEL_OBJECT, "revision")])
+        .await?;
     let mut out = Vec::new();
     for c in configs {
-        let data = c
-            .spec
-            .as_ref()
-            .and_then(|s| s.data.clone())
-            .unwrap_or_default();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data.as_bytes())
-            .unwrap_or_default();
-        match serde_json::from_slice::<Revision>(&bytes) {
-            Ok(r) => out.push((c.id.unwrap_or_default(), r)),
+        match serde_json::from_slice::<Revision>(&c.data) {
+            Ok(r) => out.push((c.id, r)),
             Err(e) => {
                 return Err(Error::Engine {
-                    what: format!(
-                        "read revision record {}",
-                        c.spec.and_then(|s| s.name).unwrap_or_default()
-                    ),
+                    what: format!("read revision record {}", c.name),
                     message: e.to_string(),
                     hint: "the record was not written by this stackctl; remove it with `docker config rm` if it is not needed".into(),
                 })
@@ -111,16 +84,7 @@ pub async fn store(engine: &Engine, project: &str, stack: &str, r: &Revision) ->
     let mut labels = super::spec::object_labels(project, stack, "revision");
     labels.insert(LABEL_REVISION.into(), r.revision.to_string());
     let name = record_name(project, r.revision);
-    engine
-        .docker
-        .create_config(ConfigSpec {
-            name: Some(name.clone()),
-            labels: Some(labels),
-            data: Some(base64::engine::general_purpose::STANDARD.encode(json)),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::engine(format!("store revision {name}"), e))?;
+    engine.create_config(&name, labels, &json).await?;
     Ok(())
 }
 
@@ -130,11 +94,7 @@ pub async fn prune(engine: &Engine, revs: Vec<(String, Revision)>) -> Result<Vec
     let mut kept = Vec::new();
     for (i, (id, r)) in revs.into_iter().enumerate() {
         if i < cut {
-            engine
-                .docker
-                .delete_config(&id)
-                .await
-                .map_err(|e| Error::engine(format!("remove old revision {}", r.revision), e))?;
+            engine.remove_config(&id).await?;
         } else {
             kept.push(r);
         }

@@ -1,22 +1,23 @@
-//! The Engine API side: inspect, import the base, load an image's layer on
-//! top of it, build, clean up. [`super::ensure`] is the entry point; these are
-//! public for tests and tools.
+//! The Debian image builder's engine side: inspect, import the base, load an
+//! image's layer on top of it, build, clean up. [`crate::images::ensure`] is
+//! the entry point (it decides what to build); these are public for tests
+//! and tools.
 
 use std::collections::HashMap;
 
+use super::Engine;
 use crate::engine::qp::{
     BuildImageOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
     RemoveImageOptions,
 };
 use crate::engine::ApiError as BollardError;
-use crate::engine::Docker;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 
-use super::layer::{self, Layer};
-use super::recipe::{Base, Recipe};
-use super::rootfs::BaseTree;
-use super::{BASE_LABEL, KIND_LABEL, RECIPE_LABEL, ROOTFS_REPO};
+use crate::images::layer::{self, Layer};
+use crate::images::recipe::{Base, Recipe};
+use crate::images::rootfs::BaseTree;
+use crate::images::{BASE_LABEL, KIND_LABEL, RECIPE_LABEL, ROOTFS_REPO};
 
 /// The parts of an image inspect this module uses.
 #[derive(Debug, Clone)]
@@ -34,15 +35,15 @@ fn engine_hint(e: &BollardError) -> &'static str {
         "\n  hint: the engine's disk is full: free space under the Docker root (docker system df), then run again"
     } else if s.contains("connect") || s.contains("no such file") || s.contains("permission denied")
     {
-        "\n  hint: is the Docker engine running, and may this user open /var/run/docker.sock?"
+        "\n  hint: is the Docker engine running, and may this user open /var/run/engine.docker.sock?"
     } else {
         ""
     }
 }
 
 /// Inspect `reference`; `None` when the engine has no such image.
-pub async fn inspect(docker: &Docker, reference: &str) -> Result<Option<ImageFacts>> {
-    match docker.inspect_image(reference).await {
+pub async fn inspect(engine: &Engine, reference: &str) -> Result<Option<ImageFacts>> {
+    match engine.docker.inspect_image(reference).await {
         Ok(img) => Ok(Some(ImageFacts {
             id: img.id.unwrap_or_default(),
             size: img.size.unwrap_or(0).max(0) as u64,
@@ -84,13 +85,13 @@ pub struct BaseImage {
 /// Make sure the base tree is an image in the engine (imported from this
 /// very tree: its build id is in a label); its tag and layer.
 pub async fn ensure_base_image(
-    docker: &Docker,
+    engine: &Engine,
     base: &Base,
     tree: &BaseTree,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<BaseImage> {
     let tag = base_tag(base);
-    if let Some(img) = inspect(docker, &tag).await? {
+    if let Some(img) = inspect(engine, &tag).await? {
         if img.labels.get(BASE_LABEL) == Some(&tree.id) && img.layers.len() == 1 {
             progress(&format!("base: image {tag} present"));
             return Ok(BaseImage {
@@ -100,8 +101,8 @@ pub async fn ensure_base_image(
             });
         }
     }
-    import_tree(docker, base, tree, &tag, progress).await?;
-    let img = inspect(docker, &tag)
+    import_tree(engine, base, tree, &tag, progress).await?;
+    let img = inspect(engine, &tag)
         .await?
         .ok_or_else(|| anyhow!("importing the base as {tag} ended without an image"))?;
     let diff_id = img
@@ -118,7 +119,7 @@ pub async fn ensure_base_image(
 
 /// `POST /images/create?fromSrc=-` with `tar -c` of the tree streamed as the body.
 async fn import_tree(
-    docker: &Docker,
+    engine: &Engine,
     base: &Base,
     tree: &BaseTree,
     tag: &str,
@@ -160,7 +161,7 @@ async fn import_tree(
         ],
         ..Default::default()
     };
-    let mut stream = docker.create_image(
+    let mut stream = engine.docker.create_image(
         Some(options),
         Some(crate::engine::body_try_stream(crate::engine::read_stream(
             stdout,
@@ -190,9 +191,9 @@ async fn import_tree(
 
 /// The recipe's rootfs image when the engine has it (the base plus its
 /// packages layer: the tag's hash pins both recipes).
-pub async fn existing_layer_image(docker: &Docker, recipe: &Recipe) -> Result<Option<String>> {
+pub async fn existing_layer_image(engine: &Engine, recipe: &Recipe) -> Result<Option<String>> {
     let tag = layer_tag(recipe);
-    Ok(inspect(docker, &tag)
+    Ok(inspect(engine, &tag)
         .await?
         .filter(|img| img.layers.len() == 2)
         .map(|_| tag))
@@ -201,21 +202,21 @@ pub async fn existing_layer_image(docker: &Docker, recipe: &Recipe) -> Result<Op
 /// Make sure the recipe's rootfs (the base plus its packages layer) is an
 /// image on top of `base`; its tag.
 pub async fn ensure_layer_image(
-    docker: &Docker,
+    engine: &Engine,
     recipe: &Recipe,
     base: &BaseImage,
     tree: &BaseTree,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<String> {
     let tag = layer_tag(recipe);
-    if let Some(img) = inspect(docker, &tag).await? {
+    if let Some(img) = inspect(engine, &tag).await? {
         if img.layers.len() == 2 && img.layers[0] == base.diff_id {
             progress(&format!("layer: image {tag} present"));
             return Ok(tag);
         }
     }
     let (layer, _) = layer::ensure_layer(recipe, tree, progress).await?;
-    load_layer(docker, recipe, base, &layer, &tag, progress).await?;
+    load_layer(engine, recipe, base, &layer, &tag, progress).await?;
     Ok(tag)
 }
 
@@ -277,7 +278,7 @@ fn padding(size: u64) -> Vec<u8> {
 
 /// `POST /images/load` of the image archive, the layer streamed from its file.
 async fn load_layer(
-    docker: &Docker,
+    engine: &Engine,
     recipe: &Recipe,
     base: &BaseImage,
     layer: &Layer,
@@ -315,7 +316,7 @@ async fn load_layer(
         quiet: true,
         ..Default::default()
     };
-    let mut stream = docker.import_image_stream(options, body, None);
+    let mut stream = engine.docker.import_image_stream(options, body, None);
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
@@ -330,7 +331,7 @@ async fn load_layer(
             ),
         }
     }
-    match inspect(docker, tag).await? {
+    match inspect(engine, tag).await? {
         Some(img) if img.layers.len() == 2 && img.layers[1] == layer.diff_id => Ok(()),
         Some(_) => bail!("loading the layer as {tag} gave an image with other layers"),
         None => bail!("loading the layer as {tag} ended without an image"),
@@ -358,7 +359,7 @@ pub fn context_tar(recipe: &Recipe) -> Result<Vec<u8>> {
 /// `POST /build` FROM the base; the stream is drained and an `errorDetail`
 /// becomes an error naming the step that failed. The new image id.
 pub async fn build_final(
-    docker: &Docker,
+    engine: &Engine,
     recipe: &Recipe,
     tag: &str,
     base: &str,
@@ -379,7 +380,7 @@ pub async fn build_final(
         ..Default::default()
     };
     progress(&format!("building FROM {base}"));
-    let mut stream = docker.build_image(
+    let mut stream = engine.docker.build_image(
         options,
         None,
         Some(crate::engine::body_full(context.into())),
@@ -421,7 +422,7 @@ pub async fn build_final(
     }
     match image_id {
         Some(id) => Ok(id),
-        None => match inspect(docker, tag).await? {
+        None => match inspect(engine, tag).await? {
             Some(img) if img.labels.get(RECIPE_LABEL).map(String::as_str) == Some(hash) => {
                 Ok(img.id)
             }
@@ -452,13 +453,14 @@ fn build_error(tag: &str, step: &str, error: &str, recent: &[String]) -> anyhow:
 /// shared base), and bases of this suite other than `keep_base`. Never forced:
 /// the engine refuses (and we keep) one that a container or a child image uses.
 pub async fn remove_stale_bases(
-    docker: &Docker,
+    engine: &Engine,
     recipe: &Recipe,
     keep: &[&str],
     progress: &(dyn Fn(&str) + Sync),
 ) {
     let filters = HashMap::from([("reference".to_string(), vec![format!("{ROOTFS_REPO}:*")])]);
-    let images = match docker
+    let images = match engine
+        .docker
         .list_images(Some(ListImagesOptions {
             filters: Some(filters),
             ..Default::default()
@@ -476,7 +478,8 @@ pub async fn remove_stale_bases(
             if keep.contains(&tag.as_str()) || !is_stale_rootfs_tag(&tag, recipe) {
                 continue;
             }
-            match docker
+            match engine
+                .docker
                 .remove_image(
                     &tag,
                     Some(RemoveImageOptions {
@@ -515,18 +518,19 @@ pub fn is_stale_rootfs_tag(tag: &str, recipe: &Recipe) -> bool {
 
 /// Remove untagged images of this kind that nothing uses (left by a build
 /// that raced another process, or an interrupted one). Never forced.
-pub async fn remove_dangling(docker: &Docker, recipe: &Recipe, progress: &(dyn Fn(&str) + Sync)) {
+pub async fn remove_dangling(engine: &Engine, recipe: &Recipe, progress: &(dyn Fn(&str) + Sync)) {
     for kind in [recipe.name.as_str(), "base"] {
-        remove_dangling_kind(docker, kind, progress).await;
+        remove_dangling_kind(engine, kind, progress).await;
     }
 }
 
-async fn remove_dangling_kind(docker: &Docker, kind: &str, progress: &(dyn Fn(&str) + Sync)) {
+async fn remove_dangling_kind(engine: &Engine, kind: &str, progress: &(dyn Fn(&str) + Sync)) {
     let filters = HashMap::from([
         ("dangling".to_string(), vec!["true".to_string()]),
         ("label".to_string(), vec![format!("{KIND_LABEL}={kind}")]),
     ]);
-    let images = match docker
+    let images = match engine
+        .docker
         .list_images(Some(ListImagesOptions {
             filters: Some(filters),
             ..Default::default()
@@ -548,7 +552,11 @@ async fn remove_dangling_kind(docker: &Docker, kind: &str, progress: &(dyn Fn(&s
             noprune: false,
             ..Default::default()
         };
-        match docker.remove_image(&img.id, Some(options), None).await {
+        match engine
+            .docker
+            .remove_image(&img.id, Some(options), None)
+            .await
+        {
             Ok(_) => progress(&format!("removed the untagged image {}", img.id)),
             Err(e) => progress(&format!("kept the untagged image {}: {e}", img.id)),
         }
@@ -556,9 +564,10 @@ async fn remove_dangling_kind(docker: &Docker, kind: &str, progress: &(dyn Fn(&s
 }
 
 /// Remove the image a rebuild replaced, unless a container (running or not) uses it.
-pub async fn remove_if_unused(docker: &Docker, id: &str, progress: &(dyn Fn(&str) + Sync)) {
+pub async fn remove_if_unused(engine: &Engine, id: &str, progress: &(dyn Fn(&str) + Sync)) {
     let filters = HashMap::from([("ancestor".to_string(), vec![id.to_string()])]);
-    let used = docker
+    let used = engine
+        .docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -580,7 +589,8 @@ pub async fn remove_if_unused(docker: &Docker, id: &str, progress: &(dyn Fn(&str
         }
     }
     // Never force: the engine itself refuses an image a container uses.
-    match docker
+    match engine
+        .docker
         .remove_image(
             id,
             Some(RemoveImageOptions {
