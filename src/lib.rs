@@ -7,6 +7,7 @@ pub mod images;
 pub mod model;
 pub mod ops;
 pub mod render;
+pub mod runtime;
 pub mod swarm;
 pub mod ui;
 

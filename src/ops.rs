@@ -17,9 +17,7 @@ pub mod lock;
 pub mod logs;
 pub mod preflight;
 pub mod push;
-pub mod revision;
 pub mod setup;
-pub mod stackenv;
 pub mod up;
 
 /// Find and resolve stack.toml per the global flags.
@@ -77,35 +75,9 @@ pub fn validate(stack: &Stack, ui: &Ui) -> Result<i32> {
     Ok(0)
 }
 
-/// The tag compose files default to: $IMAGE_TAG, else the strategy's value.
-pub fn image_tag(stack: &Stack) -> String {
-    if let Ok(t) = std::env::var("IMAGE_TAG") {
-        if !t.is_empty() {
-            return t;
-        }
-    }
-    match &stack.tag {
-        model::TagStrategy::Literal(t) => t.clone(),
-        model::TagStrategy::Git => git_short_sha(&stack.root).unwrap_or_else(|| "latest".into()),
-        model::TagStrategy::Hash => "latest".into(),
-    }
-}
-
-pub(crate) fn git_short_sha(root: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(root)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 pub fn render(stack: &Stack, out: Option<&Path>, target: RenderTarget, ui: &Ui) -> Result<i32> {
     let started = std::time::Instant::now();
-    let layout = render::Layout::new(stack, out, image_tag(stack));
+    let layout = render::Layout::new(stack, out, crate::runtime::image_tag(stack));
     let artifacts = match target {
         RenderTarget::Compose => render::render(stack, &layout)?,
         RenderTarget::Kubernetes => render::k8s::render(stack, &layout)?,

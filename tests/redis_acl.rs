@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stackctl::model::Stack;
-use stackctl::ops::setup;
+use stackctl::runtime::secrets;
 
 struct Server(Child);
 
@@ -36,7 +36,7 @@ fn with_secrets() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let src = std::fs::read_to_string(repo().join("stack.toml")).unwrap();
     let stack = repo_stack(dir.path(), &src);
-    setup::ensure_secrets(&stack, &stackctl::ui::Ui::silent()).unwrap();
+    secrets::ensure_secrets(&stack, &stackctl::ui::Ui::silent()).unwrap();
     (dir, src)
 }
 
@@ -235,7 +235,7 @@ fn the_acl_follows_stack_toml() {
     let acl_path = dir.path().join("secrets/redis-acl");
     let before = std::fs::read_to_string(&acl_path).unwrap();
     // Nothing changed: nothing written.
-    assert!(setup::refresh_redis_acl(&stack).unwrap().is_empty());
+    assert!(secrets::refresh_redis_acl(&stack).unwrap().is_empty());
 
     // 1c-integration may now also read the gateway's keys.
     let line =
@@ -250,7 +250,7 @@ fn the_acl_follows_stack_toml() {
     );
     let stack = repo_stack(dir.path(), &wider);
     assert_eq!(
-        setup::refresh_redis_acl(&stack).unwrap(),
+        secrets::refresh_redis_acl(&stack).unwrap(),
         ["redis-acl".to_string()]
     );
     let after = std::fs::read_to_string(&acl_path).unwrap();
@@ -271,7 +271,7 @@ fn the_acl_follows_stack_toml() {
 
     // A service without its password secret: the error says to run setup.
     std::fs::remove_file(dir.path().join("secrets/redis-api-gateway-password")).unwrap();
-    let err = setup::refresh_redis_acl(&stack).unwrap_err().to_string();
+    let err = secrets::refresh_redis_acl(&stack).unwrap_err().to_string();
     assert!(
         err.contains("redis-api-gateway-password") && err.contains("stackctl setup"),
         "{err}"

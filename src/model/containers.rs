@@ -146,6 +146,17 @@ pub fn has_volume(mounts: &[Mount]) -> bool {
 }
 
 impl ContainerSpec {
+    /// The health test as an exec command (what stackctl runs itself to
+    /// see a container ready before Docker's next health check).
+    pub fn probe_cmd(&self) -> Option<Vec<String>> {
+        let h = self.healthcheck.as_ref()?;
+        match h.test.first().map(String::as_str) {
+            Some("CMD") => Some(h.test[1..].to_vec()),
+            Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), h.test[1..].join(" ")]),
+            _ => None,
+        }
+    }
+
     /// Every host name it answers to on its networks: its name, then its aliases.
     pub fn dns_names(&self) -> Vec<String> {
         std::iter::once(&self.name)

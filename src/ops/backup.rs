@@ -12,11 +12,11 @@
 
 mod volume;
 
-use super::stackenv::StackEnv;
 use crate::engine::LogOutput;
 use crate::engine::{container_name, ExecSession};
 use crate::error::{Error, Result};
 use crate::model::{Stack, VolumeBackup};
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -564,7 +564,7 @@ pub(crate) async fn backup_on(
         environment: stack.environment.clone(),
         created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         git_commit: git_commit(&stack.root),
-        revision: super::revision::list(&env.engine, &stack.root, &env.project)
+        revision: crate::runtime::revision::list(&env.engine, &stack.root, &env.project)
             .await
             .ok()
             .and_then(|h| h.last().map(|(r, _)| r.id)),

@@ -4,13 +4,13 @@
 //! loaded through the Engine API, in parallel, skipped when its inputs hash
 //! to an existing image.
 
-use super::stackenv::StackEnv;
 use crate::engine::build::{self as ebuild, Context};
 use crate::engine::LABEL_INPUTS;
 use crate::error::{Error, Result};
 use crate::model::containers::{LABEL_SERVICE, LABEL_STACK};
 use crate::model::{Service, Stack, TagStrategy};
 use crate::render::templates::TARGET;
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -375,7 +375,7 @@ pub fn tag_for(stack: &Stack, inputs_hash: &str) -> String {
     match &stack.tag {
         TagStrategy::Literal(t) => t.clone(),
         TagStrategy::Hash => inputs_hash[..12].to_string(),
-        TagStrategy::Git => super::image_tag(stack),
+        TagStrategy::Git => crate::runtime::image_tag(stack),
     }
 }
 
@@ -394,7 +394,11 @@ pub async fn build(
         let env = StackEnv::connect(stack).await?;
         let mut missing = Vec::new();
         for s in &services {
-            let reference = format!("{}:{}", stack.image_repo(&s.name), super::image_tag(stack));
+            let reference = format!(
+                "{}:{}",
+                stack.image_repo(&s.name),
+                crate::runtime::image_tag(stack)
+            );
             if env.engine.image(&reference).await?.is_none() {
                 missing.push(s.name.clone());
             }
@@ -556,7 +560,11 @@ pub async fn build(
     }
     done.extend(super::build_components::build(&env, &components, ui).await?);
     for name in &pulled {
-        let reference = format!("{}:{}", stack.image_repo(name), super::image_tag(stack));
+        let reference = format!(
+            "{}:{}",
+            stack.image_repo(name),
+            crate::runtime::image_tag(stack)
+        );
         if let Some(i) = env.engine.image(&reference).await? {
             done.push(Built {
                 service: name.clone(),

@@ -3,12 +3,12 @@
 //! Engine API; skipped when an image with the same inputs already exists.
 
 use super::build::{built_with, image_refs, image_size, Built};
-use super::stackenv::StackEnv;
 use crate::engine::build::{self as ebuild, Context};
 use crate::engine::LABEL_INPUTS;
 use crate::error::{Error, Result};
 use crate::model::containers::{LABEL_SERVICE, LABEL_STACK};
 use crate::model::{Component, ComponentSource, Stack};
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use std::collections::HashMap;
 use std::path::Path;

@@ -17,14 +17,16 @@
 //! untouched, keep serving. After cutover health stays watched; a failure
 //! inside the window rolls the stack back to the previous revision.
 
-use super::lock::Lock;
-use super::revision::{self, Revision, RevisionKind, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE};
-use super::stackenv::StackEnv;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::LABEL_SERVICE;
 use crate::model::{Job, Stack};
 use crate::render::Artifacts;
+use crate::runtime::lock::Lock;
+use crate::runtime::revision::{
+    self, Revision, RevisionKind, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE,
+};
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
@@ -237,7 +239,7 @@ async fn desired_units(env: &StackEnv<'_>, artifacts: &Artifacts, ui: &Ui) -> Re
 /// App services (those with images stackctl builds) whose image at the
 /// current tag is missing.
 async fn missing_app_images(env: &StackEnv<'_>) -> Result<Vec<String>> {
-    let tag = super::image_tag(env.stack);
+    let tag = crate::runtime::image_tag(env.stack);
     let mut missing = Vec::new();
     for c in &env.containers {
         if let crate::model::containers::Image::App { .. } = &c.image {
@@ -743,7 +745,7 @@ async fn watch(env: &StackEnv<'_>, units: &[&Unit], window: Duration, ui: &Ui) -
 }
 
 fn git_commit(stack: &Stack) -> Option<String> {
-    super::git_short_sha(&stack.root)
+    crate::runtime::git_short_sha(&stack.root)
 }
 
 /// The revision record of units about to go live.

@@ -1,12 +1,12 @@
 //! `health`, `status`, `resources`, `monitor`, `test-service`: what runs,
 //! how it is doing, and how it compares with stack.toml.
 
-use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::Kind;
 use crate::model::Stack;
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -152,7 +152,7 @@ async fn health_rows(env: &StackEnv<'_>, desired: &[Desired]) -> Vec<Row> {
         let running = state == "running";
         // Docker checks only every interval: until then stackctl probes itself.
         if running && health == "starting" {
-            if let Some(cmd) = super::up::probe_cmd(&d.spec) {
+            if let Some(cmd) = d.spec.probe_cmd() {
                 if let Ok((0, _)) = env.engine.exec(&d.name, &cmd, None).await {
                     health = "healthy (probe)".into();
                 }
@@ -296,7 +296,7 @@ pub async fn status(stack: &Stack, ui: &Ui) -> Result<i32> {
         }
     }
     let drift = rows.iter().filter(|r| r.2 != "up to date").count();
-    let live = super::revision::list(&env.engine, &stack.root, &env.project)
+    let live = crate::runtime::revision::list(&env.engine, &stack.root, &env.project)
         .await?
         .pop()
         .map(|(r, _)| r);

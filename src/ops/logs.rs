@@ -1,10 +1,10 @@
 //! `logs`, `exec`, `shell`: looking into running containers.
 
-use super::stackenv::StackEnv;
 use crate::engine::LogOutput;
 use crate::error::{Error, Result};
 use crate::model::containers::{Kind, LABEL_SERVICE};
 use crate::model::Stack;
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use futures::StreamExt;
 

@@ -1,17 +1,17 @@
 //! `stackctl validate --against-engine`: can this engine run the plan?
 //! Images present or buildable, host ports free, secrets and volumes.
 
-use super::stackenv::StackEnv;
 use crate::engine::create::{host_port, image_ref};
 use crate::error::{Error, Result};
 use crate::model::containers::Image;
 use crate::model::Stack;
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use std::collections::HashMap;
 
 pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
     let env = StackEnv::connect(stack).await?;
-    let tag = super::image_tag(stack);
+    let tag = crate::runtime::image_tag(stack);
     let mut problems: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
@@ -101,7 +101,7 @@ pub async fn preflight(stack: &Stack, ui: &Ui) -> Result<i32> {
     }
 
     // Secrets and volumes.
-    let secrets = super::setup::secrets_dir(stack);
+    let secrets = crate::runtime::secrets::secrets_dir(stack);
     let missing: Vec<&str> = env
         .containers
         .iter()

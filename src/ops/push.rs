@@ -2,9 +2,9 @@
 //! docker config file (~/.docker/config.json or $DOCKER_CONFIG).
 
 use super::build::Built;
-use super::stackenv::StackEnv;
 use crate::engine::DockerCredentials;
 use crate::error::{Error, Result};
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use base64::Engine as _;
 
@@ -74,7 +74,7 @@ pub async fn pull_missing(env: &StackEnv<'_>, services: &[String], ui: &Ui) -> R
         return Ok(services.to_vec());
     };
     let creds = credentials(&registry);
-    let tag = super::image_tag(env.stack);
+    let tag = crate::runtime::image_tag(env.stack);
     let mut still = Vec::new();
     for s in services {
         let reference = format!("{}:{tag}", env.stack.image_repo(s));

@@ -2,12 +2,12 @@
 //! order, in parallel where the graph allows, each started only when its
 //! dependencies are ready.
 
-use super::stackenv::StackEnv;
 use crate::engine::create::Desired;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::containers::ContainerSpec;
 use crate::model::Stack;
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
@@ -48,16 +48,6 @@ enum Ready {
     Waiting,
     Yes,
     Failed(String),
-}
-
-/// The health test as an exec command.
-pub fn probe_cmd(spec: &ContainerSpec) -> Option<Vec<String>> {
-    let h = spec.healthcheck.as_ref()?;
-    match h.test.first().map(String::as_str) {
-        Some("CMD") => Some(h.test[1..].to_vec()),
-        Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), h.test[1..].join(" ")]),
-        _ => None,
-    }
 }
 
 /// Wait until the container is ready: Docker says healthy, or stackctl's own
@@ -116,7 +106,7 @@ pub async fn wait_ready(
 /// every service it gates.
 struct StartJob {
     job: crate::model::Job,
-    unit: crate::ops::revision::Unit,
+    unit: crate::runtime::revision::Unit,
     /// The job's service's dependencies: ready before the job runs.
     deps: Vec<String>,
     outcome: tokio::sync::OnceCell<std::result::Result<f64, String>>,
@@ -200,7 +190,7 @@ pub(crate) async fn start_on(
                 .find(|d| d.spec.name == j.service && d.replica == 1)?;
             Some(StartJob {
                 job: j.clone(),
-                unit: crate::ops::revision::Unit::from_desired(&env.project, d, ""),
+                unit: crate::runtime::revision::Unit::from_desired(&env.project, d, ""),
                 deps: d.spec.depends_on.clone(),
                 outcome: tokio::sync::OnceCell::new(),
             })
@@ -306,7 +296,7 @@ pub(crate) async fn start_on(
                 match wait_ready(
                     &env_ref.engine,
                     &d.name,
-                    probe_cmd(&d.spec).as_deref(),
+                    d.spec.probe_cmd().as_deref(),
                     timeout,
                 )
                 .await

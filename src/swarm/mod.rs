@@ -19,7 +19,7 @@ use crate::engine::{Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Source};
 use crate::model::Stack;
-use crate::ops::stackenv::StackEnv;
+use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
 use revisions::{Planned, Revision, LABEL_REVISION};
 use spec::{ConfigFile, ObjectRef};
@@ -169,9 +169,9 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         .map(|s| (s.name, s.id))
         .collect();
     if create {
-        crate::ops::setup::refresh_redis_acl(env.stack)?;
+        crate::runtime::secrets::refresh_redis_acl(env.stack)?;
     }
-    let dir = crate::ops::setup::secrets_dir(env.stack);
+    let dir = crate::runtime::secrets::secrets_dir(env.stack);
     let mut secrets: HashMap<String, ObjectRef> = HashMap::new();
     for s in specs.iter().flat_map(|c| c.secrets.iter()) {
         if secrets.contains_key(s) {
@@ -258,7 +258,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         reserve_cpus,
         vip: endpoint_vip()?,
     };
-    let tag = crate::ops::image_tag(env.stack);
+    let tag = crate::runtime::image_tag(env.stack);
     let mut out = Vec::new();
     for c in specs {
         for p in c.ports.iter().filter(|p| p.loopback() && create) {
@@ -743,7 +743,7 @@ async fn roll_out(
             .collect::<Vec<_>>()
             .join("; "),
         rollback_of,
-        tag: crate::ops::image_tag(env.stack),
+        tag: crate::runtime::image_tag(env.stack),
         changed: changes.iter().map(|c| c.name.clone()).collect(),
         seconds,
         services: planned,

@@ -7,11 +7,11 @@
 //! the old content is moved aside first and put back if the copy fails, so
 //! a failed restore leaves the volume as it was.
 
-use super::super::stackenv::StackEnv;
 use super::Entry;
 use crate::error::{Error, Result};
 use crate::model::containers::{Image, Source};
 use crate::model::Component;
+use crate::runtime::stackenv::StackEnv;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::path::Path;

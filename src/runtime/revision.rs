@@ -66,7 +66,7 @@ impl Unit {
                 .collect(),
             alias: d.spec.name.clone(),
             more_aliases: d.spec.aliases.clone(),
-            probe: super::up::probe_cmd(&d.spec),
+            probe: d.spec.probe_cmd(),
             grace_secs: (d.spec.stop_grace_period.millis() / 1000).max(1),
             depends_on: d.spec.depends_on.clone(),
             secrets: d.spec.secrets.clone(),

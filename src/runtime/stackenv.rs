@@ -65,7 +65,11 @@ impl<'a> StackEnv<'a> {
 
     /// The artifacts the containers mount, rendered in memory.
     pub fn artifacts(&self) -> Result<Artifacts> {
-        let layout = Layout::new(self.stack, Some(&self.out), super::image_tag(self.stack));
+        let layout = Layout::new(
+            self.stack,
+            Some(&self.out),
+            crate::runtime::image_tag(self.stack),
+        );
         render::render(self.stack, &layout)
     }
 
@@ -95,8 +99,8 @@ impl<'a> StackEnv<'a> {
         artifacts: Option<&Artifacts>,
         containers: impl IntoIterator<Item = (&'s str, &'s [String], &'s str)>,
     ) -> Result<()> {
-        super::setup::refresh_redis_acl(self.stack)?;
-        let dir = super::setup::secrets_dir(self.stack);
+        crate::runtime::secrets::refresh_redis_acl(self.stack)?;
+        let dir = crate::runtime::secrets::secrets_dir(self.stack);
         let containers: Vec<_> = containers.into_iter().collect();
         if !self.engine.is_remote() {
             for (name, secrets, _) in containers {
@@ -173,7 +177,7 @@ impl<'a> StackEnv<'a> {
     /// Build the Debian-based infrastructure images that are missing or outdated.
     pub async fn ensure_infra_images(&self, ui: &Ui, report: bool) -> Result<Vec<String>> {
         let mut built = Vec::new();
-        for recipe in super::setup::debian_recipes(self.stack, &self.containers)? {
+        for recipe in crate::runtime::debian_recipes(self.stack, &self.containers)? {
             let image = &recipe.tag;
             let progress = |m: &str| ui.detail(format!("{image}: {m}"));
             let e = crate::images::ensure(&self.engine, &recipe, &progress)
@@ -228,8 +232,8 @@ impl<'a> StackEnv<'a> {
         only: Option<&std::collections::HashSet<String>>,
         ui: &Ui,
     ) -> Result<Vec<Desired>> {
-        let digests = super::setup::secret_digests(self.stack);
-        let tag = super::image_tag(self.stack);
+        let digests = crate::runtime::secrets::secret_digests(self.stack);
+        let tag = crate::runtime::image_tag(self.stack);
         let mut skipped: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for c in &self.containers {
@@ -304,7 +308,7 @@ impl<'a> StackEnv<'a> {
         all.retain(|c| {
             !c.labels
                 .as_ref()
-                .is_some_and(|l| l.contains_key(super::revision::LABEL_ROLE))
+                .is_some_and(|l| l.contains_key(crate::runtime::revision::LABEL_ROLE))
         });
         Ok(all)
     }
