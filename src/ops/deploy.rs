@@ -24,7 +24,7 @@ use crate::model::{Job, Stack};
 use crate::render::Artifacts;
 use crate::runtime::lock::Lock;
 use crate::runtime::revision::{
-    self, Revision, RevisionKind, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE,
+    self, LocalRevision, RevisionKind, ServiceRev, Unit, LABEL_REVISION, LABEL_ROLE,
 };
 use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
@@ -43,7 +43,7 @@ pub struct DeployOpts {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum UnitAction {
     /// Running with this configuration: untouched.
     Keep,
     /// Exists with this configuration but stopped: started.
@@ -56,21 +56,21 @@ pub enum Action {
     Recreate,
 }
 
-impl Action {
+impl UnitAction {
     fn label(self) -> &'static str {
         match self {
-            Action::Keep => "unchanged",
-            Action::Start => "start",
-            Action::Create => "create",
-            Action::Roll => "roll",
-            Action::Recreate => "recreate",
+            UnitAction::Keep => "unchanged",
+            UnitAction::Start => "start",
+            UnitAction::Create => "create",
+            UnitAction::Roll => "roll",
+            UnitAction::Recreate => "recreate",
         }
     }
 }
 
 pub struct Step {
     pub unit: Unit,
-    pub action: Action,
+    pub action: UnitAction,
     /// The running container's image id, when it exists.
     pub current_image: Option<String>,
 }
@@ -85,7 +85,7 @@ impl Plan {
     pub fn changes(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| s.action != Action::Keep)
+            .filter(|s| s.action != UnitAction::Keep)
             .count()
             + self.remove.len()
     }
@@ -143,16 +143,16 @@ async fn plan(
     let mut steps = Vec::new();
     for u in units {
         let action = match now.get(&u.name) {
-            None => Action::Create,
+            None => UnitAction::Create,
             Some((hash, _, running)) if *hash == u.hash => {
                 if *running {
-                    Action::Keep
+                    UnitAction::Keep
                 } else {
-                    Action::Start
+                    UnitAction::Start
                 }
             }
-            Some(_) if u.stateful || publishes_ports(&u) => Action::Recreate,
-            Some(_) => Action::Roll,
+            Some(_) if u.stateful || publishes_ports(&u) => UnitAction::Recreate,
+            Some(_) => UnitAction::Roll,
         };
         let current_image = now.get(&u.name).map(|c| c.1.clone());
         steps.push(Step {
@@ -198,7 +198,7 @@ fn publishes_ports(u: &Unit) -> bool {
 
 fn print_plan(plan: &Plan, ui: &Ui) {
     for s in &plan.steps {
-        if s.action == Action::Keep {
+        if s.action == UnitAction::Keep {
             ui.detail(format!("{}: unchanged", s.unit.name));
             continue;
         }
@@ -469,7 +469,7 @@ impl Rollout<'_> {
         let changing: BTreeSet<&str> = plan
             .steps
             .iter()
-            .filter(|s| s.action != Action::Keep)
+            .filter(|s| s.action != UnitAction::Keep)
             .map(|s| s.unit.service.as_str())
             .collect();
         let mut jobs_done: BTreeSet<String> = BTreeSet::new();
@@ -526,7 +526,7 @@ impl Rollout<'_> {
                             Ok(None) => {}
                             Err(f) => return (next, done, Some(f)),
                         }
-                        if s.action != Action::Keep {
+                        if s.action != UnitAction::Keep {
                             done.push(s.unit.name.clone());
                         }
                     }
@@ -556,7 +556,7 @@ impl Rollout<'_> {
         let rolls: Vec<&Step> = plan
             .steps
             .iter()
-            .filter(|s| s.action == Action::Roll)
+            .filter(|s| s.action == UnitAction::Roll)
             .collect();
         let cut = rolls.iter().map(|s| async move {
             let old = &s.unit.name;
@@ -601,21 +601,21 @@ impl Rollout<'_> {
         };
         let t0 = Instant::now();
         let target = match s.action {
-            Action::Keep => return Ok(None),
-            Action::Start => {
+            UnitAction::Keep => return Ok(None),
+            UnitAction::Start => {
                 env.engine
                     .start(&u.name)
                     .await
                     .map_err(|e| err(&u.name, e))?;
                 u.name.clone()
             }
-            Action::Create => {
+            UnitAction::Create => {
                 create_unit(&env.engine, &env.project, u, &u.name, self.revision)
                     .await
                     .map_err(|e| err(&u.name, e))?;
                 u.name.clone()
             }
-            Action::Recreate => {
+            UnitAction::Recreate => {
                 // Databases and Redis are dumped first; other volumes are kept as they are.
                 if u.stateful
                     && self.backup_before_recreate
@@ -640,7 +640,7 @@ impl Rollout<'_> {
                     .map_err(|e| err(&u.name, e))?;
                 u.name.clone()
             }
-            Action::Roll => {
+            UnitAction::Roll => {
                 let n = next_name(&u.name);
                 let _ = env.engine.stop_and_remove(&n, 1).await;
                 create_unit(&env.engine, &env.project, u, &n, self.revision)
@@ -657,19 +657,19 @@ impl Rollout<'_> {
                     "{} {} ({}), ready in {:.1}s",
                     u.name,
                     match s.action {
-                        Action::Roll => "rolled",
-                        Action::Create => "created",
-                        Action::Recreate => "recreated",
+                        UnitAction::Roll => "rolled",
+                        UnitAction::Create => "created",
+                        UnitAction::Recreate => "recreated",
                         _ => "started",
                     },
                     short(&u.image_id),
                     t0.elapsed().as_secs_f64()
                 ));
-                Ok((s.action == Action::Roll).then_some(target))
+                Ok((s.action == UnitAction::Roll).then_some(target))
             }
             Err(why) => {
                 let logs = env.engine.tail(&target, 20).await;
-                if s.action == Action::Roll {
+                if s.action == UnitAction::Roll {
                     let _ = env.engine.stop_and_remove(&target, 1).await;
                 }
                 Err(Failure {
@@ -756,7 +756,7 @@ fn new_revision(
     from: Option<u32>,
     config_hash: String,
     units: &[Unit],
-) -> Revision {
+) -> LocalRevision {
     let mut services: BTreeMap<String, ServiceRev> = BTreeMap::new();
     for u in units.iter().filter(|u| u.is_app()) {
         let e = services
@@ -770,7 +770,7 @@ fn new_revision(
             });
         e.units.push(u.clone());
     }
-    Revision {
+    LocalRevision {
         id,
         time: revision::now_rfc3339(),
         kind,
@@ -786,7 +786,7 @@ fn new_revision(
 
 /// Point each app unit at its immutable revision tag (tagging it first), so
 /// containers name the revision they run, never a movable tag.
-async fn pin_images(env: &StackEnv<'_>, rev: &Revision, units: &mut [Unit]) -> Result<()> {
+async fn pin_images(env: &StackEnv<'_>, rev: &LocalRevision, units: &mut [Unit]) -> Result<()> {
     for u in units.iter_mut().filter(|u| u.is_app()) {
         let Some(s) = rev.services.get(&u.service) else {
             continue;
@@ -913,7 +913,7 @@ async fn deploy_locked(
     env: &StackEnv<'_>,
     opts: &DeployOpts,
     units: &[Unit],
-    live: Option<Revision>,
+    live: Option<LocalRevision>,
     id: u32,
     chash: String,
     artifacts: &Artifacts,
@@ -1086,7 +1086,7 @@ fn job_units(env: &StackEnv<'_>, units: &[Unit]) -> Vec<(Job, Unit)> {
 /// result as revision `id`.
 async fn rollback_to(
     env: &StackEnv<'_>,
-    target: &Revision,
+    target: &LocalRevision,
     id: u32,
     kind: RevisionKind,
     ui: &Ui,
@@ -1282,7 +1282,7 @@ pub async fn history(stack: &Stack, ui: &Ui) -> Result<i32> {
         "{:<5} {:<21} {:<14} {:<13} {:<13} {:<20} services",
         "REV", "TIME", "KIND", "GIT", "CONFIG", "BY"
     );
-    let mut prev: Option<&Revision> = None;
+    let mut prev: Option<&LocalRevision> = None;
     for (i, (r, host)) in all.iter().enumerate() {
         let changed: Vec<String> = r
             .services

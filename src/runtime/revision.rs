@@ -95,7 +95,7 @@ pub struct ServiceRev {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Revision {
+pub struct LocalRevision {
     pub id: u32,
     /// RFC 3339, UTC.
     pub time: String,
@@ -222,8 +222,8 @@ pub async fn list(
     engine: &Engine,
     root: &std::path::Path,
     project: &str,
-) -> Result<Vec<(Revision, bool)>> {
-    let mut by_id: BTreeMap<u32, Revision> = BTreeMap::new();
+) -> Result<Vec<(LocalRevision, bool)>> {
+    let mut by_id: BTreeMap<u32, LocalRevision> = BTreeMap::new();
     for c in engine
         .containers(&[(LABEL_PROJECT, project), (LABEL_ROLE, "revision")])
         .await?
@@ -242,7 +242,7 @@ pub async fn list(
         ) else {
             continue;
         };
-        let r = by_id.entry(meta.id).or_insert_with(|| Revision {
+        let r = by_id.entry(meta.id).or_insert_with(|| LocalRevision {
             id: meta.id,
             time: meta.time.clone(),
             kind: meta.kind,
@@ -265,13 +265,13 @@ pub async fn list(
             },
         );
     }
-    let mut out: Vec<(Revision, bool)> = Vec::new();
+    let mut out: Vec<(LocalRevision, bool)> = Vec::new();
     let dir = local_dir(root, project);
-    let mut local: BTreeMap<u32, Revision> = BTreeMap::new();
+    let mut local: BTreeMap<u32, LocalRevision> = BTreeMap::new();
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
             if let Ok(bytes) = std::fs::read(e.path()) {
-                if let Ok(r) = serde_json::from_slice::<Revision>(&bytes) {
+                if let Ok(r) = serde_json::from_slice::<LocalRevision>(&bytes) {
                     local.insert(r.id, r);
                 }
             }
@@ -289,7 +289,7 @@ pub async fn list(
 
 /// Record a revision: tag its images immutably, create the holder
 /// containers with the record on the host, write the local copy.
-pub async fn record(engine: &Engine, root: &std::path::Path, rev: &Revision) -> Result<()> {
+pub async fn record(engine: &Engine, root: &std::path::Path, rev: &LocalRevision) -> Result<()> {
     for (service, s) in &rev.services {
         engine.tag(&s.image_id, &s.revision_tag).await?;
         let meta = Meta {

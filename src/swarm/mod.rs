@@ -14,14 +14,14 @@ pub mod spec;
 
 pub use inspect::{health, logs, status};
 
-use crate::engine::models::{Service, Task};
+use crate::engine::models::{Service, Task, TaskState};
 use crate::engine::{Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Source};
 use crate::model::Stack;
 use crate::runtime::stackenv::StackEnv;
 use crate::ui::Ui;
-use revisions::{Planned, Revision, LABEL_REVISION};
+use revisions::{Planned, SwarmRevision, SwarmStatus, LABEL_REVISION};
 use spec::{ConfigFile, ObjectRef};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -383,7 +383,7 @@ async fn ensure_networks(env: &StackEnv<'_>, planned: &[Planned]) -> Result<Vec<
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Action {
+pub enum ServiceAction {
     Created,
     Updated,
     Removed,
@@ -393,7 +393,7 @@ pub enum Action {
 pub struct Change {
     pub name: String,
     pub service: String,
-    pub action: Action,
+    pub action: ServiceAction,
     pub at: chrono::DateTime<chrono::Utc>,
     pub image: String,
 }
@@ -418,7 +418,7 @@ async fn apply(
         let action = match existing.get(&p.service) {
             None => {
                 engine.create_service(s).await?;
-                Action::Created
+                ServiceAction::Created
             }
             Some(cur) => {
                 let same = cur
@@ -439,7 +439,7 @@ async fn apply(
                         &format!("update service {}", p.service),
                     )
                     .await?;
-                Action::Updated
+                ServiceAction::Updated
             }
         };
         ui.detail(format!("{} {:?}", p.service, action));
@@ -468,7 +468,7 @@ async fn apply(
         changes.push(Change {
             name: short,
             service: name.clone(),
-            action: Action::Removed,
+            action: ServiceAction::Removed,
             at: chrono::Utc::now(),
             image: String::new(),
         });
@@ -476,24 +476,17 @@ async fn apply(
     Ok(changes)
 }
 
-fn task_state(t: &Task) -> String {
-    t.status
-        .as_ref()
-        .and_then(|s| s.state)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
+fn task_state(t: &Task) -> Option<TaskState> {
+    t.status.as_ref().and_then(|s| s.state)
 }
 
-fn task_desired(t: &Task) -> String {
-    t.desired_state.map(|s| s.to_string()).unwrap_or_default()
+fn task_failed(t: &Task) -> bool {
+    matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED))
 }
 
 /// The newest failed or rejected task's error, with its exit code.
 pub fn last_error(tasks: &[Task]) -> Option<(String, String)> {
-    let mut failed: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| matches!(task_state(t).as_str(), "failed" | "rejected"))
-        .collect();
+    let mut failed: Vec<&Task> = tasks.iter().filter(|t| task_failed(t)).collect();
     failed.sort_by_key(|t| t.status.as_ref().and_then(|s| s.timestamp.clone()));
     let t = failed.last()?;
     let st = t.status.clone().unwrap_or_default();
@@ -515,9 +508,12 @@ pub fn last_error(tasks: &[Task]) -> Option<(String, String)> {
 fn counts(tasks: &[Task]) -> (usize, usize) {
     let live: Vec<&Task> = tasks
         .iter()
-        .filter(|t| task_desired(t) == "running")
+        .filter(|t| t.desired_state == Some(TaskState::RUNNING))
         .collect();
-    let running = live.iter().filter(|t| task_state(t) == "running").count();
+    let running = live
+        .iter()
+        .filter(|t| task_state(t) == Some(TaskState::RUNNING))
+        .count();
     (running, live.len() - running)
 }
 
@@ -545,7 +541,7 @@ async fn converge(env: &StackEnv<'_>, changes: &[Change], timeout: Duration) -> 
     let t0 = Instant::now();
     let mut out: Vec<Option<Outcome>> = changes
         .iter()
-        .map(|c| (c.action == Action::Removed).then_some(Outcome::Converged(0.0)))
+        .map(|c| (c.action == ServiceAction::Removed).then_some(Outcome::Converged(0.0)))
         .collect();
     loop {
         let current = services(&env.engine, &env.project)
@@ -588,16 +584,13 @@ async fn converge(env: &StackEnv<'_>, changes: &[Change], timeout: Duration) -> 
                 "paused" | "rollback_paused" => {
                     Some(Outcome::Failed(format!("the update is {state}: {}", why())))
                 }
-                "" if settled && (c.action == Action::Created || elapsed > 3.0) => {
+                "" if settled && (c.action == ServiceAction::Created || elapsed > 3.0) => {
                     Some(Outcome::Converged(elapsed))
                 }
                 _ => None,
             };
-            if out[i].is_none() && c.action == Action::Created {
-                let failures = tasks
-                    .iter()
-                    .filter(|t| matches!(task_state(t).as_str(), "failed" | "rejected"))
-                    .count();
+            if out[i].is_none() && c.action == ServiceAction::Created {
+                let failures = tasks.iter().filter(|t| task_failed(t)).count();
                 if failures >= 8 {
                     out[i] = Some(Outcome::Failed(format!("{failures} tasks failed{}", why())));
                 }
@@ -632,7 +625,7 @@ async fn task_tail(engine: &Engine, task: &str, n: usize) -> String {
     out
 }
 
-fn next_revision(revs: &[Revision], current: &HashMap<String, Service>) -> u64 {
+fn next_revision(revs: &[SwarmRevision], current: &HashMap<String, Service>) -> u64 {
     let recorded = revs.last().map(|r| r.revision).unwrap_or(0);
     let labelled = current
         .values()
@@ -661,7 +654,7 @@ async fn roll_out(
     let t0 = Instant::now();
     let engine = &env.engine;
     let stored = revisions::load(engine, &env.project).await?;
-    let revs: Vec<Revision> = stored.iter().map(|(_, r)| r.clone()).collect();
+    let revs: Vec<SwarmRevision> = stored.iter().map(|(_, r)| r.clone()).collect();
     let current = services(engine, &env.project).await?;
     let revision = next_revision(&revs, &current);
     let created = ensure_networks(env, &planned).await?;
@@ -693,9 +686,9 @@ async fn roll_out(
                 "{} {}",
                 c.name,
                 match c.action {
-                    Action::Created => "new",
-                    Action::Updated => "updated",
-                    Action::Removed => "removed",
+                    ServiceAction::Created => "new",
+                    ServiceAction::Updated => "updated",
+                    ServiceAction::Removed => "removed",
                 }
             ))
             .collect::<Vec<_>>()
@@ -710,9 +703,9 @@ async fn roll_out(
                 "{} {} in {s:.1}s",
                 c.name,
                 match c.action {
-                    Action::Created => "created, running",
-                    Action::Updated => "updated, running",
-                    Action::Removed => "removed",
+                    ServiceAction::Created => "created, running",
+                    ServiceAction::Updated => "updated, running",
+                    ServiceAction::Removed => "removed",
                 }
             )),
             Outcome::RolledBack(why) => {
@@ -727,16 +720,16 @@ async fn roll_out(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let status = if failed.is_empty() {
-        revisions::DEPLOYED
+        SwarmStatus::Deployed
     } else if rolled_back {
-        "rolled back by Swarm"
+        SwarmStatus::RolledBackBySwarm
     } else {
-        "failed"
+        SwarmStatus::Failed
     };
-    let record = Revision {
+    let record = SwarmRevision {
         revision,
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        status: status.into(),
+        status,
         message: failed
             .iter()
             .map(|(c, w)| format!("{}: {w}", c.name))
@@ -818,7 +811,7 @@ async fn roll_out(
 
 /// Remove secrets and configs of the project that no service and no kept
 /// revision refers to.
-async fn gc(env: &StackEnv<'_>, kept: &[Revision]) -> Result<usize> {
+async fn gc(env: &StackEnv<'_>, kept: &[SwarmRevision]) -> Result<usize> {
     let engine = &env.engine;
     let mut used: HashSet<String> = HashSet::new();
     let mut note = |spec: &crate::engine::models::ServiceSpec| {
@@ -878,7 +871,7 @@ pub async fn deploy(stack: &Stack, ui: &Ui) -> Result<i32> {
 /// (pinned images, the secrets and configs they used) as a new revision.
 pub async fn rollback(stack: &Stack, to: Option<&str>, ui: &Ui) -> Result<i32> {
     let env = connect(stack).await?;
-    let revs: Vec<Revision> = revisions::load(&env.engine, &env.project)
+    let revs: Vec<SwarmRevision> = revisions::load(&env.engine, &env.project)
         .await?
         .into_iter()
         .map(|(_, r)| r)
@@ -925,7 +918,7 @@ pub async fn rollback(stack: &Stack, to: Option<&str>, ui: &Ui) -> Result<i32> {
 /// `history --target swarm`: the recorded revisions, newest last.
 pub async fn history(stack: &Stack, ui: &Ui) -> Result<i32> {
     let env = connect(stack).await?;
-    let revs: Vec<Revision> = revisions::load(&env.engine, &env.project)
+    let revs: Vec<SwarmRevision> = revisions::load(&env.engine, &env.project)
         .await?
         .into_iter()
         .map(|(_, r)| r)
@@ -1061,7 +1054,7 @@ pub async fn scale(stack: &Stack, assignments: &[String], ui: &Ui) -> Result<i32
         changes.push(Change {
             name: name.clone(),
             service: svc,
-            action: Action::Updated,
+            action: ServiceAction::Updated,
             at: chrono::Utc::now(),
             image: String::new(),
         });

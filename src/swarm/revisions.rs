@@ -32,12 +32,11 @@ pub struct Planned {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Revision {
+pub struct SwarmRevision {
     pub revision: u64,
     /// RFC 3339, UTC.
     pub created: String,
-    /// "deployed", "failed" or "rolled back by Swarm".
-    pub status: String,
+    pub status: SwarmStatus,
     pub message: String,
     /// Set when this revision rolled the stack back to an earlier one.
     pub rollback_of: Option<u64>,
@@ -50,20 +49,48 @@ pub struct Revision {
     pub services: Vec<Planned>,
 }
 
-pub const DEPLOYED: &str = "deployed";
+/// How a Swarm deploy ended; stored as the words shown here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SwarmStatus {
+    /// Every changed service converged.
+    #[serde(rename = "deployed")]
+    Deployed,
+    /// Swarm's update failure action put a service back on its previous spec.
+    #[serde(rename = "rolled back by Swarm")]
+    RolledBackBySwarm,
+    /// A service did not converge within the wait.
+    #[serde(rename = "failed")]
+    Failed,
+}
+
+impl SwarmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwarmStatus::Deployed => "deployed",
+            SwarmStatus::RolledBackBySwarm => "rolled back by Swarm",
+            SwarmStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SwarmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
 
 fn record_name(project: &str, n: u64) -> String {
     format!("{project}-revision-{n}")
 }
 
 /// Every stored revision of the project, oldest first, with its config id.
-pub async fn load(engine: &Engine, project: &str) -> Result<Vec<(String, Revision)>> {
+pub async fn load(engine: &Engine, project: &str) -> Result<Vec<(String, SwarmRevision)>> {
     let configs = engine
         .configs(&[(LABEL_PROJECT, project), (LABEL_OBJECT, "revision")])
         .await?;
     let mut out = Vec::new();
     for c in configs {
-        match serde_json::from_slice::<Revision>(&c.data) {
+        match serde_json::from_slice::<SwarmRevision>(&c.data) {
             Ok(r) => out.push((c.id, r)),
             Err(e) => {
                 return Err(Error::Engine {
@@ -79,7 +106,7 @@ pub async fn load(engine: &Engine, project: &str) -> Result<Vec<(String, Revisio
 }
 
 /// Store a revision (Swarm configs are immutable: one per revision).
-pub async fn store(engine: &Engine, project: &str, stack: &str, r: &Revision) -> Result<()> {
+pub async fn store(engine: &Engine, project: &str, stack: &str, r: &SwarmRevision) -> Result<()> {
     let json = serde_json::to_vec(r).map_err(|e| Error::Other(e.into()))?;
     let mut labels = super::spec::object_labels(project, stack, "revision");
     labels.insert(LABEL_REVISION.into(), r.revision.to_string());
@@ -89,7 +116,10 @@ pub async fn store(engine: &Engine, project: &str, stack: &str, r: &Revision) ->
 }
 
 /// Drop all but the newest [`KEEP`] revisions; the ones kept.
-pub async fn prune(engine: &Engine, revs: Vec<(String, Revision)>) -> Result<Vec<Revision>> {
+pub async fn prune(
+    engine: &Engine,
+    revs: Vec<(String, SwarmRevision)>,
+) -> Result<Vec<SwarmRevision>> {
     let cut = revs.len().saturating_sub(KEEP);
     let mut kept = Vec::new();
     for (i, (id, r)) in revs.into_iter().enumerate() {
@@ -118,10 +148,10 @@ pub fn parse_rev(s: &str) -> Option<u64> {
 /// after a clean Swarm rollback (the previous revision runs again), the one
 /// before that.
 pub fn target<'a>(
-    revs: &'a [Revision],
+    revs: &'a [SwarmRevision],
     to: Option<&str>,
     running: &HashMap<String, String>,
-) -> Result<&'a Revision> {
+) -> Result<&'a SwarmRevision> {
     let listed = || {
         revs.iter()
             .map(|r| r.revision.to_string())
@@ -151,7 +181,7 @@ pub fn target<'a>(
             )
         });
     }
-    let runs = |r: &Revision| {
+    let runs = |r: &SwarmRevision| {
         r.services.len() == running.len()
             && r.services
                 .iter()
@@ -159,7 +189,7 @@ pub fn target<'a>(
     };
     revs.iter()
         .rev()
-        .filter(|r| r.status == DEPLOYED)
+        .filter(|r| r.status == SwarmStatus::Deployed)
         .find(|r| !runs(r))
         .ok_or_else(|| {
             Error::usage(
@@ -176,11 +206,11 @@ pub fn target<'a>(
 mod tests {
     use super::*;
 
-    fn rev(n: u64, status: &str) -> Revision {
-        Revision {
+    fn rev(n: u64, status: SwarmStatus) -> SwarmRevision {
+        SwarmRevision {
             revision: n,
             created: String::new(),
-            status: status.into(),
+            status,
             message: String::new(),
             rollback_of: None,
             tag: "t".into(),
@@ -201,9 +231,23 @@ mod tests {
         }
     }
 
-    fn with(mut r: Revision, hashes: &[(&str, &str)]) -> Revision {
+    fn with(mut r: SwarmRevision, hashes: &[(&str, &str)]) -> SwarmRevision {
         r.services = hashes.iter().map(|(s, h)| planned(s, h)).collect();
         r
+    }
+
+    #[test]
+    fn statuses_are_stored_as_the_words_earlier_records_hold() {
+        for (status, word) in [
+            (SwarmStatus::Deployed, "deployed"),
+            (SwarmStatus::RolledBackBySwarm, "rolled back by Swarm"),
+            (SwarmStatus::Failed, "failed"),
+        ] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{word}\""));
+            assert_eq!(serde_json::from_str::<SwarmStatus>(&json).unwrap(), status);
+            assert_eq!(status.to_string(), word);
+        }
     }
 
     fn running(hashes: &[(&str, &str)]) -> HashMap<String, String> {
@@ -215,14 +259,17 @@ mod tests {
 
     #[test]
     fn rollback_goes_to_the_last_good_revision_that_is_not_running() {
-        let r1 = with(rev(1, DEPLOYED), &[("a", "1"), ("b", "1")]);
-        let r2 = with(rev(2, DEPLOYED), &[("a", "2"), ("b", "2")]);
+        let r1 = with(rev(1, SwarmStatus::Deployed), &[("a", "1"), ("b", "1")]);
+        let r2 = with(rev(2, SwarmStatus::Deployed), &[("a", "2"), ("b", "2")]);
         // After a good deploy: the one before.
         let revs = vec![r1.clone(), r2.clone()];
         let now = running(&[("a", "2"), ("b", "2")]);
         assert_eq!(target(&revs, None, &now).unwrap().revision, 1);
         // Swarm rolled all of revision 3 back: revision 2 runs, so back to 1.
-        let r3 = with(rev(3, "rolled back by Swarm"), &[("a", "3"), ("b", "2")]);
+        let r3 = with(
+            rev(3, SwarmStatus::RolledBackBySwarm),
+            &[("a", "3"), ("b", "2")],
+        );
         let revs = vec![r1.clone(), r2.clone(), r3];
         assert_eq!(target(&revs, None, &now).unwrap().revision, 1);
         // Half of revision 3 went through: back to 2.
