@@ -3,8 +3,10 @@
 //! cannot be written), 23 (duplicate container name), 31 (a daemon too old:
 //! a fake one on a unix socket of this test), 35 (not every container is
 //! healthy), 42 (an unknown revision), 44 (the engine cannot run the plan),
-//! 45 (what runs differs from stack.toml).
-//! 33 is asserted by setup_dayone, 30/32/36/37/38/40 by the other e2e tests.
+//! 45 (what runs differs from stack.toml), 33 (an image build step fails)
+//! and 43 (a one-shot job fails).
+//! 33 for a missing host tool is asserted by setup_dayone, 30/32/36/37/38/
+//! 40/41 by the other e2e tests.
 //! The real engine is only asked (nothing is started), under a project name
 //! of this test's own.
 
@@ -148,5 +150,106 @@ fn a_plan_the_engine_cannot_run_exits_44() {
     assert!(
         all.contains("image demo/api:snapshot is missing"),
         "each problem listed: {all}"
+    );
+}
+
+#[test]
+fn a_failing_image_build_step_exits_33() {
+    // A component built from its own Dockerfile whose second step cannot
+    // run: the error names the step and the daemon's reason.
+    let p = Project::new(
+        "[stack]\nname = \"exitbuild\"\n\n[networks.backend]\ninternal = true\n\n[components.worker]\ncontext = \"worker\"\nnetworks = [\"backend\"]\n\n[infra.nginx]\nenabled = false\n\n[monitoring]\nenabled = false\n\n[logging]\nenabled = false\n",
+    );
+    std::fs::create_dir_all(p.path().join("worker")).expect("mkdir worker");
+    std::fs::write(
+        p.path().join("worker/Dockerfile"),
+        "FROM scratch\nCOPY not-in-the-context /worker\n",
+    )
+    .expect("write Dockerfile");
+    let o = run(&p, &["build"]);
+    exits(&o, 33, "COPY not-in-the-context");
+    assert!(
+        stderr(&o).contains("worker"),
+        "names the component: {}",
+        stderr(&o)
+    );
+}
+
+/// A static binary (built here with rustc) that fails as a migration does
+/// when given `migrate`, and otherwise idles like a service.
+fn failing_migration_binary(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("worker.rs");
+    std::fs::write(
+        &src,
+        r#"fn main() {
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        eprintln!("migrate: relation \"users\" already exists");
+        std::process::exit(3);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+}
+"#,
+    )
+    .expect("write worker.rs");
+    let out = dir.join("worker");
+    let o = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args([
+            "--edition",
+            "2021",
+            "-C",
+            "opt-level=1",
+            "-C",
+            "target-feature=+crt-static",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("run rustc");
+    assert!(o.status.success(), "rustc: {}", stderr(&o));
+    out
+}
+
+#[test]
+fn a_failing_job_exits_43() {
+    let image = "exitjob/worker:snapshot";
+    let p = Project::new(
+        "[stack]\nname = \"exitjob\"\n\n[networks.backend]\ninternal = true\n\n[services.worker]\npath = \"services/worker\"\nport = 8080\nnetworks = [\"backend\"]\n\n[jobs.migrate]\nservice = \"worker\"\ncommand = [\"migrate\"]\n\n[infra.nginx]\nenabled = false\n\n[monitoring]\nenabled = false\n\n[logging]\nenabled = false\n",
+    );
+    let ctx = p.path().join("image");
+    std::fs::create_dir_all(&ctx).expect("mkdir image");
+    failing_migration_binary(&ctx);
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY worker /worker\nENTRYPOINT [\"/worker\"]\n",
+    )
+    .expect("write Dockerfile");
+    docker_ok(&["build", "-q", "-t", image, &ctx.display().to_string()]);
+    let setup = run(&p, &["setup"]);
+    let start = run(&p, &["start"]);
+    let down = run(&p, &["down", "--volumes", "--yes"]);
+    remove_image(image);
+    succeeded(&setup, "setup");
+    exits(&start, 43, "job migrate failed");
+    let err = stderr(&start);
+    assert!(
+        err.contains("exit code 3"),
+        "gives the job's exit code: {err}"
+    );
+    assert!(
+        err.contains("relation \"users\" already exists"),
+        "shows the job's last log lines: {err}"
+    );
+    assert_eq!(down.status.code(), Some(0), "down: {}", stderr(&down));
+    let left = docker_ok(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=io.stackctl.project={PROJECT}"),
+    ]);
+    assert!(
+        left.trim().is_empty(),
+        "down removed every container: {left}"
     );
 }

@@ -110,6 +110,9 @@ struct StartJob {
     /// The job's service's dependencies: ready before the job runs.
     deps: Vec<String>,
     outcome: tokio::sync::OnceCell<std::result::Result<f64, String>>,
+    /// The job's own error when it failed: what `start` reports (exit 43
+    /// for a job that ran and failed), not a container that did not get ready.
+    failure: std::sync::Mutex<Option<Error>>,
 }
 
 /// Create (or keep, or replace) and start one container.
@@ -193,6 +196,7 @@ pub(crate) async fn start_on(
                 unit: crate::runtime::revision::Unit::from_desired(&env.project, d, ""),
                 deps: d.spec.depends_on.clone(),
                 outcome: tokio::sync::OnceCell::new(),
+                failure: std::sync::Mutex::new(None),
             })
         })
         .collect();
@@ -276,7 +280,11 @@ pub(crate) async fn start_on(
                     .get_or_init(|| async {
                         super::deploy::run_job(env_ref, &j.job, &j.unit, j.job.timeout.as_std(), ui)
                             .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| {
+                                let why = e.to_string();
+                                *j.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                                why
+                            })
                     })
                     .await;
                 if let Err(why) = outcome {
@@ -326,7 +334,14 @@ pub(crate) async fn start_on(
     for (name, action, secs) in &rows {
         ui.ok(format!("{name} {action}, ready in {secs:.1}s"));
     }
-    // Report the root cause: a failure that is not "a dependency failed".
+    // Report the root cause: a failed job (the services it gates did not
+    // start), else a failure that is not "a dependency failed".
+    if let Some(e) = jobs
+        .iter()
+        .find_map(|j| j.failure.lock().unwrap_or_else(|p| p.into_inner()).take())
+    {
+        return Err(e);
+    }
     if let Some((container, reason, logs)) = failures
         .iter()
         .find(|f| !f.1.starts_with("not started"))
