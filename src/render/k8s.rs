@@ -119,62 +119,8 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
     let mut configmaps = Vec::new();
     let mut jobs = Vec::new();
     for c in &containers {
-        let mut objects = Vec::new();
-        let mut config_hash = Sha256::new();
-        let mut cm_mounts = Vec::new();
-        for (i, m) in c.mounts.iter().enumerate() {
-            let Source::Rendered { path } = &m.source else {
-                continue;
-            };
-            let cm_name = if cm_mounts.is_empty() {
-                format!("{}-config", c.name)
-            } else {
-                format!("{}-config-{}", c.name, i + 1)
-            };
-            let mut data = Map::new();
-            let single = art.files.contains_key(path.as_str());
-            for (p, bytes) in &art.files {
-                let key = if single {
-                    if p != path {
-                        continue;
-                    }
-                    p.rsplit('/').next().unwrap_or(p).to_string()
-                } else {
-                    match p.strip_prefix(&format!("{path}/")) {
-                        Some(k) if !k.contains('/') => k.to_string(),
-                        _ => continue,
-                    }
-                };
-                let text = String::from_utf8(bytes.clone())
-                    .map_err(|_| Error::Other(anyhow::anyhow!("{p} is not UTF-8 text")))?;
-                let text = if c.kind == Kind::Nginx {
-                    adapt_nginx(stack, &text, &ns)
-                } else {
-                    text
-                };
-                config_hash.update(p.as_bytes());
-                config_hash.update(text.as_bytes());
-                data.insert(key, Value::String(text));
-            }
-            if data.is_empty() {
-                return Err(Error::Other(anyhow::anyhow!(
-                    "{}: rendered config `{path}` is missing",
-                    c.name
-                )));
-            }
-            configmaps.push(json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": meta(&cm_name, &ns, c),
-                "data": data,
-            }));
-            cm_mounts.push((
-                cm_name,
-                single.then(|| path.rsplit('/').next().unwrap_or(path).to_string()),
-                m.target.clone(),
-            ));
-        }
-        let hash = hex::encode(config_hash.finalize());
+        let (maps, cm_mounts, hash) = config_maps(stack, &art, c, &ns)?;
+        configmaps.extend(maps);
         let pod = pod_spec(stack, layout, c, &cm_mounts)?;
         if c.kind == Kind::App {
             for j in ks.jobs.iter().filter(|j| j.service == c.name) {
@@ -189,119 +135,9 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
         if !cm_mounts.is_empty() {
             template["metadata"]["annotations"] = json!({ "stackctl.io/config-hash": &hash[..16] });
         }
-        let selector = json!({ "matchLabels": selector_labels(c, &ns) });
-        match c.kind {
-            Kind::App => {
-                let svc = stack.service(&c.name);
-                let autoscale = svc.and_then(|s| s.autoscale);
-                let mut spec = json!({
-                    "selector": selector,
-                    "revisionHistoryLimit": 5,
-                    "strategy": {
-                        "type": "RollingUpdate",
-                        "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 },
-                    },
-                    "template": template,
-                });
-                // With an autoscaler the replica count is the autoscaler's to set.
-                if autoscale.is_none() {
-                    spec["replicas"] = json!(c.replicas);
-                }
-                objects.push(json!({
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": meta(&c.name, &ns, c),
-                    "spec": spec,
-                }));
-                objects.extend(service(c, &ns, true));
-                objects.push(json!({
-                    "apiVersion": "policy/v1",
-                    "kind": "PodDisruptionBudget",
-                    "metadata": meta(&c.name, &ns, c),
-                    "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector_labels(c, &ns) } },
-                }));
-                if let Some(a) = autoscale {
-                    objects.push(json!({
-                        "apiVersion": "autoscaling/v2",
-                        "kind": "HorizontalPodAutoscaler",
-                        "metadata": meta(&c.name, &ns, c),
-                        "spec": {
-                            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": c.name },
-                            "minReplicas": a.min.max(c.replicas).min(a.max),
-                            "maxReplicas": a.max,
-                            "metrics": [{
-                                "type": "Resource",
-                                "resource": {
-                                    "name": "cpu",
-                                    "target": { "type": "Utilization", "averageUtilization": a.cpu_percent },
-                                },
-                            }],
-                        },
-                    }));
-                }
-            }
-            Kind::Postgres | Kind::Redis => {
-                let storage = if c.kind == Kind::Postgres {
-                    POSTGRES_STORAGE
-                } else {
-                    REDIS_STORAGE
-                };
-                objects.push(json!({
-                    "apiVersion": "apps/v1",
-                    "kind": "StatefulSet",
-                    "metadata": meta(&c.name, &ns, c),
-                    "spec": {
-                        "serviceName": c.name,
-                        "replicas": 1,
-                        "selector": selector,
-                        "updateStrategy": { "type": "RollingUpdate" },
-                        "template": template,
-                        "volumeClaimTemplates": [{
-                            "metadata": { "name": "data" },
-                            "spec": {
-                                "accessModes": ["ReadWriteOnce"],
-                                "resources": { "requests": { "storage": storage } },
-                            },
-                        }],
-                    },
-                }));
-                objects.extend(service(c, &ns, true));
-            }
-            Kind::Nginx | Kind::Prometheus | Kind::Component => {
-                for v in c.volumes() {
-                    objects.push(json!({
-                        "apiVersion": "v1",
-                        "kind": "PersistentVolumeClaim",
-                        "metadata": meta(v, &ns, c),
-                        "spec": {
-                            "accessModes": ["ReadWriteOnce"],
-                            "resources": { "requests": { "storage": PROMETHEUS_STORAGE } },
-                        },
-                    }));
-                }
-                // A volume is written by one pod at a time: replace, don't overlap.
-                let strategy = if c.volumes().next().is_some() {
-                    json!({ "type": "Recreate" })
-                } else {
-                    json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } })
-                };
-                objects.push(json!({
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": meta(&c.name, &ns, c),
-                    "spec": {
-                        "replicas": c.replicas,
-                        "revisionHistoryLimit": 5,
-                        "selector": selector,
-                        "strategy": strategy,
-                        "template": template,
-                    },
-                }));
-                objects.extend(service(c, &ns, false));
-            }
-            // Not part of the Kubernetes target (see k8s_stack).
-            _ => continue,
-        }
+        let Some(objects) = workload(stack, c, &ns, template) else {
+            continue;
+        };
         files.push(File {
             name: format!("{}.yaml", c.name),
             objects,
@@ -324,47 +160,243 @@ pub fn manifests(stack: &Stack, layout: &Layout) -> Result<Vec<File>> {
         objects: network_policies(&ks, &containers, &ns),
     });
     if let Some(n) = &ks.nginx {
-        let host_ok = !n.server_name.is_empty()
-            && n.server_name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        let mut tls = json!({ "secretName": INGRESS_TLS_SECRET });
-        let mut rule = json!({
-            "http": { "paths": [{
-                "path": "/api",
-                "pathType": "Prefix",
-                "backend": { "service": { "name": n.upstream, "port": { "number": n.upstream_port } } },
-            }] },
-        });
-        if host_ok {
-            tls["hosts"] = json!([n.server_name]);
-            rule["host"] = json!(n.server_name);
-        }
-        let burst = (n.rate_burst as f64 / n.rate_limit.max(1) as f64)
-            .ceil()
-            .max(1.0) as u64;
-        files.push(File {
-            name: "ingress.yaml".into(),
-            objects: vec![json!({
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "Ingress",
-                "metadata": {
-                    "name": n.upstream,
-                    "namespace": ns,
-                    "labels": { NAME: n.upstream, PART_OF: ns, COMPONENT: "ingress", MANAGED_BY: "stackctl" },
-                    // ingress-nginx reads these; other controllers ignore them.
-                    "annotations": {
-                        "nginx.ingress.kubernetes.io/limit-rps": n.rate_limit.to_string(),
-                        "nginx.ingress.kubernetes.io/limit-burst-multiplier": burst.to_string(),
-                        "nginx.ingress.kubernetes.io/proxy-body-size": format!("{}m", n.client_max_body_size.mib().max(1)),
-                        "nginx.ingress.kubernetes.io/proxy-buffering": "off",
-                    },
-                },
-                "spec": { "tls": [tls], "rules": [rule] },
-            })],
-        });
+        files.push(ingress(n, &ns));
     }
     Ok(files)
+}
+
+/// A ConfigMap as a pod mounts it: its name, the file's key when the mount
+/// is one file (not a directory), and the mount path.
+type ConfigMount = (String, Option<String>, String);
+
+/// The ConfigMaps of a container's rendered files (one per mount), how its
+/// pod mounts them, and the sha256 of their content (hex).
+fn config_maps(
+    stack: &Stack,
+    art: &Artifacts,
+    c: &ContainerSpec,
+    ns: &str,
+) -> Result<(Vec<Value>, Vec<ConfigMount>, String)> {
+    let mut configmaps = Vec::new();
+    let mut config_hash = Sha256::new();
+    let mut cm_mounts = Vec::new();
+    for (i, m) in c.mounts.iter().enumerate() {
+        let Source::Rendered { path } = &m.source else {
+            continue;
+        };
+        let cm_name = if cm_mounts.is_empty() {
+            format!("{}-config", c.name)
+        } else {
+            format!("{}-config-{}", c.name, i + 1)
+        };
+        let mut data = Map::new();
+        let single = art.files.contains_key(path.as_str());
+        for (p, bytes) in &art.files {
+            let key = if single {
+                if p != path {
+                    continue;
+                }
+                p.rsplit('/').next().unwrap_or(p).to_string()
+            } else {
+                match p.strip_prefix(&format!("{path}/")) {
+                    Some(k) if !k.contains('/') => k.to_string(),
+                    _ => continue,
+                }
+            };
+            let text = String::from_utf8(bytes.clone())
+                .map_err(|_| Error::Other(anyhow::anyhow!("{p} is not UTF-8 text")))?;
+            let text = if c.kind == Kind::Nginx {
+                adapt_nginx(stack, &text, ns)
+            } else {
+                text
+            };
+            config_hash.update(p.as_bytes());
+            config_hash.update(text.as_bytes());
+            data.insert(key, Value::String(text));
+        }
+        if data.is_empty() {
+            return Err(Error::Other(anyhow::anyhow!(
+                "{}: rendered config `{path}` is missing",
+                c.name
+            )));
+        }
+        configmaps.push(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(&cm_name, ns, c),
+            "data": data,
+        }));
+        cm_mounts.push((
+            cm_name,
+            single.then(|| path.rsplit('/').next().unwrap_or(path).to_string()),
+            m.target.clone(),
+        ));
+    }
+    Ok((configmaps, cm_mounts, hex::encode(config_hash.finalize())))
+}
+
+/// The workload of one container (Deployment or StatefulSet) with its
+/// Service and, for the stack's own services, disruption budget and
+/// autoscaler; `None` for kinds outside the Kubernetes target.
+fn workload(stack: &Stack, c: &ContainerSpec, ns: &str, template: Value) -> Option<Vec<Value>> {
+    let mut objects = Vec::new();
+    let selector = json!({ "matchLabels": selector_labels(c, ns) });
+    match c.kind {
+        Kind::App => {
+            let svc = stack.service(&c.name);
+            let autoscale = svc.and_then(|s| s.autoscale);
+            let mut spec = json!({
+                "selector": selector,
+                "revisionHistoryLimit": 5,
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 },
+                },
+                "template": template,
+            });
+            // With an autoscaler the replica count is the autoscaler's to set.
+            if autoscale.is_none() {
+                spec["replicas"] = json!(c.replicas);
+            }
+            objects.push(json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": meta(&c.name, ns, c),
+                "spec": spec,
+            }));
+            objects.extend(service(c, ns, true));
+            objects.push(json!({
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": meta(&c.name, ns, c),
+                "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector_labels(c, ns) } },
+            }));
+            if let Some(a) = autoscale {
+                objects.push(json!({
+                    "apiVersion": "autoscaling/v2",
+                    "kind": "HorizontalPodAutoscaler",
+                    "metadata": meta(&c.name, ns, c),
+                    "spec": {
+                        "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": c.name },
+                        "minReplicas": a.min.max(c.replicas).min(a.max),
+                        "maxReplicas": a.max,
+                        "metrics": [{
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": { "type": "Utilization", "averageUtilization": a.cpu_percent },
+                            },
+                        }],
+                    },
+                }));
+            }
+        }
+        Kind::Postgres | Kind::Redis => {
+            let storage = if c.kind == Kind::Postgres {
+                POSTGRES_STORAGE
+            } else {
+                REDIS_STORAGE
+            };
+            objects.push(json!({
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": meta(&c.name, ns, c),
+                "spec": {
+                    "serviceName": c.name,
+                    "replicas": 1,
+                    "selector": selector,
+                    "updateStrategy": { "type": "RollingUpdate" },
+                    "template": template,
+                    "volumeClaimTemplates": [{
+                        "metadata": { "name": "data" },
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": { "requests": { "storage": storage } },
+                        },
+                    }],
+                },
+            }));
+            objects.extend(service(c, ns, true));
+        }
+        Kind::Nginx | Kind::Prometheus | Kind::Component => {
+            for v in c.volumes() {
+                objects.push(json!({
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": meta(v, ns, c),
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": { "requests": { "storage": PROMETHEUS_STORAGE } },
+                    },
+                }));
+            }
+            // A volume is written by one pod at a time: replace, don't overlap.
+            let strategy = if c.volumes().next().is_some() {
+                json!({ "type": "Recreate" })
+            } else {
+                json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } })
+            };
+            objects.push(json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": meta(&c.name, ns, c),
+                "spec": {
+                    "replicas": c.replicas,
+                    "revisionHistoryLimit": 5,
+                    "selector": selector,
+                    "strategy": strategy,
+                    "template": template,
+                },
+            }));
+            objects.extend(service(c, ns, false));
+        }
+        // Not part of the Kubernetes target (see k8s_stack).
+        _ => return None,
+    }
+    Some(objects)
+}
+
+/// The Ingress in front of the API (TLS, rate limits for ingress-nginx).
+fn ingress(n: &crate::model::Nginx, ns: &str) -> File {
+    let host_ok = !n.server_name.is_empty()
+        && n.server_name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let mut tls = json!({ "secretName": INGRESS_TLS_SECRET });
+    let mut rule = json!({
+        "http": { "paths": [{
+            "path": "/api",
+            "pathType": "Prefix",
+            "backend": { "service": { "name": n.upstream, "port": { "number": n.upstream_port } } },
+        }] },
+    });
+    if host_ok {
+        tls["hosts"] = json!([n.server_name]);
+        rule["host"] = json!(n.server_name);
+    }
+    let burst = (n.rate_burst as f64 / n.rate_limit.max(1) as f64)
+        .ceil()
+        .max(1.0) as u64;
+    File {
+        name: "ingress.yaml".into(),
+        objects: vec![json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {
+                "name": n.upstream,
+                "namespace": ns,
+                "labels": { NAME: n.upstream, PART_OF: ns, COMPONENT: "ingress", MANAGED_BY: "stackctl" },
+                // ingress-nginx reads these; other controllers ignore them.
+                "annotations": {
+                    "nginx.ingress.kubernetes.io/limit-rps": n.rate_limit.to_string(),
+                    "nginx.ingress.kubernetes.io/limit-burst-multiplier": burst.to_string(),
+                    "nginx.ingress.kubernetes.io/proxy-body-size": format!("{}m", n.client_max_body_size.mib().max(1)),
+                    "nginx.ingress.kubernetes.io/proxy-buffering": "off",
+                },
+            },
+            "spec": { "tls": [tls], "rules": [rule] },
+        })],
+    }
 }
 
 /// A `[jobs.NAME]` as a Job: its service's pod (image, env, secrets, config,
@@ -597,7 +629,7 @@ fn pod_spec(
     stack: &Stack,
     layout: &Layout,
     c: &ContainerSpec,
-    config: &[(String, Option<String>, String)],
+    config: &[ConfigMount],
 ) -> Result<Value> {
     let image = match &c.image {
         // The tag compose files default to ($IMAGE_TAG, else the stack's tag strategy).
