@@ -51,9 +51,7 @@ pub struct Manifest {
 pub struct Entry {
     /// File name inside the backup directory.
     pub file: String,
-    /// `postgres` (a pg_dump custom-format archive), `redis` (an RDB
-    /// snapshot) or `volume` (a tar archive of a component's named volume).
-    pub kind: String,
+    pub kind: EntryKind,
     /// The container (service name) it came from, e.g. `postgres-user`.
     pub instance: String,
     /// A volume archive's stack volume name.
@@ -68,6 +66,22 @@ pub struct Entry {
     pub services: Vec<String>,
     pub size: u64,
     pub sha256: String,
+}
+
+/// What a backup file holds; stored in the manifest as the lower-case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A pg_dump custom-format archive.
+    Postgres,
+    /// A Redis RDB snapshot.
+    Redis,
+    /// A tar archive of a component's named volume.
+    Volume,
+    /// A kind a newer stackctl wrote: the manifest still loads, and
+    /// `restore` refuses the backup with a clear message.
+    #[serde(other)]
+    Unknown,
 }
 
 /// What one backup run covers.
@@ -629,9 +643,15 @@ async fn write_dump(
             pg_cmd("pg_dump --format=custom", &p.user, &p.database),
             Some(p.database.clone()),
             Some(p.user.clone()),
-            "postgres",
+            EntryKind::Postgres,
         ),
-        Part::Redis(r) => (format!("{}.rdb", r.name), redis_cmd(r), None, None, "redis"),
+        Part::Redis(r) => (
+            format!("{}.rdb", r.name),
+            redis_cmd(r),
+            None,
+            None,
+            EntryKind::Redis,
+        ),
         Part::Volumes(_) => unreachable!("volumes are archived by write_volumes"),
     };
     let pb = progress(ui, None, file.clone());
@@ -639,7 +659,7 @@ async fn write_dump(
     let written = exec_to_file(env, container, cmd, &tmp, &pb).await;
     pb.finish_and_clear();
     let (size, sha256) = written?;
-    if kind == "redis" {
+    if kind == EntryKind::Redis {
         check_rdb(&tmp)?;
     }
     finish_file(&tmp, &dir.join(&file))?;
@@ -651,7 +671,7 @@ async fn write_dump(
     ));
     Ok(Entry {
         file,
-        kind: kind.into(),
+        kind,
         instance: part.instance().to_string(),
         volume: None,
         path: None,
@@ -711,7 +731,7 @@ async fn write_volumes(
         ));
         files.push(Entry {
             file,
-            kind: "volume".into(),
+            kind: EntryKind::Volume,
             instance: c.name.clone(),
             volume: Some(vol),
             path: Some(target),
@@ -912,6 +932,206 @@ fn confirm(question: &str) -> Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
+/// What a backup restores onto this stack: each file matched to the
+/// database, Redis or component volume it holds.
+struct RestorePlan<'a> {
+    /// Database dumps and the running container each is restored through.
+    postgres: Vec<(&'a Entry, &'a crate::model::Postgres, String)>,
+    redis: Option<(&'a Entry, &'a crate::model::Redis)>,
+    volumes: Vec<(&'a Entry, &'a crate::model::Component, String)>,
+}
+
+impl RestorePlan<'_> {
+    /// What the restore replaces, for the confirmation question.
+    fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .postgres
+            .iter()
+            .map(|(f, p, _)| {
+                format!(
+                    "{} on {}",
+                    f.database.as_deref().unwrap_or(&p.database),
+                    p.name
+                )
+            })
+            .collect();
+        if let Some((_, r)) = self.redis {
+            out.push(format!("Redis ({})", r.name));
+        }
+        out.extend(
+            self.volumes
+                .iter()
+                .map(|(_, c, v)| format!("volume {v} of {}", c.name)),
+        );
+        out
+    }
+
+    /// The containers to stop while it runs: the services using the
+    /// restored databases (and Redis), and each restored component with
+    /// what depends on it.
+    fn users(&self, stack: &Stack, env: &StackEnv<'_>) -> Vec<String> {
+        let mut users: Vec<String> = Vec::new();
+        for s in &stack.services {
+            let uses_pg = self
+                .postgres
+                .iter()
+                .any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
+            if uses_pg || (s.redis.is_some() && self.redis.is_some()) {
+                users.push(s.name.clone());
+            }
+        }
+        for c in &env.containers {
+            let restored = self
+                .volumes
+                .iter()
+                .any(|(_, v, _)| v.name == c.name || c.depends_on.contains(&v.name));
+            if restored && !users.contains(&c.name) {
+                users.push(c.name.clone());
+            }
+        }
+        users
+    }
+}
+
+/// Match every file of the manifest onto this stack (a database's container
+/// must be running); the backup is refused (exit 37) when one does not fit.
+async fn plan_restore<'a>(
+    stack: &'a Stack,
+    env: &StackEnv<'_>,
+    dir: &Path,
+    manifest: &'a Manifest,
+) -> Result<RestorePlan<'a>> {
+    let mut plan = RestorePlan {
+        postgres: Vec::new(),
+        redis: None,
+        volumes: Vec::new(),
+    };
+    for f in &manifest.files {
+        match f.kind {
+            EntryKind::Postgres => {
+                let Some(p) = stack.postgres.iter().find(|p| p.name == f.instance) else {
+                    return Err(invalid(
+                        dir,
+                        format!(
+                            "{} is the database of `{}`, which this stack does not have",
+                            f.file, f.instance
+                        ),
+                    ));
+                };
+                let container = running_container(env, &p.name).await?;
+                plan.postgres.push((f, p, container));
+            }
+            EntryKind::Redis => {
+                let Some(r) = stack.redis.as_ref().filter(|r| r.name == f.instance) else {
+                    return Err(invalid(
+                        dir,
+                        format!(
+                            "{} is the snapshot of `{}`, which this stack does not have",
+                            f.file, f.instance
+                        ),
+                    ));
+                };
+                plan.redis = Some((f, r));
+            }
+            EntryKind::Volume => {
+                let vol = f.volume.clone().unwrap_or_default();
+                let Some(c) = stack
+                    .component(&f.instance)
+                    .filter(|c| volume::of(c).iter().any(|(v, _)| *v == vol))
+                else {
+                    return Err(invalid(
+                        dir,
+                        format!(
+                            "{} is volume `{vol}` of `{}`, which this stack does not have",
+                            f.file, f.instance
+                        ),
+                    ));
+                };
+                plan.volumes.push((f, c, vol));
+            }
+            EntryKind::Unknown => {
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "{}: a kind of file this stackctl does not know (written by a newer one?)",
+                        f.file
+                    ),
+                ))
+            }
+        }
+    }
+    if plan.postgres.is_empty() && plan.redis.is_none() && plan.volumes.is_empty() {
+        return Err(invalid(dir, "it holds no database to restore"));
+    }
+    Ok(plan)
+}
+
+/// Restore each file of the plan, in order, stopping at the first failure:
+/// the timings of those restored, and that failure. Redis is stopped for
+/// its restore and joins `running` (started again with the others).
+async fn restore_files(
+    env: &StackEnv<'_>,
+    stack: &Stack,
+    plan: &RestorePlan<'_>,
+    dir: &Path,
+    running: &mut Vec<String>,
+    ui: &Ui,
+) -> (Vec<serde_json::Value>, Option<Error>) {
+    let quiet = ui.clone_quiet();
+    let mut timings = Vec::new();
+    let done = |what: String, f: &Entry, t: Instant| {
+        let secs = t.elapsed().as_secs_f64();
+        ui.ok(format!(
+            "{what} restored from {} ({:.1} MB) in {secs:.1}s",
+            f.file,
+            f.size as f64 / 1e6
+        ));
+        secs
+    };
+    for (f, p, container) in &plan.postgres {
+        let t = Instant::now();
+        let pb = progress(ui, Some(f.size), f.file.clone());
+        let r = exec_from_file(
+            env,
+            container,
+            pg_cmd(
+                "pg_restore --clean --if-exists --single-transaction",
+                &p.user,
+                &p.database,
+            ),
+            &dir.join(&f.file),
+            &pb,
+        )
+        .await;
+        pb.finish_and_clear();
+        if let Err(e) = r {
+            return (timings, Some(e));
+        }
+        let secs = done(p.database.clone(), f, t);
+        timings.push(serde_json::json!({"database": p.database, "instance": p.name, "file": f.file, "seconds": secs}));
+    }
+    if let Some((f, r)) = plan.redis {
+        let t = Instant::now();
+        running.insert(0, r.name.clone());
+        if let Err(e) = restore_redis(env, stack, r, dir, f, &quiet).await {
+            return (timings, Some(e));
+        }
+        let secs = done("Redis".into(), f, t);
+        timings.push(serde_json::json!({"instance": r.name, "file": f.file, "seconds": secs}));
+    }
+    for (f, c, vol) in &plan.volumes {
+        let t = Instant::now();
+        if let Err(e) = volume::restore(env, c, vol, dir, f).await {
+            return (timings, Some(e));
+        }
+        let secs = done(format!("volume {vol} of {}", c.name), f, t);
+        timings.push(
+            serde_json::json!({"instance": c.name, "volume": vol, "file": f.file, "seconds": secs}),
+        );
+    }
+    (timings, None)
+}
+
 pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32> {
     let t0 = Instant::now();
     let dir = resolve_dir(stack, arg)?;
@@ -932,79 +1152,10 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
     }
     // Every file must map onto this stack, and its container must run.
     let env = StackEnv::connect(stack).await?;
-    let mut plan = Vec::new();
-    let mut redis_file: Option<(&Entry, &crate::model::Redis)> = None;
-    let mut volumes: Vec<(&Entry, &crate::model::Component, String)> = Vec::new();
-    for f in &manifest.files {
-        match f.kind.as_str() {
-            "postgres" => {
-                let Some(p) = stack.postgres.iter().find(|p| p.name == f.instance) else {
-                    return Err(invalid(
-                        &dir,
-                        format!(
-                            "{} is the database of `{}`, which this stack does not have",
-                            f.file, f.instance
-                        ),
-                    ));
-                };
-                let container = running_container(&env, &p.name).await?;
-                plan.push((f, p, container));
-            }
-            "redis" => {
-                let Some(r) = stack.redis.as_ref().filter(|r| r.name == f.instance) else {
-                    return Err(invalid(
-                        &dir,
-                        format!(
-                            "{} is the snapshot of `{}`, which this stack does not have",
-                            f.file, f.instance
-                        ),
-                    ));
-                };
-                redis_file = Some((f, r));
-            }
-            "volume" => {
-                let vol = f.volume.clone().unwrap_or_default();
-                let Some(c) = stack
-                    .component(&f.instance)
-                    .filter(|c| volume::of(c).iter().any(|(v, _)| *v == vol))
-                else {
-                    return Err(invalid(
-                        &dir,
-                        format!(
-                            "{} is volume `{vol}` of `{}`, which this stack does not have",
-                            f.file, f.instance
-                        ),
-                    ));
-                };
-                volumes.push((f, c, vol));
-            }
-            other => return Err(invalid(&dir, format!("{}: unknown kind `{other}`", f.file))),
-        }
-    }
-    if plan.is_empty() && redis_file.is_none() && volumes.is_empty() {
-        return Err(invalid(&dir, "it holds no database to restore"));
-    }
-    let mut dbs: Vec<String> = plan
-        .iter()
-        .map(|(f, p, _)| {
-            format!(
-                "{} on {}",
-                f.database.as_deref().unwrap_or(&p.database),
-                p.name
-            )
-        })
-        .collect();
-    if let Some((_, r)) = redis_file {
-        dbs.push(format!("Redis ({})", r.name));
-    }
-    dbs.extend(
-        volumes
-            .iter()
-            .map(|(_, c, v)| format!("volume {v} of {}", c.name)),
-    );
+    let plan = plan_restore(stack, &env, &dir, &manifest).await?;
     let question = format!(
         "replace the data of {} with backup {} (taken {})",
-        dbs.join(", "),
+        plan.describe().join(", "),
         dir.display(),
         manifest.created
     );
@@ -1012,26 +1163,8 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
         ui.info("nothing restored");
         return Ok(crate::error::EXIT_DECLINED);
     }
-    // The services using these databases (and Redis), those running now:
-    // stopped for the restore, started again afterwards.
-    let mut users: Vec<String> = Vec::new();
-    for s in &stack.services {
-        let uses_pg = plan
-            .iter()
-            .any(|(_, p, _)| s.postgres.as_deref() == Some(p.name.as_str()));
-        if uses_pg || (s.redis.is_some() && redis_file.is_some()) {
-            users.push(s.name.clone());
-        }
-    }
-    // A restored component is stopped, and what depends on it.
-    for c in &env.containers {
-        let restored = volumes
-            .iter()
-            .any(|(_, v, _)| v.name == c.name || c.depends_on.contains(&v.name));
-        if restored && !users.contains(&c.name) {
-            users.push(c.name.clone());
-        }
-    }
+    // Those of the users running now: stopped for the restore, started
+    // again afterwards, in stack order so messages are stable.
     let mut up_now = std::collections::HashSet::new();
     for c in env.running().await? {
         if crate::engine::is_running(&c) {
@@ -1044,8 +1177,11 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
             );
         }
     }
-    // In stack order, so messages are stable.
-    let mut running: Vec<String> = users.into_iter().filter(|s| up_now.contains(s)).collect();
+    let mut running: Vec<String> = plan
+        .users(stack, &env)
+        .into_iter()
+        .filter(|s| up_now.contains(s))
+        .collect();
     let quiet = ui.clone_quiet();
     let t_stop = Instant::now();
     if !running.is_empty() {
@@ -1056,78 +1192,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
             t_stop.elapsed().as_secs_f64()
         ));
     }
-    let mut timings = Vec::new();
-    let mut failure = None;
-    for (f, p, container) in &plan {
-        let t = Instant::now();
-        let pb = progress(ui, Some(f.size), f.file.clone());
-        let r = exec_from_file(
-            &env,
-            container,
-            pg_cmd(
-                "pg_restore --clean --if-exists --single-transaction",
-                &p.user,
-                &p.database,
-            ),
-            &dir.join(&f.file),
-            &pb,
-        )
-        .await;
-        pb.finish_and_clear();
-        match r {
-            Ok(()) => {
-                let secs = t.elapsed().as_secs_f64();
-                ui.ok(format!(
-                    "{} restored from {} ({:.1} MB) in {secs:.1}s",
-                    p.database,
-                    f.file,
-                    f.size as f64 / 1e6
-                ));
-                timings.push(serde_json::json!({"database": p.database, "instance": p.name, "file": f.file, "seconds": secs}));
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let (None, Some((f, r))) = (&failure, redis_file) {
-        let t = Instant::now();
-        // Redis is stopped for this and started again with the others.
-        running.insert(0, r.name.clone());
-        match restore_redis(&env, stack, r, &dir, f, &quiet).await {
-            Ok(()) => {
-                let secs = t.elapsed().as_secs_f64();
-                ui.ok(format!(
-                    "Redis restored from {} ({:.1} MB) in {secs:.1}s",
-                    f.file,
-                    f.size as f64 / 1e6
-                ));
-                timings
-                    .push(serde_json::json!({"instance": r.name, "file": f.file, "seconds": secs}));
-            }
-            Err(e) => failure = Some(e),
-        }
-    }
-    for (f, c, vol) in &volumes {
-        if failure.is_some() {
-            break;
-        }
-        let t = Instant::now();
-        match volume::restore(&env, c, vol, &dir, f).await {
-            Ok(()) => {
-                let secs = t.elapsed().as_secs_f64();
-                ui.ok(format!(
-                    "volume {vol} of {} restored from {} ({:.1} MB) in {secs:.1}s",
-                    c.name,
-                    f.file,
-                    f.size as f64 / 1e6
-                ));
-                timings.push(serde_json::json!({"instance": c.name, "volume": vol, "file": f.file, "seconds": secs}));
-            }
-            Err(e) => failure = Some(e),
-        }
-    }
+    let (timings, failure) = restore_files(&env, stack, &plan, &dir, &mut running, ui).await;
     // Start what was stopped, also after a failed restore (each database is
     // restored in one transaction: a failure leaves it as it was).
     let t_start = Instant::now();
@@ -1286,7 +1351,7 @@ mod tests {
             stackctl_version: "0".into(),
             files: vec![Entry {
                 file: "postgres-user.dump".into(),
-                kind: "postgres".into(),
+                kind: EntryKind::Postgres,
                 instance: "postgres-user".into(),
                 volume: None,
                 path: None,
@@ -1299,6 +1364,25 @@ mod tests {
         };
         std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
         m
+    }
+
+    #[test]
+    fn entry_kinds_are_the_manifest_words_and_unknown_ones_still_load() {
+        for (kind, word) in [
+            (EntryKind::Postgres, "postgres"),
+            (EntryKind::Redis, "redis"),
+            (EntryKind::Volume, "volume"),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{word}\""));
+            assert_eq!(
+                serde_json::from_str::<EntryKind>(&format!("\"{word}\"")).unwrap(),
+                kind
+            );
+        }
+        assert_eq!(
+            serde_json::from_str::<EntryKind>("\"mysql\"").unwrap(),
+            EntryKind::Unknown
+        );
     }
 
     #[test]
