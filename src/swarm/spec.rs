@@ -99,6 +99,38 @@ fn nanos(d: crate::model::Duration) -> i64 {
 /// reference (digest or image id); `image_ref` the human one, kept as a label.
 pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) -> ServiceSpec {
     let project = ctx.project;
+    let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
+    labels.insert(LABEL_PROJECT.into(), project.into());
+    let mut service_labels = labels.clone();
+    service_labels.insert(LABEL_IMAGE.into(), image_ref.into());
+    // One data directory cannot have two writers; a port published on the
+    // node cannot be bound by two tasks there: those stop first.
+    let stop_first = c.stateful || (!ctx.vip && !c.ports.is_empty());
+    let (update_config, rollback_config) = update_policies(stop_first);
+    ServiceSpec {
+        name: Some(super::service_name(project, &c.name)),
+        labels: Some(service_labels),
+        task_template: Some(task_spec(c, container_spec(c, image, labels, ctx), ctx)),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(c.replicas as i64),
+            }),
+            ..Default::default()
+        }),
+        update_config: Some(update_config),
+        rollback_config: Some(rollback_config),
+        endpoint_spec: Some(endpoint_spec(c, ctx)),
+        ..Default::default()
+    }
+}
+
+/// The container's volumes, host paths and tmpfs as Swarm mounts, and its
+/// rendered files as Swarm configs (sorted by path).
+fn mounts_and_configs(
+    c: &ContainerSpec,
+    ctx: &Ctx,
+) -> (Vec<Mount>, Vec<TaskSpecContainerSpecConfigs>) {
+    let project = ctx.project;
     let mut mounts = Vec::new();
     let mut configs = Vec::new();
     for m in &c.mounts {
@@ -164,6 +196,11 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             .and_then(|f| f.name.clone())
             .cmp(&b.file.as_ref().and_then(|f| f.name.clone()))
     });
+    (mounts, configs)
+}
+
+/// The container's secrets as Swarm secrets, files under /run/secrets.
+fn secrets_of(c: &ContainerSpec, ctx: &Ctx) -> Vec<TaskSpecContainerSpecSecrets> {
     let mut secret_names = c.secrets.clone();
     secret_names.sort();
     secret_names.dedup();
@@ -185,19 +222,20 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
         })
         .collect();
     debug_assert!(SECRETS_DIR == "/run/secrets");
+    secrets
+}
 
-    let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
-    labels.insert(LABEL_PROJECT.into(), project.into());
-    let mut service_labels = labels.clone();
-    service_labels.insert(LABEL_IMAGE.into(), image_ref.into());
-
-    let restart = match c.restart.as_str() {
-        "no" => TaskSpecRestartPolicyConditionEnum::NONE,
-        "on-failure" => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
-        _ => TaskSpecRestartPolicyConditionEnum::ANY,
-    };
-    let r = &c.resources;
-    let container = TaskSpecContainerSpec {
+/// What the task's container runs: image, command, environment, user,
+/// mounts, configs, secrets, health check, capabilities.
+fn container_spec(
+    c: &ContainerSpec,
+    image: &str,
+    labels: HashMap<String, String>,
+    ctx: &Ctx,
+) -> TaskSpecContainerSpec {
+    let (mounts, configs) = mounts_and_configs(c, ctx);
+    let secrets = secrets_of(c, ctx);
+    TaskSpecContainerSpec {
         image: Some(image.to_string()),
         labels: Some(labels),
         command: c.entrypoint.clone(),
@@ -221,6 +259,18 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
         capability_drop: Some(vec!["ALL".into()]),
         capability_add: (!c.cap_add.is_empty()).then(|| c.cap_add.clone()),
         ..Default::default()
+    }
+}
+
+/// The task: its container, resources, restart policy, placement,
+/// networks (with the container's DNS names) and log driver.
+fn task_spec(c: &ContainerSpec, container: TaskSpecContainerSpec, ctx: &Ctx) -> TaskSpec {
+    let project = ctx.project;
+    let r = &c.resources;
+    let restart = match c.restart.as_str() {
+        "no" => TaskSpecRestartPolicyConditionEnum::NONE,
+        "on-failure" => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
+        _ => TaskSpecRestartPolicyConditionEnum::ANY,
     };
     // Local-driver volumes live on one node: stateful services stay on a
     // manager (the one node of a single-node swarm). stack.toml has no
@@ -230,10 +280,7 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
     } else {
         vec![]
     };
-    // One data directory cannot have two writers; a port published on the
-    // node cannot be bound by two tasks there: those stop first.
-    let stop_first = c.stateful || (!ctx.vip && !c.ports.is_empty());
-    let task = TaskSpec {
+    TaskSpec {
         container_spec: Some(container),
         resources: Some(TaskSpecResources {
             limits: Some(Limit {
@@ -279,7 +326,12 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             ])),
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// How clients reach the service: DNS round-robin (or a virtual IP) and
+/// its published ports.
+fn endpoint_spec(c: &ContainerSpec, ctx: &Ctx) -> EndpointSpec {
     // Swarm publishes on every interface of a node: a port stack.toml
     // binds to loopback is not published at all (see `plan`).
     let ports: Vec<EndpointPortConfig> = c
@@ -299,17 +351,22 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             ..Default::default()
         })
         .collect();
-    ServiceSpec {
-        name: Some(super::service_name(project, &c.name)),
-        labels: Some(service_labels),
-        task_template: Some(task),
-        mode: Some(ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated {
-                replicas: Some(c.replicas as i64),
-            }),
-            ..Default::default()
+    EndpointSpec {
+        mode: Some(if ctx.vip {
+            EndpointSpecModeEnum::VIP
+        } else {
+            EndpointSpecModeEnum::DNSRR
         }),
-        update_config: Some(ServiceSpecUpdateConfig {
+        ports: (!ports.is_empty()).then_some(ports),
+    }
+}
+
+/// Rolling updates and Swarm's own rollback: one task at a time, watched
+/// for [`MONITOR_SECS`]; a failed update rolls back, a failed rollback
+/// pauses; `stop_first` when two tasks cannot overlap.
+fn update_policies(stop_first: bool) -> (ServiceSpecUpdateConfig, ServiceSpecRollbackConfig) {
+    (
+        ServiceSpecUpdateConfig {
             parallelism: Some(1),
             delay: Some(UPDATE_DELAY_SECS * 1_000_000_000),
             failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
@@ -320,8 +377,8 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             } else {
                 ServiceSpecUpdateConfigOrderEnum::START_FIRST
             }),
-        }),
-        rollback_config: Some(ServiceSpecRollbackConfig {
+        },
+        ServiceSpecRollbackConfig {
             parallelism: Some(1),
             delay: Some(0),
             failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
@@ -332,17 +389,8 @@ pub fn service_spec(c: &ContainerSpec, image: &str, image_ref: &str, ctx: &Ctx) 
             } else {
                 ServiceSpecRollbackConfigOrderEnum::START_FIRST
             }),
-        }),
-        endpoint_spec: Some(EndpointSpec {
-            mode: Some(if ctx.vip {
-                EndpointSpecModeEnum::VIP
-            } else {
-                EndpointSpecModeEnum::DNSRR
-            }),
-            ports: (!ports.is_empty()).then_some(ports),
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// JSON with every object's keys sorted, whatever map type produced it.
