@@ -58,6 +58,33 @@ impl Engine {
             .map_err(|e| Error::engine("list Swarm nodes", e))
     }
 
+    /// Set labels on a node (kept: its other labels, role, availability).
+    /// Read and written at the node's version: a concurrent change is refused
+    /// by the engine rather than lost.
+    pub async fn label_node(&self, node_id: &str, labels: &[(&str, &str)]) -> Result<()> {
+        let node = self
+            .docker
+            .inspect_node(node_id)
+            .await
+            .map_err(|e| Error::engine(format!("inspect node {node_id}"), e))?;
+        let mut spec = node.spec.unwrap_or_default();
+        let map = spec.labels.get_or_insert_with(HashMap::new);
+        for (k, v) in labels {
+            map.insert(k.to_string(), v.to_string());
+        }
+        let version = node.version.and_then(|v| v.index).unwrap_or(0);
+        self.docker
+            .update_node(
+                node_id,
+                spec,
+                qp::UpdateNodeOptions {
+                    version: version as i64,
+                },
+            )
+            .await
+            .map_err(|e| Error::engine(format!("label node {node_id}"), e))
+    }
+
     pub async fn create_service(&self, spec: ServiceSpec) -> Result<()> {
         let name = spec.name.clone().unwrap_or_default();
         self.docker

@@ -121,9 +121,11 @@ pub async fn tasks(engine: &Engine, service: &str) -> Result<Vec<Task>> {
 }
 
 /// The reference a service runs: the repository digest when the image came
-/// from a registry, else the image id (the engine then never pulls, and a
-/// tag that moves later does not change what runs).
-async fn pinned(engine: &Engine, reference: &str) -> Result<String> {
+/// from a registry (its own repository's, else one under the stack's
+/// registry: the Debian-built images are pushed there under a repository of
+/// their own), else the image id (the engine then never pulls, and a tag
+/// that moves later does not change what runs).
+async fn pinned(engine: &Engine, reference: &str, registry: Option<&str>) -> Result<String> {
     let Some(i) = engine.image(reference).await? else {
         return Err(Error::MissingImage {
             image: reference.into(),
@@ -134,13 +136,18 @@ async fn pinned(engine: &Engine, reference: &str) -> Result<String> {
         Some((r, tag)) if !tag.contains('/') => r,
         _ => reference,
     };
-    if let Some(d) = i
-        .repo_digests
-        .unwrap_or_default()
-        .into_iter()
+    let digests = i.repo_digests.unwrap_or_default();
+    let under_registry = |d: &&String| {
+        registry
+            .filter(|r| !r.is_empty())
+            .is_some_and(|r| d.starts_with(&format!("{}/", r.trim_end_matches('/'))))
+    };
+    if let Some(d) = digests
+        .iter()
         .find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo))
+        .or_else(|| digests.iter().find(under_registry))
     {
-        return Ok(d);
+        return Ok(d.clone());
     }
     i.id.ok_or_else(|| Error::engine(format!("inspect image {reference}"), "no id"))
 }
@@ -170,6 +177,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         .collect();
     if create {
         crate::runtime::secrets::refresh_redis_acl(env.stack)?;
+        place_volumes(env, &specs, ui).await?;
     }
     let dir = crate::runtime::secrets::secrets_dir(env.stack);
     let mut secrets: HashMap<String, ObjectRef> = HashMap::new();
@@ -251,6 +259,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
     }
 
     let reserve_cpus = cpu_reservations_fit(env, &specs, ui, create).await?;
+    let nodes = env.engine.nodes().await?.len();
     let ctx = spec::Ctx {
         project,
         secrets: &secrets,
@@ -272,7 +281,16 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
             ));
         }
         let image = crate::engine::create::image_ref(c, &tag);
-        let pin = pinned(&env.engine, &image).await?;
+        let pin = pinned(&env.engine, &image, env.stack.registry.as_deref()).await?;
+        if create && nodes > 1 && !pin.contains('@') {
+            return Err(Error::usage(
+                format!(
+                    "the swarm has {nodes} nodes, but {} runs image {image}, which is only on this engine (it did not come from a registry): the other nodes cannot get it",
+                    c.name
+                ),
+                "push the stack's images to a registry every node can reach and deploy from there: set [stack] registry (or --registry HOST:PORT/PREFIX), run `stackctl build --push`, then deploy again (README: \"From one host to a swarm of several\")",
+            ));
+        }
         let s = spec::service_spec(c, &pin, &image, &ctx);
         out.push(Planned {
             name: c.name.clone(),
@@ -284,6 +302,58 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         });
     }
     Ok(out)
+}
+
+/// Label the node that holds each of the stack's volumes
+/// (`io.stackctl.volume.<name>=true`, see [`spec::volume_label`]): the
+/// containers using a volume run there and nowhere else, so a local volume
+/// is never left behind on one node and made anew, empty, on another. A
+/// volume no node is labelled for yet stays where its service runs now (a
+/// stack deployed before the label existed), else goes to the manager
+/// stackctl talks to.
+async fn place_volumes(env: &StackEnv<'_>, specs: &[&ContainerSpec], ui: &Ui) -> Result<()> {
+    let nodes = env.engine.nodes().await?;
+    let labelled = |key: &str| {
+        nodes.iter().any(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.labels.as_ref())
+                .and_then(|l| l.get(key))
+                .is_some_and(|v| v == "true")
+        })
+    };
+    let here = env.engine.swarm_info().await?.node_id.unwrap_or_default();
+    for c in specs {
+        let missing: Vec<String> = c
+            .volumes()
+            .map(|v| spec::volume_label(&volume_name(&env.project, v)))
+            .filter(|k| !labelled(k))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let running_on = env
+            .engine
+            .tasks(&service_name(&env.project, &c.name))
+            .await?
+            .into_iter()
+            .filter(|t| task_state(t) == Some(TaskState::RUNNING))
+            .find_map(|t| t.node_id);
+        let node = running_on.unwrap_or_else(|| here.clone());
+        let labels: Vec<(&str, &str)> = missing.iter().map(|k| (k.as_str(), "true")).collect();
+        env.engine.label_node(&node, &labels).await?;
+        let host = nodes
+            .iter()
+            .find(|n| n.id.as_deref() == Some(node.as_str()))
+            .and_then(|n| n.description.as_ref()?.hostname.clone())
+            .unwrap_or(node);
+        ui.info(format!(
+            "{}: its volumes stay on node {host} (node label {})",
+            c.name,
+            missing.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// `STACKCTL_SWARM_ENDPOINT_MODE`: `dnsrr` (default) or `vip`. Swarm's

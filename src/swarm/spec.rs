@@ -94,6 +94,12 @@ fn nanos(d: crate::model::Duration) -> i64 {
     d.nanos()
 }
 
+/// The node label saying that node holds the (local) volume `volume` (the
+/// engine's name, with the project): `io.stackctl.volume.<name>=true`.
+pub fn volume_label(volume: &str) -> String {
+    format!("io.stackctl.volume.{volume}")
+}
+
 /// The Swarm service spec of one container spec, without the revision and
 /// hash labels (those are added when it is applied). `image` is the pinned
 /// reference (digest or image id); `image_ref` the human one, kept as a label.
@@ -272,14 +278,18 @@ fn task_spec(c: &ContainerSpec, container: TaskSpecContainerSpec, ctx: &Ctx) -> 
         "on-failure" => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
         _ => TaskSpecRestartPolicyConditionEnum::ANY,
     };
-    // Local-driver volumes live on one node: stateful services stay on a
-    // manager (the one node of a single-node swarm). stack.toml has no
-    // placement key; everything else may run on any node.
-    let constraints = if c.stateful {
-        vec!["node.role == manager".to_string()]
-    } else {
-        vec![]
-    };
+    // A local-driver volume lives on one node: a container with one runs
+    // only on the node labelled as holding it (`swarm::place_volumes` sets
+    // the label before the first deploy). Everything else may run anywhere.
+    let constraints: Vec<String> = c
+        .volumes()
+        .map(|v| {
+            format!(
+                "node.labels.{} == true",
+                volume_label(&volume_name(project, v))
+            )
+        })
+        .collect();
     TaskSpec {
         container_spec: Some(container),
         resources: Some(TaskSpecResources {
@@ -500,7 +510,9 @@ mod tests {
         );
         assert_eq!(
             t.placement.as_ref().unwrap().constraints,
-            Some(vec!["node.role == manager".to_string()])
+            Some(vec![
+                "node.labels.io.stackctl.volume.p_postgres-user-data == true".to_string()
+            ])
         );
         let vol = &cs.mounts.as_ref().unwrap()[0];
         assert_eq!(vol.source.as_deref(), Some("p_postgres-user-data"));
