@@ -37,9 +37,11 @@ impl Engine {
             .map_err(|e| Error::engine("list Swarm services", e))
     }
 
-    /// A service's tasks (running, finished and failed).
+    /// A service's tasks (running, finished and failed); none when there
+    /// is no such service.
     pub async fn tasks(&self, service: &str) -> Result<Vec<Task>> {
-        self.docker
+        match self
+            .docker
             .list_tasks(Some(qp::ListTasksOptions {
                 filters: Some(HashMap::from([(
                     "service".to_string(),
@@ -47,7 +49,11 @@ impl Engine {
                 )])),
             }))
             .await
-            .map_err(|e| Error::engine(format!("list tasks of {service}"), e))
+        {
+            Ok(t) => Ok(t),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(Error::engine(format!("list tasks of {service}"), e)),
+        }
     }
 
     /// The swarm's nodes (needs a manager).

@@ -546,7 +546,7 @@ async fn apply(
     Ok(changes)
 }
 
-fn task_state(t: &Task) -> Option<TaskState> {
+pub(super) fn task_state(t: &Task) -> Option<TaskState> {
     t.status.as_ref().and_then(|s| s.state)
 }
 
