@@ -7,8 +7,7 @@ use std::collections::HashMap;
 
 use super::Engine;
 use crate::engine::qp::{
-    BuildImageOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
-    RemoveImageOptions,
+    BuildImageOptions, CreateImageOptions, ListContainersOptions, RemoveImageOptions,
 };
 use crate::engine::ApiError as BollardError;
 use anyhow::{anyhow, bail, Context, Result};
@@ -459,14 +458,7 @@ pub async fn remove_stale_bases(
     progress: &(dyn Fn(&str) + Sync),
 ) {
     let filters = HashMap::from([("reference".to_string(), vec![format!("{ROOTFS_REPO}:*")])]);
-    let images = match engine
-        .docker
-        .list_images(Some(ListImagesOptions {
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-    {
+    let images = match engine.images(filters).await {
         Ok(images) => images,
         Err(e) => {
             progress(&format!("cannot list old rootfs images: {e}"));
@@ -529,14 +521,7 @@ async fn remove_dangling_kind(engine: &Engine, kind: &str, progress: &(dyn Fn(&s
         ("dangling".to_string(), vec!["true".to_string()]),
         ("label".to_string(), vec![format!("{KIND_LABEL}={kind}")]),
     ]);
-    let images = match engine
-        .docker
-        .list_images(Some(ListImagesOptions {
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-    {
+    let images = match engine.images(filters).await {
         Ok(images) => images,
         Err(e) => {
             progress(&format!("cannot list untagged {kind} images: {e}"));

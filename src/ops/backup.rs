@@ -139,18 +139,6 @@ fn progress(ui: &Ui, len: Option<u64>, msg: String) -> indicatif::ProgressBar {
     pb
 }
 
-fn git_commit(root: &Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(root)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// Whether the container of `instance` runs: `None` when there is none.
 async fn state_of(env: &StackEnv<'_>, instance: &str) -> Result<(String, Option<bool>)> {
     let name = container_name(&env.project, instance, 1);
@@ -577,7 +565,7 @@ pub(crate) async fn backup_on(
         project: env.project.clone(),
         environment: stack.environment.clone(),
         created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        git_commit: git_commit(&stack.root),
+        git_commit: crate::runtime::git_commit(&stack.root),
         revision: crate::runtime::revision::list(&env.engine, &stack.root, &env.project)
             .await
             .ok()

@@ -28,8 +28,17 @@ pub fn image_tag(stack: &Stack) -> String {
 }
 
 pub(crate) fn git_short_sha(root: &Path) -> Option<String> {
+    git_rev(root, &["rev-parse", "--short=12", "HEAD"])
+}
+
+/// The commit checked out at `root` (full hash), when it is a git checkout.
+pub(crate) fn git_commit(root: &Path) -> Option<String> {
+    git_rev(root, &["rev-parse", "HEAD"])
+}
+
+fn git_rev(root: &Path, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args(args)
         .current_dir(root)
         .output()
         .ok()?;
