@@ -1,7 +1,8 @@
 //! `backup` and `restore` against the real Docker Engine, under their own
 //! project name (so no other stack on the host is touched): users created in
 //! user-management's database survive `down --volumes`; a corrupt, truncated
-//! or incomplete backup is refused before anything changes; `--keep` prunes.
+//! or incomplete backup is refused before anything changes; `--keep` prunes;
+//! a pg_dump that fails in its container exits 39 and leaves no backup.
 
 mod common;
 use common::*;
@@ -276,6 +277,31 @@ fn backup_and_restore_on_the_real_engine() {
     );
     let o = sc(&["backup", "--keep", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // pg_dump fails in its container (the database refuses connections):
+    // exit 39 with pg_dump's own message, and no backup is left behind.
+    let before = complete_backups();
+    // (From another database: the one connected to cannot refuse itself.)
+    ok(&[
+        "exec",
+        "postgres-user",
+        "--",
+        "psql",
+        "-U",
+        "user_management",
+        "-d",
+        "postgres",
+        "-tAc",
+        "alter database user_management_db allow_connections false",
+    ]);
+    let o = sc(&["backup", "--service", "user-management"]);
+    assert_eq!(o.status.code(), Some(39), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not currently accepting connections"),
+        "says why: {}",
+        stderr(&o)
+    );
+    assert_eq!(complete_backups(), before, "no new backup");
 
     ok(&["down", "--volumes", "--yes"]);
 }

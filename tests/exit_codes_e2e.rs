@@ -6,7 +6,7 @@
 //! 45 (what runs differs from stack.toml), 33 (an image build step fails)
 //! and 43 (a one-shot job fails).
 //! 33 for a missing host tool is asserted by setup_dayone, 30/32/36/37/38/
-//! 40/41 by the other e2e tests.
+//! 39/40/41 by the other e2e tests.
 //! The real engine is only asked (nothing is started), under a project name
 //! of this test's own.
 
