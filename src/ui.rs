@@ -82,3 +82,21 @@ impl Ui {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
 }
+
+/// Ask `question` on the terminal (`? type `yes`: `) and say whether the
+/// answer was `yes`. Without a terminal to ask on (stdin or stderr not a
+/// terminal) it is a usage error naming the question and `refused` (how to
+/// confirm without a prompt, e.g. "add --yes to confirm").
+pub fn confirm(question: &str, refused: &str) -> crate::error::Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !console::Term::stderr().is_term() {
+        return Err(crate::error::Error::usage(
+            format!("{question}: not confirmed (no terminal to ask on)"),
+            refused,
+        ));
+    }
+    eprint!("{question}? type `yes`: ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    Ok(answer.trim() == "yes")
+}

@@ -3,8 +3,9 @@
 //! cannot be written), 23 (duplicate container name), 31 (a daemon too old:
 //! a fake one on a unix socket of this test), 35 (not every container is
 //! healthy), 42 (an unknown revision), 44 (the engine cannot run the plan),
-//! 45 (what runs differs from stack.toml), 33 (an image build step fails)
-//! and 43 (a one-shot job fails).
+//! 45 (what runs differs from stack.toml), 33 (an image build step fails),
+//! 43 (a one-shot job fails) and 7 (declined at the prompt, on a terminal
+//! that `script` gives it).
 //! 33 for a missing host tool is asserted by setup_dayone, 30/32/36/37/38/
 //! 39/40/41 by the other e2e tests.
 //! The real engine is only asked (nothing is started), under a project name
@@ -252,4 +253,52 @@ fn a_failing_job_exits_43() {
         left.trim().is_empty(),
         "down removed every container: {left}"
     );
+}
+
+#[test]
+fn declining_at_the_prompt_exits_7_and_changes_nothing() {
+    // `down --volumes` asks on a terminal (here the pseudo-terminal of
+    // util-linux's `script`, fed "no"): nothing is removed, exit 7.
+    let p = Project::new(
+        "[stack]\nname = \"exitdecline\"\n\n[networks.backend]\ninternal = true\n\n[components.keeper]\nimage = \"stackctl-exit-codes/keeper:1\"\nnetworks = [\"backend\"]\nvolumes = [\"kept-data:/data\"]\n\n[infra.nginx]\nenabled = false\n\n[monitoring]\nenabled = false\n\n[logging]\nenabled = false\n",
+    );
+    let volume = format!("{PROJECT}_kept-data");
+    docker_ok(&[
+        "volume",
+        "create",
+        "--label",
+        &format!("io.stackctl.project={PROJECT}"),
+        &volume,
+    ]);
+    let cmd = format!("{} down --volumes", env!("CARGO_BIN_EXE_stackctl"));
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmd, "/dev/null"])
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .env("STACKCTL_PROJECT", PROJECT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("run script (util-linux)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"no\n")
+        .expect("answer");
+    let o = child.wait_with_output().expect("script");
+    let kept = std::process::Command::new("docker")
+        .args(["volume", "inspect", &volume])
+        .output()
+        .expect("docker")
+        .status
+        .success();
+    let _ = std::process::Command::new("docker")
+        .args(["volume", "rm", &volume])
+        .output();
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(7), "{all}");
+    assert!(all.contains("type `yes`"), "it asked: {all}");
+    assert!(all.contains("kept everything"), "{all}");
+    assert!(kept, "the volume is still there");
 }

@@ -906,20 +906,6 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
     Ok(m)
 }
 
-fn confirm(question: &str) -> Result<bool> {
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() || !console::Term::stderr().is_term() {
-        return Err(Error::usage(
-            format!("{question}: not confirmed (no terminal to ask on)"),
-            "add --yes to confirm",
-        ));
-    }
-    eprint!("{question}? type `yes`: ");
-    let mut answer = String::new();
-    let _ = std::io::stdin().read_line(&mut answer);
-    Ok(answer.trim() == "yes")
-}
-
 /// What a backup restores onto this stack: each file matched to the
 /// database, Redis or component volume it holds.
 struct RestorePlan<'a> {
@@ -1147,7 +1133,7 @@ pub async fn restore(stack: &Stack, arg: &str, yes: bool, ui: &Ui) -> Result<i32
         dir.display(),
         manifest.created
     );
-    if !yes && !confirm(&question)? {
+    if !yes && !crate::ui::confirm(&question, "add --yes to confirm")? {
         ui.info("nothing restored");
         return Ok(crate::error::EXIT_DECLINED);
     }

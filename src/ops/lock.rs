@@ -2,7 +2,7 @@
 //! ([`crate::runtime::lock`]) for the operator.
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::lock::{holder, lock_name};
 use crate::ui::Ui;
 
@@ -19,22 +19,11 @@ pub async fn release_cmd(stack: &crate::model::Stack, yes: bool, ui: &Ui) -> Res
         None => "it may still be running".to_string(),
     };
     if !yes {
-        if !console::Term::stderr().is_term() {
-            return Err(Error::usage(
-                format!(
-                    "the lock of {project} is held by {} ({state})",
-                    h.describe()
-                ),
-                "add --yes to release it",
-            ));
-        }
-        eprint!(
-            "the lock of {project} is held by {} ({state}). Release it? type `yes`: ",
+        let question = format!(
+            "the lock of {project} is held by {} ({state}). Release it",
             h.describe()
         );
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if answer.trim() != "yes" {
+        if !crate::ui::confirm(&question, "add --yes to release it")? {
             ui.info("kept the lock");
             return Ok(crate::error::EXIT_DECLINED);
         }

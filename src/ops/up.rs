@@ -436,24 +436,15 @@ pub async fn down(stack: &Stack, volumes: bool, yes: bool, ui: &Ui) -> Result<i3
     let env = StackEnv::connect(stack).await?;
     if volumes && !yes {
         let vols = env.volume_names();
-        if !console::Term::stderr().is_term() {
-            return Err(Error::usage(
-                format!(
-                    "--volumes deletes {} volumes with all their data ({})",
-                    vols.len(),
-                    vols.join(", ")
-                ),
-                "add --yes to confirm, or drop --volumes to keep the data",
-            ));
-        }
-        eprint!(
-            "delete {} volumes and all their data ({})? type `yes`: ",
+        let question = format!(
+            "delete {} volumes and all their data ({})",
             vols.len(),
             vols.join(", ")
         );
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if answer.trim() != "yes" {
+        if !crate::ui::confirm(
+            &question,
+            "add --yes to confirm, or drop --volumes to keep the data",
+        )? {
             ui.info("kept everything");
             return Ok(crate::error::EXIT_DECLINED);
         }
