@@ -14,7 +14,7 @@ pub mod spec;
 
 pub use inspect::{health, logs, status};
 
-use crate::engine::models::{Service, Task, TaskState};
+use crate::engine::models::{Node, Service, Task, TaskState};
 use crate::engine::{Engine, LABEL_CONFIG_HASH, LABEL_PROJECT};
 use crate::error::{Error, Result};
 use crate::model::containers::{ContainerSpec, Source};
@@ -167,6 +167,8 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
     let project = env.project.as_str();
     let stack_name = env.stack.name.as_str();
     let engine = &env.engine;
+    // Listed once: placement, CPU capacity and the registry check read them.
+    let nodes = engine.nodes().await?;
 
     // Secrets, named after their content.
     let existing: HashMap<String, String> = engine
@@ -177,7 +179,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         .collect();
     if create {
         crate::runtime::secrets::refresh_redis_acl(env.stack)?;
-        place_volumes(env, &specs, ui).await?;
+        place_volumes(env, &specs, &nodes, ui).await?;
     }
     let dir = crate::runtime::secrets::secrets_dir(env.stack);
     let mut secrets: HashMap<String, ObjectRef> = HashMap::new();
@@ -258,8 +260,7 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         }
     }
 
-    let reserve_cpus = cpu_reservations_fit(env, &specs, ui, create).await?;
-    let nodes = env.engine.nodes().await?.len();
+    let reserve_cpus = cpu_reservations_fit(&nodes, &specs, ui, create);
     let ctx = spec::Ctx {
         project,
         secrets: &secrets,
@@ -282,10 +283,11 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
         }
         let image = crate::engine::create::image_ref(c, &tag);
         let pin = pinned(&env.engine, &image, env.stack.registry.as_deref()).await?;
-        if create && nodes > 1 && !pin.contains('@') {
+        if create && nodes.len() > 1 && !pin.contains('@') {
             return Err(Error::usage(
                 format!(
-                    "the swarm has {nodes} nodes, but {} runs image {image}, which is only on this engine (it did not come from a registry): the other nodes cannot get it",
+                    "the swarm has {} nodes, but {} runs image {image}, which is only on this engine (it did not come from a registry): the other nodes cannot get it",
+                    nodes.len(),
                     c.name
                 ),
                 "push the stack's images to a registry every node can reach and deploy from there: set [stack] registry (or --registry HOST:PORT/PREFIX), run `stackctl build --push`, then deploy again (README: \"From one host to a swarm of several\")",
@@ -311,8 +313,12 @@ pub async fn plan(env: &StackEnv<'_>, ui: &Ui, create: bool) -> Result<Vec<Plann
 /// volume no node is labelled for yet stays where its service runs now (a
 /// stack deployed before the label existed), else goes to the manager
 /// stackctl talks to.
-async fn place_volumes(env: &StackEnv<'_>, specs: &[&ContainerSpec], ui: &Ui) -> Result<()> {
-    let nodes = env.engine.nodes().await?;
+async fn place_volumes(
+    env: &StackEnv<'_>,
+    specs: &[&ContainerSpec],
+    nodes: &[Node],
+    ui: &Ui,
+) -> Result<()> {
     let labelled = |key: &str| {
         nodes.iter().any(|n| {
             n.spec
@@ -322,7 +328,7 @@ async fn place_volumes(env: &StackEnv<'_>, specs: &[&ContainerSpec], ui: &Ui) ->
                 .is_some_and(|v| v == "true")
         })
     };
-    let here = env.engine.swarm_info().await?.node_id.unwrap_or_default();
+    let mut here: Option<String> = None;
     for c in specs {
         let missing: Vec<String> = c
             .volumes()
@@ -339,7 +345,17 @@ async fn place_volumes(env: &StackEnv<'_>, specs: &[&ContainerSpec], ui: &Ui) ->
             .into_iter()
             .filter(|t| task_state(t) == Some(TaskState::RUNNING))
             .find_map(|t| t.node_id);
-        let node = running_on.unwrap_or_else(|| here.clone());
+        let node = match running_on {
+            Some(n) => n,
+            None => match &here {
+                Some(h) => h.clone(),
+                None => {
+                    let h = env.engine.swarm_info().await?.node_id.unwrap_or_default();
+                    here = Some(h.clone());
+                    h
+                }
+            },
+        };
         let labels: Vec<(&str, &str)> = missing.iter().map(|k| (k.as_str(), "true")).collect();
         env.engine.label_node(&node, &labels).await?;
         let host = nodes
@@ -374,13 +390,7 @@ fn endpoint_vip() -> Result<bool> {
 /// CPU reservations are kept only when they fit the swarm's CPUs (with room
 /// for the one extra task a start-first update runs); otherwise tasks would
 /// wait forever for a node. Limits always apply.
-async fn cpu_reservations_fit(
-    env: &StackEnv<'_>,
-    specs: &[&ContainerSpec],
-    ui: &Ui,
-    report: bool,
-) -> Result<bool> {
-    let nodes = env.engine.nodes().await?;
+fn cpu_reservations_fit(nodes: &[Node], specs: &[&ContainerSpec], ui: &Ui, report: bool) -> bool {
     let capacity: i64 = nodes
         .iter()
         .filter_map(|n| n.description.as_ref()?.resources.as_ref()?.nano_cpus)
@@ -400,7 +410,7 @@ async fn cpu_reservations_fit(
             capacity as f64 / 1e9
         ));
     }
-    Ok(fits)
+    fits
 }
 
 /// Create the overlay networks the services attach to; the ones created.
