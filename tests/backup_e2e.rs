@@ -24,6 +24,11 @@ fn ok(args: &[&str]) -> Output {
 
 /// One value from user-management's database, through `stackctl exec`.
 fn query(sql: &str) -> String {
+    psql("user_management_db", sql)
+}
+
+/// `sql` run by psql in postgres-user, connected to `database`; its output.
+fn psql(database: &str, sql: &str) -> String {
     let o = ok(&[
         "exec",
         "postgres-user",
@@ -32,7 +37,7 @@ fn query(sql: &str) -> String {
         "-U",
         "user_management",
         "-d",
-        "user_management_db",
+        database,
         "-tAc",
         sql,
     ]);
@@ -282,18 +287,10 @@ fn backup_and_restore_on_the_real_engine() {
     // exit 39 with pg_dump's own message, and no backup is left behind.
     let before = complete_backups();
     // (From another database: the one connected to cannot refuse itself.)
-    ok(&[
-        "exec",
-        "postgres-user",
-        "--",
-        "psql",
-        "-U",
-        "user_management",
-        "-d",
+    psql(
         "postgres",
-        "-tAc",
         "alter database user_management_db allow_connections false",
-    ]);
+    );
     let o = sc(&["backup", "--service", "user-management"]);
     assert_eq!(o.status.code(), Some(39), "{}", stderr(&o));
     assert!(
